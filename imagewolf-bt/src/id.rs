@@ -50,7 +50,12 @@ impl fmt::Debug for InfoHash {
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Printable client prefix when there is one (e.g. `-lt20A0-`), hex for the rest.
-        let prefix = self.0.iter().take_while(|b| b.is_ascii_graphic()).count().min(8);
+        let prefix = self
+            .0
+            .iter()
+            .take_while(|b| b.is_ascii_graphic())
+            .count()
+            .min(8);
         f.write_str(&String::from_utf8_lossy(&self.0[..prefix]))?;
         write_hex(f, &self.0[prefix..])
     }

@@ -1,0 +1,72 @@
+//! Session-wide settings, with defaults tuned for a trusted, fast LAN.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::PeerId;
+
+/// Settings for a [`crate::Session`]. `SessionConfig::default()` suits a LAN cluster; every
+/// field is public so callers change only what they need.
+///
+/// ```
+/// use imagewolf_bt::SessionConfig;
+/// let config = SessionConfig {
+///     listen_addr: "127.0.0.1:0".parse().unwrap(),
+///     ..SessionConfig::default()
+/// };
+/// assert!(config.unchoke_slots > 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Where to accept peer connections. Port 0 picks a free port
+    /// (see [`crate::Session::listen_addr`]).
+    pub listen_addr: SocketAddr,
+    /// Our peer id; a fresh BEP 20 id by default.
+    pub peer_id: PeerId,
+    /// The address to announce to trackers (`ip=`), when the listen address is a wildcard and
+    /// the tracker would otherwise see a NAT or bridge address.
+    pub announce_ip: Option<IpAddr>,
+    /// Most connections per torrent (incoming and outgoing together).
+    pub max_peers_per_torrent: usize,
+    /// Most outgoing connection attempts in flight per torrent.
+    pub max_half_open: usize,
+    /// How many peers are unchoked at once. On a trusted LAN this is simply "everyone"
+    /// (unchoke-all); the limit exists for very large swarms and for sharing a slow uplink.
+    pub unchoke_slots: usize,
+    /// Our cap on outstanding requests at one peer (also lowered to the peer's `reqq`).
+    pub max_outstanding_requests: u32,
+    /// The most requests we queue from one peer (advertised to it as our `reqq`); more are
+    /// rejected.
+    pub max_queued_peer_requests: usize,
+    /// Pieces SHA-1-checked at once, each on tokio's blocking pool.
+    pub hashing_threads: usize,
+    /// Time allowed to connect and exchange handshakes.
+    pub handshake_timeout: Duration,
+    /// A peer that sends nothing at all for this long is disconnected (keep-alives count).
+    pub idle_timeout: Duration,
+    /// A peer holding our requests that delivers no block for this long is snubbed: its
+    /// requests go back to the picker for others to serve.
+    pub snub_timeout: Duration,
+    /// We send a keep-alive after this long without sending anything.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: "0.0.0.0:6000".parse().expect("valid literal"),
+            peer_id: PeerId::generate(),
+            announce_ip: None,
+            max_peers_per_torrent: 200,
+            max_half_open: 32,
+            unchoke_slots: 200,
+            max_outstanding_requests: 500,
+            max_queued_peer_requests: 2000,
+            hashing_threads: 2,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            snub_timeout: Duration::from_secs(15),
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}

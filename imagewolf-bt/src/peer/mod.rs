@@ -1,0 +1,218 @@
+//! Peer connections: handshake, then a reader and a writer driving the sans-IO codec over a
+//! TCP socket.
+//!
+//! One tokio task per connection runs both halves (`tokio::join!`): the [`reader`] decodes
+//! and acts on what the peer sends, the [`writer`] sends what the [`PeerLink`] queues and
+//! serves the peer's requests from storage. They share only the link. Reading and writing
+//! concurrently matters: two peers uploading to each other with full socket buffers would
+//! deadlock if either stopped reading while it wrote.
+
+mod link;
+pub(crate) mod pipeline;
+mod reader;
+mod writer;
+
+pub(crate) use link::PeerLink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::torrent::{Torrent, TorrentEvent};
+use crate::wire::{ExtensionHandshake, Handshake, Message, WireError};
+
+/// Why a connection ended. Every variant is fatal for that one connection only.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Socket error or the peer closed the connection.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the wire protocol (bad framing, sizes, handshake).
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    /// The peer sent something well-formed but not allowed here.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The peer went silent, or never finished the handshake.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// We closed it (ban, duplicate, torrent stopping, ...).
+    #[error("{0}")]
+    Closed(String),
+}
+
+/// Dials `addr` for `torrent`, handshakes, and runs the connection until it ends.
+pub(crate) async fn dial(torrent: Arc<Torrent>, addr: SocketAddr) {
+    let timeout = torrent.config.handshake_timeout;
+    let ours = Handshake::new(torrent.info_hash, torrent.config.peer_id);
+    let attempt = tokio::time::timeout(timeout, async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&ours.encode()).await?;
+        let mut buf = [0u8; Handshake::LEN];
+        stream.read_exact(&mut buf).await?;
+        let theirs = Handshake::decode(&buf)?;
+        if theirs.info_hash != torrent.info_hash {
+            return Err(PeerError::Protocol(
+                "peer answered for another torrent".into(),
+            ));
+        }
+        Ok::<_, PeerError>((stream, theirs))
+    })
+    .await
+    .unwrap_or(Err(PeerError::Timeout("handshake")));
+    torrent
+        .state()
+        .dial_finished(addr, attempt.is_ok(), Instant::now());
+    match attempt {
+        Ok((stream, theirs)) => run(torrent, stream, theirs, Some(addr)).await,
+        Err(e) => tracing::debug!(%addr, "dial failed: {e}"),
+    }
+}
+
+/// Runs a connection the session accepted, whose handshake named this torrent. Sends our
+/// handshake back, then runs it like any other.
+pub(crate) async fn accepted(torrent: Arc<Torrent>, mut stream: TcpStream, theirs: Handshake) {
+    let ours = Handshake::new(torrent.info_hash, torrent.config.peer_id);
+    let sent = tokio::time::timeout(
+        torrent.config.handshake_timeout,
+        stream.write_all(&ours.encode()),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    run(torrent, stream, theirs, None).await;
+}
+
+/// The connection after both handshakes: admission, the first messages, then the reader and
+/// writer until either ends.
+async fn run(
+    torrent: Arc<Torrent>,
+    stream: TcpStream,
+    theirs: Handshake,
+    dial_addr: Option<SocketAddr>,
+) {
+    let our_id = torrent.config.peer_id;
+    if theirs.peer_id == our_id {
+        return; // We dialled ourselves (our own address came back from the tracker).
+    }
+    let Ok(addr) = stream.peer_addr() else { return };
+    let _ = stream.set_nodelay(true);
+    let fast = theirs.supports_fast();
+    let link = {
+        let mut state = torrent.state();
+        if state.checking {
+            return;
+        }
+        let admitted = state.admit(
+            addr,
+            &theirs.peer_id,
+            &our_id,
+            dial_addr.is_some(),
+            torrent.config.max_peers_per_torrent,
+        );
+        if let Err(refusal) = admitted {
+            tracing::debug!(%addr, "refused: {refusal}");
+            return;
+        }
+        let key = state.next_peer_key();
+        let link = Arc::new(PeerLink::new(
+            key,
+            addr,
+            theirs.peer_id,
+            dial_addr.is_some(),
+            fast,
+        ));
+        state.insert_peer(Arc::clone(&link));
+        // The first messages, in the order the protocol wants: extension handshake, then
+        // exactly one of Bitfield / HaveAll / HaveNone (fast), or a Bitfield if we have any.
+        if theirs.supports_extended() {
+            link.send(&extension_handshake(&torrent, addr));
+        }
+        let have = state.picker.have();
+        let have_count = state.picker.have_count();
+        let first = if fast && have_count == torrent.lengths.num_pieces() {
+            Some(Message::HaveAll)
+        } else if fast && have_count == 0 {
+            Some(Message::HaveNone)
+        } else if have_count > 0 {
+            let mut bits = vec![0u8; torrent.lengths.bitfield_len()];
+            for i in have.iter_ones() {
+                bits[i / 8] |= 0x80 >> (i % 8);
+            }
+            Some(Message::Bitfield(bits.into()))
+        } else {
+            None
+        };
+        if let Some(msg) = first {
+            link.send(&msg);
+        }
+        link
+    };
+    torrent.emit(TorrentEvent::PeerConnected {
+        addr,
+        peer_id: theirs.peer_id,
+    });
+    let (read, write) = stream.into_split();
+    let reader = reader::Reader::new(Arc::clone(&torrent), Arc::clone(&link), read, theirs);
+    let (read_result, write_result) = tokio::join!(
+        async {
+            let r = reader.run().await;
+            // Whatever ended the reader ends the writer too.
+            link.close(&match &r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            });
+            r
+        },
+        async {
+            let w = writer::run(&torrent, &link, write).await;
+            link.close(&match &w {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            });
+            w
+        }
+    );
+    let reason = link
+        .closing
+        .borrow()
+        .clone()
+        .or_else(|| read_result.err().map(|e| e.to_string()))
+        .or_else(|| write_result.err().map(|e| e.to_string()))
+        .unwrap_or_else(|| "closed".into());
+    {
+        let mut state = torrent.state();
+        state.remove_peer(link.key);
+        if let Some(dialled) = dial_addr {
+            state.connection_lost(dialled, Instant::now());
+        }
+    }
+    tracing::debug!(%addr, "disconnected: {reason}");
+    torrent.emit(TorrentEvent::PeerDisconnected { addr, reason });
+    torrent.wake_ticker.notify_one();
+}
+
+/// Our BEP 10 handshake: no extension messages, a large `reqq` (libtorrent caps its queue
+/// to us at this), our listen port, and the address we see the peer at.
+fn extension_handshake(torrent: &Torrent, addr: SocketAddr) -> Message {
+    let yourip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let hs = ExtensionHandshake {
+        v: Some(concat!("ImageWolf ", env!("CARGO_PKG_VERSION")).into()),
+        p: Some(torrent.listen_port),
+        reqq: Some(torrent.config.max_queued_peer_requests as u32),
+        yourip: Some(yourip),
+        ..ExtensionHandshake::default()
+    };
+    Message::Extended {
+        id: crate::wire::EXTENDED_HANDSHAKE_ID,
+        payload: hs.encode(),
+    }
+}

@@ -1,0 +1,436 @@
+//! The receiving half of a connection: decodes messages and acts on them, and keeps our
+//! request pipeline to the peer full.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::pipeline::Pipeline;
+use super::{PeerError, PeerLink};
+use crate::torrent::state::TorrentState;
+use crate::torrent::{verify, Counters, Torrent};
+use crate::wire::{
+    bitfield, DecoderLimits, ExtensionHandshake, Handshake, Message, MessageDecoder, RawBlock,
+};
+use crate::BlockRef;
+
+/// Bytes the read buffer asks the socket for at once: many blocks per system call.
+const READ_CHUNK: usize = 256 * 1024;
+/// How often timers (snub, idle, rate samples) are checked.
+const TICK: Duration = Duration::from_secs(1);
+
+pub(super) struct Reader {
+    torrent: Arc<Torrent>,
+    link: Arc<PeerLink>,
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: MessageDecoder,
+    extended: bool,
+    /// The peer is choking us.
+    peer_choking: bool,
+    /// We told the peer we are interested.
+    am_interested: bool,
+    pipeline: Pipeline,
+    /// No message other than the extension handshake has arrived yet (a Bitfield, HaveAll or
+    /// HaveNone is only allowed then).
+    at_start: bool,
+    last_received: Instant,
+    last_block: Instant,
+    snubbed: bool,
+    /// Scratch space for picks, reused.
+    picks: Vec<BlockRef>,
+}
+
+impl Reader {
+    pub fn new(
+        torrent: Arc<Torrent>,
+        link: Arc<PeerLink>,
+        read: OwnedReadHalf,
+        theirs: Handshake,
+    ) -> Self {
+        let now = Instant::now();
+        let decoder = MessageDecoder::new(DecoderLimits::for_torrent(&torrent.lengths));
+        let pipeline = Pipeline::new(torrent.config.max_outstanding_requests, now);
+        Self {
+            torrent,
+            link,
+            read,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder,
+            extended: theirs.supports_extended(),
+            peer_choking: true,
+            am_interested: false,
+            pipeline,
+            at_start: true,
+            last_received: now,
+            last_block: now,
+            snubbed: false,
+            picks: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self) -> Result<(), PeerError> {
+        let mut shutdown = self.torrent.shutdown.subscribe();
+        let mut closing = self.link.closing.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let want = self.decoder.bytes_needed(&self.buf).max(READ_CHUNK);
+            self.buf.reserve(want);
+            tokio::select! {
+                n = self.read.read_buf(&mut self.buf) => {
+                    if n? == 0 {
+                        return Err(PeerError::Closed("peer closed the connection".into()));
+                    }
+                    self.last_received = Instant::now();
+                    self.drain()?;
+                }
+                _ = tick.tick() => self.on_tick()?,
+                r = closing.wait_for(Option::is_some) => {
+                    let reason = r.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
+                    return Err(PeerError::Closed(reason));
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles every complete message in the buffer, then tops up our requests once.
+    fn drain(&mut self) -> Result<(), PeerError> {
+        while let Some(msg) = self.decoder.decode(&mut self.buf)? {
+            self.handle(msg)?;
+        }
+        self.refill();
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), PeerError> {
+        let at_start = std::mem::replace(&mut self.at_start, false);
+        match msg {
+            Message::KeepAlive => self.at_start = at_start,
+            Message::Choke => {
+                self.peer_choking = true;
+                if !self.link.fast {
+                    // Without the fast extension a choke silently drops our requests.
+                    self.release_requests(false);
+                }
+            }
+            Message::Unchoke => self.peer_choking = false,
+            Message::Interested => {
+                self.link.io().peer_interested = true;
+                self.try_unchoke();
+            }
+            Message::NotInterested => {
+                self.link.io().peer_interested = false;
+                self.torrent.state().unchoked.remove(&self.link.key);
+            }
+            Message::Have(index) => {
+                let piece = self
+                    .torrent
+                    .lengths
+                    .piece(index)
+                    .ok_or_else(|| bad("HAVE for a piece that does not exist"))?;
+                let mut state = self.torrent.state();
+                let TorrentState { picker, peers, .. } = &mut *state;
+                let Some(entry) = peers.get_mut(&self.link.key) else {
+                    return Ok(());
+                };
+                if !entry.has_all && !entry.bitfield[piece.as_usize()] {
+                    entry.bitfield.set(piece.as_usize(), true);
+                    entry.have_count += 1;
+                    picker.peer_has(piece);
+                    if !self.am_interested && !picker.have()[piece.as_usize()] {
+                        drop(state);
+                        self.set_interested(true);
+                    }
+                }
+            }
+            Message::Bitfield(bits) => {
+                if !at_start {
+                    return Err(bad("BITFIELD after other messages"));
+                }
+                let num_pieces = self.torrent.lengths.num_pieces();
+                let bits = bitfield::masked(bits, num_pieces);
+                let mut state = self.torrent.state();
+                let TorrentState { picker, peers, .. } = &mut *state;
+                let Some(entry) = peers.get_mut(&self.link.key) else {
+                    return Ok(());
+                };
+                let slice = entry.bitfield.as_raw_mut_slice();
+                if slice.len() != bits.len() {
+                    return Err(bad("BITFIELD of the wrong length"));
+                }
+                slice.copy_from_slice(&bits);
+                entry.have_count = entry.bitfield.count_ones() as u32;
+                if entry.have_count == num_pieces {
+                    entry.has_all = true;
+                    picker.peer_has_all();
+                } else {
+                    picker.peer_bitfield(&entry.bitfield);
+                }
+                let interesting = picker.is_interesting(&entry.bitfield, entry.has_all);
+                let both_seeds = entry.has_all && picker.is_complete();
+                drop(state);
+                if both_seeds {
+                    return Err(PeerError::Closed("both sides are seeds".into()));
+                }
+                self.set_interested(interesting);
+            }
+            Message::HaveAll | Message::HaveNone => {
+                self.require_fast()?;
+                if !at_start {
+                    return Err(bad("HAVE_ALL/HAVE_NONE after other messages"));
+                }
+                if matches!(msg, Message::HaveAll) {
+                    let mut state = self.torrent.state();
+                    let TorrentState { picker, peers, .. } = &mut *state;
+                    let Some(entry) = peers.get_mut(&self.link.key) else {
+                        return Ok(());
+                    };
+                    entry.has_all = true;
+                    picker.peer_has_all();
+                    let complete = picker.is_complete();
+                    drop(state);
+                    if complete {
+                        return Err(PeerError::Closed("both sides are seeds".into()));
+                    }
+                    self.set_interested(true);
+                }
+            }
+            Message::Request(raw) => self.on_request(raw)?,
+            Message::Cancel(raw) => {
+                let block = self.check_block(raw)?;
+                let mut io = self.link.io();
+                if let Some(pos) = io.serve.iter().position(|b| *b == block) {
+                    io.serve.remove(pos);
+                    if self.link.fast {
+                        // BEP 6: every request gets exactly one Piece or Reject, even after Cancel.
+                        Message::Reject(raw).encode(&mut io.out);
+                        drop(io);
+                        self.link.writer_wake.notify_one();
+                    }
+                }
+            }
+            Message::Piece { index, begin, data } => {
+                let len = u32::try_from(data.len()).map_err(|_| bad("oversized block"))?;
+                let block = self
+                    .torrent
+                    .lengths
+                    .block_at(index, begin, len)
+                    .ok_or_else(|| bad("PIECE outside the torrent"))?;
+                self.on_block(block, &data);
+            }
+            Message::Reject(raw) => {
+                self.require_fast()?;
+                let block = self.check_block(raw)?;
+                if self.link.io().requested.remove(&block) {
+                    self.torrent
+                        .state()
+                        .picker
+                        .request_released(self.link.key, block);
+                }
+            }
+            Message::Suggest(index) | Message::AllowedFast(index) => {
+                self.require_fast()?;
+                // Valid but unused: our picker's rarest-first order is better informed on a LAN.
+                self.torrent
+                    .lengths
+                    .piece(index)
+                    .ok_or_else(|| bad("SUGGEST/ALLOWED_FAST for a piece that does not exist"))?;
+            }
+            Message::Port(_) => {}
+            Message::Extended { id, payload } => {
+                if !self.extended {
+                    return Err(bad("extended message without BEP 10 support"));
+                }
+                if id == crate::wire::EXTENDED_HANDSHAKE_ID {
+                    self.at_start = at_start; // A Bitfield may still follow.
+                    let hs = ExtensionHandshake::decode(&payload)?;
+                    if let Some(reqq) = hs.reqq {
+                        let ours = self.torrent.config.max_outstanding_requests;
+                        self.pipeline.set_max(reqq.clamp(1, ours));
+                    }
+                }
+                // Other extension messages: we advertised none, so ignore whatever comes.
+            }
+        }
+        Ok(())
+    }
+
+    fn require_fast(&self) -> Result<(), PeerError> {
+        if self.link.fast {
+            Ok(())
+        } else {
+            Err(bad("fast-extension message without BEP 6 support"))
+        }
+    }
+
+    fn check_block(&self, raw: RawBlock) -> Result<BlockRef, PeerError> {
+        self.torrent
+            .lengths
+            .block_at(raw.index, raw.begin, raw.length)
+            .ok_or_else(|| bad("block outside the torrent"))
+    }
+
+    /// The peer asks for a block: queue it for the writer, or reject it (fast) / ignore it.
+    fn on_request(&mut self, raw: RawBlock) -> Result<(), PeerError> {
+        let block = self.check_block(raw)?;
+        let have = self.torrent.state().picker.have()[block.piece().as_usize()];
+        let mut io = self.link.io();
+        let refuse = io.am_choking
+            || !have
+            || io.serve.len() >= self.torrent.config.max_queued_peer_requests;
+        if refuse {
+            if self.link.fast {
+                Message::Reject(raw).encode(&mut io.out);
+                drop(io);
+                self.link.writer_wake.notify_one();
+            }
+            return Ok(());
+        }
+        io.serve.push_back(block);
+        drop(io);
+        self.link.writer_wake.notify_one();
+        Ok(())
+    }
+
+    /// A block arrived: keep it if we asked this peer for it and still want it.
+    fn on_block(&mut self, block: BlockRef, data: &[u8]) {
+        let len = u64::from(block.len());
+        Counters::add(&self.torrent.counters.downloaded, len);
+        self.link.count_received(len);
+        if !self.link.io().requested.remove(&block) {
+            // Unrequested, or cancelled after the peer had sent it.
+            Counters::add(&self.torrent.counters.wasted, len);
+            return;
+        }
+        self.pipeline.on_block(block.len());
+        self.last_block = Instant::now();
+        if self.snubbed {
+            self.snubbed = false;
+            self.pipeline
+                .set_max(self.torrent.config.max_outstanding_requests);
+        }
+        let outcome = self
+            .torrent
+            .state()
+            .accept_block(self.link.key, block, data);
+        if !outcome.accepted {
+            Counters::add(&self.torrent.counters.wasted, len);
+        }
+        for other in outcome.cancel_at {
+            other.cancel(block);
+        }
+        if let Some(job) = outcome.complete {
+            let torrent = Arc::clone(&self.torrent);
+            self.torrent.spawn(verify::verify_and_store(torrent, job));
+        }
+    }
+
+    /// Keeps `pipeline.target()` requests outstanding while the peer lets us.
+    fn refill(&mut self) {
+        if self.peer_choking || !self.am_interested || self.link.is_closing() {
+            return;
+        }
+        let outstanding = self.link.io().requested.len();
+        let target = self.pipeline.target() as usize;
+        if outstanding >= target {
+            return;
+        }
+        self.picks.clear();
+        let still_interesting = {
+            let mut state = self.torrent.state();
+            let TorrentState { picker, peers, .. } = &mut *state;
+            let Some(entry) = peers.get(&self.link.key) else {
+                return;
+            };
+            picker.pick(
+                self.link.key,
+                &entry.bitfield,
+                entry.has_all,
+                target - outstanding,
+                &mut self.picks,
+            );
+            !self.picks.is_empty()
+                || outstanding > 0
+                || picker.is_interesting(&entry.bitfield, entry.has_all)
+        };
+        if !still_interesting {
+            self.set_interested(false);
+            return;
+        }
+        self.link.request(&self.picks);
+    }
+
+    fn set_interested(&mut self, interested: bool) {
+        if self.am_interested != interested {
+            self.am_interested = interested;
+            self.link.send(if interested {
+                &Message::Interested
+            } else {
+                &Message::NotInterested
+            });
+        }
+    }
+
+    /// Unchokes the peer if a slot is free (on a LAN there always is).
+    fn try_unchoke(&self) {
+        let mut state = self.torrent.state();
+        if state.unchoked.contains(&self.link.key) {
+            return;
+        }
+        if state.unchoked.len() < self.torrent.config.unchoke_slots {
+            state.unchoked.insert(self.link.key);
+            drop(state);
+            self.link.set_choking(false);
+        }
+        // Otherwise the ticker's rotation will get to it.
+    }
+
+    /// Gives all our outstanding requests at this peer back to the picker; with `cancel`,
+    /// also tells the peer (snub), otherwise they are already void (choke).
+    fn release_requests(&mut self, cancel: bool) {
+        let blocks: Vec<BlockRef> = if cancel {
+            self.link.cancel_all()
+        } else {
+            self.link.io().requested.drain().collect()
+        };
+        if !blocks.is_empty() {
+            let mut state = self.torrent.state();
+            for block in blocks {
+                state.picker.request_released(self.link.key, block);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), PeerError> {
+        let now = Instant::now();
+        let config = &self.torrent.config;
+        if now.duration_since(self.last_received) > config.idle_timeout {
+            return Err(PeerError::Timeout("peer sent nothing"));
+        }
+        self.pipeline.tick(now, TICK);
+        let waiting = !self.link.io().requested.is_empty();
+        if waiting && !self.snubbed && now.duration_since(self.last_block) > config.snub_timeout {
+            // It holds requests and delivers nothing: let other peers have those blocks, and
+            // ask it for one block at a time until it proves itself again.
+            tracing::debug!(addr = %self.link.addr, "snubbed");
+            self.snubbed = true;
+            self.release_requests(true);
+            self.pipeline.reset();
+            self.pipeline.set_max(1);
+        }
+        if !waiting {
+            self.last_block = now;
+        }
+        self.refill();
+        Ok(())
+    }
+}
+
+fn bad(what: &str) -> PeerError {
+    PeerError::Protocol(what.to_owned())
+}

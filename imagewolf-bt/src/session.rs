@@ -1,0 +1,302 @@
+//! The public entry point: a [`Session`] listens for peers and runs any number of torrents.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitvec::prelude::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::SessionConfig;
+use crate::picker::Picker;
+use crate::torrent::state::TorrentState;
+use crate::torrent::{
+    AddTorrent, Counters, StartFrom, Torrent, TorrentError, TorrentHandle, TorrentStats,
+    TorrentStatus, TorrentTable,
+};
+use crate::wire::Handshake;
+use crate::InfoHash;
+
+/// Incoming connections allowed to sit in the handshake at once; more wait in the kernel's
+/// backlog. Bounds what a flood of idle connections can cost us.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// A BitTorrent session: one listening socket, one peer id, many torrents.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use imagewolf_bt::{metainfo::TorrentBuilder, storage::MemoryStorage};
+/// use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+///
+/// let localhost = SessionConfig { listen_addr: "127.0.0.1:0".parse()?, ..Default::default() };
+/// let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+/// let meta = TorrentBuilder::new("example.bin")
+///     .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())?;
+///
+/// // A seed holding the payload...
+/// let seed = Session::new(localhost.clone()).await?;
+/// let storage = Arc::new(MemoryStorage::from_vec(payload.clone()));
+/// seed.add_torrent(AddTorrent::new(meta.clone(), storage, StartFrom::Complete)).await?;
+///
+/// // ...and a downloader pointed at it.
+/// let leech = Session::new(SessionConfig { peer_id: imagewolf_bt::PeerId::generate(), ..localhost }).await?;
+/// let out = Arc::new(MemoryStorage::new(meta.total_len()));
+/// let add = AddTorrent::new(meta, out.clone(), StartFrom::Empty).with_peers([seed.listen_addr()]);
+/// let torrent = leech.add_torrent(add).await?;
+/// torrent.wait_complete().await?;
+/// assert_eq!(out.to_vec(), payload);
+///
+/// leech.shutdown().await;
+/// seed.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    inner: Arc<Inner>,
+    accept_task: JoinHandle<()>,
+}
+
+struct Inner {
+    config: Arc<SessionConfig>,
+    listen_addr: SocketAddr,
+    torrents: TorrentTable,
+    hashing: Arc<Semaphore>,
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Session {
+    /// Binds the listen socket and starts accepting peers.
+    pub async fn new(config: SessionConfig) -> Result<Session, SessionError> {
+        let addr = config.listen_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SessionError::Bind { addr, source })?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|source| SessionError::Bind { addr, source })?;
+        let inner = Arc::new(Inner {
+            hashing: Arc::new(Semaphore::new(config.hashing_threads.max(1))),
+            config: Arc::new(config),
+            listen_addr,
+            torrents: Mutex::new(HashMap::new()),
+        });
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
+        Ok(Session { inner, accept_task })
+    }
+
+    /// The address peers connect to (with the real port when 0 was asked for).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    /// The session's settings.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// Adds a torrent and starts it: downloading, seeding, or checking first, as
+    /// `add.start_from` says. Returns once it runs (a check continues in the background;
+    /// follow it with [`TorrentHandle::progress`]).
+    pub async fn add_torrent(&self, add: AddTorrent) -> Result<TorrentHandle, TorrentError> {
+        let AddTorrent {
+            metainfo,
+            storage,
+            start_from,
+            peers,
+            use_trackers,
+        } = add;
+        let lengths = metainfo.lengths();
+        if storage.len() != lengths.total_len() {
+            return Err(TorrentError::StorageSize {
+                expected: lengths.total_len(),
+                actual: storage.len(),
+            });
+        }
+        let info_hash = metainfo.info_hash();
+        let picker = match start_from {
+            StartFrom::Complete => Picker::with_have(
+                lengths,
+                &bitvec![u8, Msb0; 1; lengths.num_pieces() as usize],
+            ),
+            StartFrom::Empty | StartFrom::Check => Picker::new(lengths),
+        };
+        let status = match start_from {
+            StartFrom::Complete => TorrentStatus::Seeding,
+            StartFrom::Empty => TorrentStatus::Downloading,
+            StartFrom::Check => TorrentStatus::Checking,
+        };
+        let mut state = TorrentState::new(lengths, picker, status.clone());
+        state.checking = start_from == StartFrom::Check;
+        let initial = TorrentStats {
+            status,
+            num_pieces: lengths.num_pieces(),
+            have_pieces: state.picker.have_count(),
+            total_len: lengths.total_len(),
+            have_bytes: state.have_bytes(),
+            downloaded: 0,
+            uploaded: 0,
+            wasted: 0,
+            download_rate: 0.0,
+            upload_rate: 0.0,
+            peers: 0,
+            hash_failures: 0,
+        };
+        let torrent = Arc::new(Torrent {
+            info_hash,
+            lengths,
+            metainfo: Arc::new(metainfo),
+            storage,
+            config: Arc::clone(&self.inner.config),
+            listen_port: self.inner.listen_addr.port(),
+            state: Mutex::new(state),
+            counters: Counters::default(),
+            hashing: Arc::clone(&self.inner.hashing),
+            stats_tx: watch::Sender::new(initial),
+            events_tx: broadcast::channel(1024).0,
+            shutdown: watch::Sender::new(false),
+            wake_ticker: Notify::new(),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+            announcer: Mutex::new(None),
+        });
+        {
+            let mut table = self.inner.table();
+            if table.contains_key(&info_hash) {
+                return Err(TorrentError::Duplicate(info_hash));
+            }
+            table.insert(info_hash, Arc::clone(&torrent));
+        }
+        crate::torrent::add_candidates(&torrent, peers);
+        torrent.spawn(crate::torrent::ticker_task(Arc::clone(&torrent)));
+        if start_from == StartFrom::Check {
+            torrent.spawn(crate::torrent::check_task(Arc::clone(&torrent)));
+        }
+        if use_trackers {
+            crate::torrent::start_trackers(&torrent, self.inner.config.announce_ip);
+        }
+        Ok(TorrentHandle { torrent })
+    }
+
+    /// The torrent with this info-hash, if the session runs it.
+    pub fn torrent(&self, info_hash: &InfoHash) -> Option<TorrentHandle> {
+        self.inner.table().get(info_hash).map(|t| TorrentHandle {
+            torrent: Arc::clone(t),
+        })
+    }
+
+    /// Every torrent in the session.
+    pub fn torrents(&self) -> Vec<TorrentHandle> {
+        self.inner
+            .table()
+            .values()
+            .map(|t| TorrentHandle {
+                torrent: Arc::clone(t),
+            })
+            .collect()
+    }
+
+    /// Stops a torrent and removes it from the session. Its data stays in its storage.
+    pub async fn remove_torrent(&self, info_hash: &InfoHash) -> bool {
+        let torrent = self.inner.table().remove(info_hash);
+        match torrent {
+            Some(torrent) => {
+                TorrentHandle { torrent }.stop().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every torrent (announcing `stopped` to trackers) and the listener.
+    pub async fn shutdown(self) {
+        self.accept_task.abort();
+        let torrents: Vec<_> = self.inner.table().drain().map(|(_, t)| t).collect();
+        let stops = torrents.into_iter().map(|torrent| async move {
+            TorrentHandle { torrent }.stop().await;
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        // Without an async context we cannot wait for tasks; at least make them all end.
+        for torrent in self.inner.table().values() {
+            torrent.shutdown.send_replace(true);
+        }
+    }
+}
+
+impl Inner {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Arc<Torrent>>> {
+        self.torrents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
+            return;
+        };
+        let (stream, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            let handshake = read_handshake(stream, inner.config.handshake_timeout).await;
+            drop(permit);
+            let (stream, theirs) = match handshake {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::debug!(%addr, "incoming handshake failed: {e}");
+                    return;
+                }
+            };
+            let torrent = inner.table().get(&theirs.info_hash).cloned();
+            match torrent {
+                Some(torrent) if !torrent.is_shutting_down() => {
+                    let t = Arc::clone(&torrent);
+                    torrent.spawn(crate::peer::accepted(t, stream, theirs));
+                }
+                _ => {
+                    tracing::debug!(%addr, "incoming connection for unknown torrent {}", theirs.info_hash)
+                }
+            }
+        });
+    }
+}
+
+async fn read_handshake(
+    mut stream: TcpStream,
+    timeout: Duration,
+) -> Result<(TcpStream, Handshake), crate::peer::PeerError> {
+    let mut buf = [0u8; Handshake::LEN];
+    tokio::time::timeout(timeout, stream.read_exact(&mut buf))
+        .await
+        .map_err(|_| crate::peer::PeerError::Timeout("handshake"))??;
+    Ok((stream, Handshake::decode(&buf)?))
+}

@@ -1,0 +1,347 @@
+//! The torrent's mutable core, behind the torrent lock: picker, peer table, piece buffers,
+//! ban evidence, addresses to connect to. Everything here is synchronous and quick; see the
+//! locking rules in the parent module.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+
+use super::smart_ban::SmartBan;
+use super::TorrentStatus;
+use crate::peer::PeerLink;
+use crate::picker::{PeerKey, Picker, Received};
+use crate::{BlockRef, Lengths, PeerId, PieceIndex};
+
+/// One connected peer, as the torrent sees it.
+pub(crate) struct PeerEntry {
+    /// The connection's shared half (outgoing queue, requests).
+    pub link: Arc<PeerLink>,
+    /// Pieces the peer has (meaningless while `has_all`).
+    pub bitfield: BitVec<u8, Msb0>,
+    /// The peer has every piece (HaveAll, or a full bitfield).
+    pub has_all: bool,
+    /// Pieces the peer announced; reaching `num_pieces` makes it a seed.
+    pub have_count: u32,
+}
+
+impl PeerEntry {
+    pub fn is_seed(&self, num_pieces: u32) -> bool {
+        self.has_all || self.have_count == num_pieces
+    }
+}
+
+/// A piece being assembled from blocks, in memory until it verifies.
+pub(crate) struct PieceBuffer {
+    pub data: Vec<u8>,
+    /// Who sent each block so far (for the smart ban when the piece fails).
+    pub senders: Vec<(BlockRef, PeerKey)>,
+}
+
+/// A complete piece, taken out of the state to be hashed and stored.
+pub(crate) struct PieceJob {
+    pub piece: PieceIndex,
+    pub data: Vec<u8>,
+    pub senders: Vec<(BlockRef, PeerKey)>,
+    /// The piece failed before: compute per-block digests of the good data for the smart ban.
+    pub suspect: bool,
+}
+
+/// What happened to a block a peer delivered.
+pub(crate) struct BlockOutcome {
+    /// Whether it was stored (false: a duplicate or no longer wanted).
+    pub accepted: bool,
+    /// Other peers that had the same block requested (endgame): send them a Cancel.
+    pub cancel_at: Vec<Arc<PeerLink>>,
+    /// The piece is complete and must be verified.
+    pub complete: Option<PieceJob>,
+}
+
+/// Why a new connection was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Banned,
+    TooManyPeers,
+    AlreadyConnected,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Banned => "peer is banned",
+            Refusal::TooManyPeers => "peer limit reached",
+            Refusal::AlreadyConnected => "duplicate connection to the same peer",
+        })
+    }
+}
+
+/// What we know of an address we might connect to.
+#[derive(Debug, Clone, Copy)]
+enum AddrState {
+    /// Queued in `candidates` or being dialled.
+    Pending,
+    /// A connection to it is up.
+    Connected,
+    /// The last attempt failed; retry after `retry_at`.
+    Failed { attempts: u32, retry_at: Instant },
+}
+
+pub(crate) struct TorrentState {
+    pub lengths: Lengths,
+    pub picker: Picker,
+    pub peers: HashMap<PeerKey, PeerEntry>,
+    next_key: u64,
+    buffers: HashMap<PieceIndex, PieceBuffer>,
+    pub ban: SmartBan,
+    banned_ids: HashSet<PeerId>,
+    banned_ips: HashSet<IpAddr>,
+    addrs: HashMap<SocketAddr, AddrState>,
+    candidates: VecDeque<SocketAddr>,
+    pub half_open: usize,
+    pub unchoked: HashSet<PeerKey>,
+    pub status: TorrentStatus,
+    pub hash_failures: u32,
+    /// Set while storage is being checked; no peers are taken until it is done.
+    pub checking: bool,
+}
+
+impl TorrentState {
+    pub fn new(lengths: Lengths, picker: Picker, status: TorrentStatus) -> Self {
+        Self {
+            lengths,
+            picker,
+            peers: HashMap::new(),
+            next_key: 0,
+            buffers: HashMap::new(),
+            ban: SmartBan::default(),
+            banned_ids: HashSet::new(),
+            banned_ips: HashSet::new(),
+            addrs: HashMap::new(),
+            candidates: VecDeque::new(),
+            half_open: 0,
+            unchoked: HashSet::new(),
+            status,
+            hash_failures: 0,
+            checking: false,
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.picker.is_complete()
+    }
+
+    /// Queues addresses we have not seen; returns whether any was new.
+    pub fn add_candidates(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> bool {
+        let mut added = false;
+        for addr in addrs {
+            if addr.port() == 0 || self.banned_ips.contains(&addr.ip()) {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = self.addrs.entry(addr) {
+                e.insert(AddrState::Pending);
+                self.candidates.push_back(addr);
+                added = true;
+            } else if let Some(AddrState::Failed { .. }) = self.addrs.get(&addr) {
+                // Told again about a peer that failed: it may be up now; retry soon.
+                self.addrs.insert(addr, AddrState::Pending);
+                self.candidates.push_back(addr);
+                added = true;
+            }
+        }
+        added
+    }
+
+    /// The next address to dial, if the limits allow one more attempt now.
+    pub fn next_dial(
+        &mut self,
+        max_peers: usize,
+        max_half_open: usize,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        if self.checking
+            || self.half_open >= max_half_open
+            || self.peers.len() + self.half_open >= max_peers
+        {
+            return None;
+        }
+        // Failed addresses whose back-off expired go back in the queue.
+        for (addr, state) in self.addrs.iter_mut() {
+            if let AddrState::Failed { retry_at, .. } = *state {
+                if retry_at <= now {
+                    *state = AddrState::Pending;
+                    self.candidates.push_back(*addr);
+                }
+            }
+        }
+        let addr = self.candidates.pop_front()?;
+        self.half_open += 1;
+        Some(addr)
+    }
+
+    /// A dial ended (connected or not).
+    pub fn dial_finished(&mut self, addr: SocketAddr, connected: bool, now: Instant) {
+        self.half_open = self.half_open.saturating_sub(1);
+        let attempts = match self.addrs.get(&addr) {
+            Some(AddrState::Failed { attempts, .. }) => *attempts,
+            _ => 0,
+        };
+        let state = if connected {
+            AddrState::Connected
+        } else {
+            let attempts = attempts + 1;
+            // 1 s, 2 s, 4 s ... capped at a minute: a LAN peer that is starting up comes soon.
+            let backoff = Duration::from_secs(1 << attempts.min(6)).min(Duration::from_secs(60));
+            AddrState::Failed {
+                attempts,
+                retry_at: now + backoff,
+            }
+        };
+        self.addrs.insert(addr, state);
+    }
+
+    /// A connection that was up went down: its address may be dialled again later.
+    pub fn connection_lost(&mut self, dial_addr: SocketAddr, now: Instant) {
+        if let Some(state) = self.addrs.get_mut(&dial_addr) {
+            *state = AddrState::Failed {
+                attempts: 0,
+                retry_at: now + Duration::from_secs(1),
+            };
+        }
+    }
+
+    pub fn is_banned(&self, addr: SocketAddr, peer_id: &PeerId) -> bool {
+        self.banned_ids.contains(peer_id) || self.banned_ips.contains(&addr.ip())
+    }
+
+    /// Checks whether a freshly handshaken connection may join. `we_initiated` tells which
+    /// side dialled, for the tie-break between two connections to the same peer.
+    pub fn admit(
+        &self,
+        addr: SocketAddr,
+        peer_id: &PeerId,
+        our_id: &PeerId,
+        we_initiated: bool,
+        max_peers: usize,
+    ) -> Result<(), Refusal> {
+        if self.is_banned(addr, peer_id) {
+            return Err(Refusal::Banned);
+        }
+        if let Some(existing) = self.peers.values().find(|p| &p.link.peer_id == peer_id) {
+            // Both sides may dial each other at once. Each side keeps the connection dialled by
+            // the lower peer id, so both keep the same one.
+            let keep_new = existing.link.outgoing != we_initiated && {
+                let new_dialler = if we_initiated { our_id } else { peer_id };
+                let lower = if our_id < peer_id { our_id } else { peer_id };
+                new_dialler == lower
+            };
+            if !keep_new {
+                return Err(Refusal::AlreadyConnected);
+            }
+            existing
+                .link
+                .close("replaced by a connection to the same peer");
+        }
+        if self.peers.len() >= max_peers {
+            return Err(Refusal::TooManyPeers);
+        }
+        Ok(())
+    }
+
+    pub fn next_peer_key(&mut self) -> PeerKey {
+        self.next_key += 1;
+        PeerKey(self.next_key)
+    }
+
+    pub fn insert_peer(&mut self, link: Arc<PeerLink>) {
+        let entry = PeerEntry {
+            link: Arc::clone(&link),
+            bitfield: bitvec![u8, Msb0; 0; self.lengths.num_pieces() as usize],
+            has_all: false,
+            have_count: 0,
+        };
+        self.peers.insert(link.key, entry);
+    }
+
+    /// Removes a peer: its availability and outstanding requests go back to the picker.
+    pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
+        let entry = self.peers.remove(&key)?;
+        self.picker.peer_left(key, &entry.bitfield, entry.has_all);
+        self.unchoked.remove(&key);
+        self.ban.forget_peer(key);
+        Some(entry)
+    }
+
+    /// Bans a peer by id, and by IP unless it is a loopback address (on loopback every peer
+    /// shares one IP: tests and single-host demos).
+    pub fn ban(&mut self, key: PeerKey) -> Option<Arc<PeerLink>> {
+        let entry = self.peers.get(&key)?;
+        let link = Arc::clone(&entry.link);
+        self.banned_ids.insert(link.peer_id);
+        if !link.addr.ip().is_loopback() {
+            self.banned_ips.insert(link.addr.ip());
+        }
+        Some(link)
+    }
+
+    /// A block arrived from `key`, which had requested it. Marks it in the picker and copies
+    /// it into its piece buffer.
+    pub fn accept_block(&mut self, key: PeerKey, block: BlockRef, data: &[u8]) -> BlockOutcome {
+        let mut outcome = BlockOutcome {
+            accepted: false,
+            cancel_at: Vec::new(),
+            complete: None,
+        };
+        let Received::Accepted { cancel, piece_done } = self.picker.block_received(key, block)
+        else {
+            return outcome;
+        };
+        outcome.accepted = true;
+        outcome.cancel_at = cancel
+            .iter()
+            .filter_map(|k| self.peers.get(k).map(|p| Arc::clone(&p.link)))
+            .collect();
+        let piece = block.piece();
+        let size = self.lengths.piece_size(piece) as usize;
+        let buffer = self.buffers.entry(piece).or_insert_with(|| PieceBuffer {
+            data: vec![0; size],
+            senders: Vec::new(),
+        });
+        let start = block.offset() as usize;
+        buffer.data[start..start + data.len()].copy_from_slice(data);
+        buffer.senders.push((block, key));
+        if piece_done {
+            if let Some(buffer) = self.buffers.remove(&piece) {
+                outcome.complete = Some(PieceJob {
+                    piece,
+                    data: buffer.data,
+                    senders: buffer.senders,
+                    suspect: self.ban.is_suspect(piece),
+                });
+            }
+        }
+        outcome
+    }
+
+    /// Drops the buffer of a piece whose blocks all went back to the picker (hash failure).
+    pub fn drop_buffer(&mut self, piece: PieceIndex) {
+        self.buffers.remove(&piece);
+    }
+
+    /// Bytes of verified pieces.
+    pub fn have_bytes(&self) -> u64 {
+        let have = self.picker.have_count();
+        if have == 0 {
+            return 0;
+        }
+        let last = self.lengths.piece(self.lengths.num_pieces() - 1);
+        let mut bytes = u64::from(have) * u64::from(self.lengths.piece_len());
+        if let Some(last) = last {
+            if self.picker.have()[last.as_usize()] {
+                bytes -= u64::from(self.lengths.piece_len() - self.lengths.piece_size(last));
+            }
+        }
+        bytes
+    }
+}

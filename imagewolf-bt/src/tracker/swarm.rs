@@ -1,0 +1,422 @@
+//! The tracker's swarm registry (sans-IO): who is in which torrent, and who gets told about
+//! whom. Time is passed in explicitly (`now`), so expiry is testable without sleeping.
+//!
+//! Invariants:
+//! - A swarm never holds an expired peer after it was announced to, and an empty swarm is
+//!   removed at once, so `max_torrents` counts live torrents.
+//! - A swarm holds at most `max_peers_per_torrent` peers and the registry at most
+//!   `max_torrents` swarms: memory is bounded whatever announcers send. A full swarm still
+//!   answers a new peer (with peers it can dial) but does not register it; refusing the
+//!   newcomer rather than evicting an old peer means a flood of fake peer ids cannot push
+//!   real peers out.
+//! - A reply never contains the requesting peer: neither its peer id nor its endpoint (a
+//!   restarted client announces a new peer id from the same `ip:port`; the old entry is
+//!   dropped, not handed back to it).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use thiserror::Error;
+
+use super::query::{AnnounceRequest, Event};
+use super::response::{AnnounceReply, ReplyPeer};
+use crate::{InfoHash, PeerId};
+
+/// Peers handed out when the client does not say how many it wants.
+pub const DEFAULT_NUMWANT: usize = 50;
+/// Most peers handed out in one reply, whatever `numwant` says.
+pub const MAX_NUMWANT: usize = 200;
+
+/// Tracker settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Re-announce interval told to clients (whole seconds on the wire, at least 1).
+    /// `min interval` is half of it.
+    pub interval: Duration,
+    /// A peer not heard from for this long is dropped (about twice `interval`).
+    pub peer_ttl: Duration,
+    /// Most peers registered per torrent.
+    pub max_peers_per_torrent: usize,
+    /// Most torrents tracked at once.
+    pub max_torrents: usize,
+}
+
+impl Default for TrackerConfig {
+    /// 60 s interval, 120 s peer lifetime, 2000 peers per torrent, 1000 torrents: a few
+    /// hundred MiB at worst, and room for any LAN cluster.
+    fn default() -> Self {
+        TrackerConfig {
+            interval: Duration::from_secs(60),
+            peer_ttl: Duration::from_secs(120),
+            max_peers_per_torrent: 2000,
+            max_torrents: 1000,
+        }
+    }
+}
+
+/// Why the registry refused an announce.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SwarmError {
+    /// A new torrent was announced while `max_torrents` are tracked.
+    #[error("tracker is full")]
+    TooManyTorrents,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    addr: SocketAddr,
+    left: u64,
+    last_seen: Instant,
+}
+
+/// All swarms the tracker knows.
+#[derive(Debug)]
+pub struct Swarms {
+    config: TrackerConfig,
+    torrents: HashMap<InfoHash, HashMap<PeerId, Entry>>,
+    rng: SmallRng,
+}
+
+impl Swarms {
+    /// An empty registry.
+    pub fn new(config: TrackerConfig) -> Self {
+        Swarms {
+            config,
+            torrents: HashMap::new(),
+            rng: rand::make_rng(),
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &TrackerConfig {
+        &self.config
+    }
+
+    /// Handle one announce at time `now`. `remote` is the connection's address, used when
+    /// the request carries no valid `ip`.
+    pub fn announce(
+        &mut self,
+        req: &AnnounceRequest,
+        remote: IpAddr,
+        now: Instant,
+    ) -> Result<AnnounceReply, SwarmError> {
+        let addr = SocketAddr::new(req.ip.unwrap_or(remote).to_canonical(), req.port);
+        let ttl = self.config.peer_ttl;
+
+        if !self.torrents.contains_key(&req.info_hash) {
+            if req.event == Event::Stopped {
+                return Ok(self.reply(0, 0, Vec::new()));
+            }
+            if self.torrents.len() >= self.config.max_torrents {
+                self.purge(now);
+                if self.torrents.len() >= self.config.max_torrents {
+                    return Err(SwarmError::TooManyTorrents);
+                }
+            }
+        }
+        let swarm = self.torrents.entry(req.info_hash).or_default();
+        swarm.retain(|id, e| is_live(e, ttl, now) && (id == &req.peer_id || e.addr != addr));
+
+        if req.event == Event::Stopped {
+            swarm.remove(&req.peer_id);
+        } else if let Some(entry) = swarm.get_mut(&req.peer_id) {
+            *entry = Entry {
+                addr,
+                left: req.left,
+                last_seen: now,
+            };
+        } else if swarm.len() < self.config.max_peers_per_torrent {
+            swarm.insert(
+                req.peer_id,
+                Entry {
+                    addr,
+                    left: req.left,
+                    last_seen: now,
+                },
+            );
+        }
+
+        let seeds = swarm.values().filter(|e| e.left == 0).count();
+        let leechers = swarm.len().saturating_sub(seeds);
+        let mut peers = Vec::new();
+        if req.event != Event::Stopped {
+            let want = req
+                .numwant
+                .map_or(DEFAULT_NUMWANT, |n| {
+                    usize::try_from(n).unwrap_or(MAX_NUMWANT)
+                })
+                .min(MAX_NUMWANT);
+            peers = swarm
+                .iter()
+                .filter(|(id, e)| **id != req.peer_id && e.addr != addr)
+                .map(|(id, e)| ReplyPeer {
+                    addr: e.addr,
+                    peer_id: (!req.no_peer_id).then_some(*id),
+                })
+                .collect();
+            if peers.len() > want {
+                // partial_shuffle moves its random pick to the *end* of the slice.
+                peers = peers.partial_shuffle(&mut self.rng, want).0.to_vec();
+            }
+        }
+        if swarm.is_empty() {
+            self.torrents.remove(&req.info_hash);
+        }
+        Ok(self.reply(seeds, leechers, peers))
+    }
+
+    fn reply(&self, seeds: usize, leechers: usize, peers: Vec<ReplyPeer>) -> AnnounceReply {
+        let interval = self.config.interval;
+        AnnounceReply {
+            interval,
+            min_interval: Some((interval / 2).max(Duration::from_secs(1))),
+            complete: u32::try_from(seeds).unwrap_or(u32::MAX),
+            incomplete: u32::try_from(leechers).unwrap_or(u32::MAX),
+            peers,
+            warning: None,
+        }
+    }
+
+    /// Drop every peer not heard from within `peer_ttl` of `now`, and empty swarms.
+    pub fn purge(&mut self, now: Instant) {
+        let ttl = self.config.peer_ttl;
+        self.torrents.retain(|_, swarm| {
+            swarm.retain(|_, e| is_live(e, ttl, now));
+            !swarm.is_empty()
+        });
+    }
+
+    /// Live peers of one torrent at `now`.
+    pub fn peer_count(&self, info_hash: &InfoHash, now: Instant) -> usize {
+        let ttl = self.config.peer_ttl;
+        self.torrents
+            .get(info_hash)
+            .map_or(0, |s| s.values().filter(|e| is_live(e, ttl, now)).count())
+    }
+
+    /// Torrents currently tracked (including ones whose peers expired but were not purged).
+    pub fn torrent_count(&self) -> usize {
+        self.torrents.len()
+    }
+}
+
+fn is_live(e: &Entry, ttl: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(e.last_seen) < ttl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: InfoHash = InfoHash([7; 20]);
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn config() -> TrackerConfig {
+        TrackerConfig {
+            interval: Duration::from_secs(10),
+            peer_ttl: Duration::from_secs(20),
+            max_peers_per_torrent: 300,
+            max_torrents: 3,
+        }
+    }
+
+    fn req(peer: u8, port: u16, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: T,
+            peer_id: PeerId([peer; 20]),
+            port,
+            uploaded: 0,
+            downloaded: 0,
+            left: 100,
+            event,
+            compact: true,
+            no_peer_id: false,
+            numwant: None,
+            ip: None,
+        }
+    }
+
+    fn ports(reply: &AnnounceReply) -> Vec<u16> {
+        let mut p: Vec<u16> = reply.peers.iter().map(|p| p.addr.port()).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn peers_see_each_other_but_not_themselves() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        let r1 = s
+            .announce(&req(1, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        assert!(r1.peers.is_empty());
+        assert_eq!((r1.complete, r1.incomplete), (0, 1));
+        let mut seed = req(2, 1002, Event::Started);
+        seed.left = 0;
+        let r2 = s.announce(&seed, LOCAL, now).unwrap();
+        assert_eq!(ports(&r2), [1001]);
+        assert_eq!(r2.peers[0].peer_id, Some(PeerId([1; 20])));
+        assert_eq!((r2.complete, r2.incomplete), (1, 1));
+        assert_eq!(r2.interval, Duration::from_secs(10));
+        assert_eq!(r2.min_interval, Some(Duration::from_secs(5)));
+        let r1 = s.announce(&req(1, 1001, Event::None), LOCAL, now).unwrap();
+        assert_eq!(ports(&r1), [1002]);
+    }
+
+    #[test]
+    fn ip_param_overrides_remote_and_mapped_addresses_are_canonical() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        let mut a = req(1, 1001, Event::Started);
+        a.ip = Some("10.1.2.3".parse().unwrap());
+        s.announce(&a, LOCAL, now).unwrap();
+        let mapped: IpAddr = "::ffff:10.9.9.9".parse().unwrap();
+        s.announce(&req(2, 1002, Event::Started), mapped, now)
+            .unwrap();
+        let r = s
+            .announce(&req(3, 1003, Event::Started), LOCAL, now)
+            .unwrap();
+        let mut addrs: Vec<String> = r.peers.iter().map(|p| p.addr.to_string()).collect();
+        addrs.sort();
+        assert_eq!(addrs, ["10.1.2.3:1001", "10.9.9.9:1002"]);
+    }
+
+    #[test]
+    fn restarted_peer_replaces_its_old_entry() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        let r = s
+            .announce(&req(9, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        assert!(r.peers.is_empty());
+        assert_eq!(s.peer_count(&T, now), 1);
+    }
+
+    #[test]
+    fn stopped_removes_the_peer_and_empty_swarms() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        s.announce(&req(2, 1002, Event::Started), LOCAL, now)
+            .unwrap();
+        let r = s
+            .announce(&req(1, 1001, Event::Stopped), LOCAL, now)
+            .unwrap();
+        assert!(r.peers.is_empty());
+        assert_eq!(s.peer_count(&T, now), 1);
+        s.announce(&req(2, 1002, Event::Stopped), LOCAL, now)
+            .unwrap();
+        assert_eq!(s.torrent_count(), 0);
+        // Stopping in an unknown torrent creates nothing.
+        s.announce(&req(2, 1002, Event::Stopped), LOCAL, now)
+            .unwrap();
+        assert_eq!(s.torrent_count(), 0);
+    }
+
+    #[test]
+    fn completed_turns_a_leecher_into_a_seed() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        let mut done = req(1, 1001, Event::Completed);
+        done.left = 0;
+        let r = s.announce(&done, LOCAL, now).unwrap();
+        assert_eq!((r.complete, r.incomplete), (1, 0));
+    }
+
+    #[test]
+    fn peers_expire_after_ttl() {
+        let mut s = Swarms::new(config());
+        let t0 = Instant::now();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, t0)
+            .unwrap();
+        let t1 = t0 + Duration::from_secs(15);
+        s.announce(&req(2, 1002, Event::Started), LOCAL, t1)
+            .unwrap();
+        assert_eq!(s.peer_count(&T, t1), 2);
+        // Peer 1 expires at t0 + 20 s; peer 2 is still live then.
+        let t2 = t0 + Duration::from_secs(21);
+        assert_eq!(s.peer_count(&T, t2), 1);
+        let r = s.announce(&req(3, 1003, Event::None), LOCAL, t2).unwrap();
+        assert_eq!(ports(&r), [1002]);
+        // A re-announce keeps a peer alive.
+        s.announce(&req(2, 1002, Event::None), LOCAL, t2).unwrap();
+        let t3 = t2 + Duration::from_secs(19);
+        assert_eq!(s.peer_count(&T, t3), 2);
+        s.purge(t3 + Duration::from_secs(30));
+        assert_eq!(s.torrent_count(), 0);
+    }
+
+    #[test]
+    fn numwant_default_cap_and_random_subset() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        for i in 0..250u16 {
+            let mut r = req(0, 2000 + i, Event::Started);
+            r.peer_id.0[..2].copy_from_slice(&i.to_be_bytes());
+            r.peer_id.0[2] = 1;
+            s.announce(&r, LOCAL, now).unwrap();
+        }
+        assert_eq!(s.peer_count(&T, now), 250);
+        let mut me = req(0xee, 9999, Event::None);
+        assert_eq!(
+            s.announce(&me, LOCAL, now).unwrap().peers.len(),
+            DEFAULT_NUMWANT
+        );
+        me.numwant = Some(u32::MAX);
+        assert_eq!(
+            s.announce(&me, LOCAL, now).unwrap().peers.len(),
+            MAX_NUMWANT
+        );
+        me.numwant = Some(0);
+        assert!(s.announce(&me, LOCAL, now).unwrap().peers.is_empty());
+        me.numwant = Some(10);
+        let a = ports(&s.announce(&me, LOCAL, now).unwrap());
+        let b = ports(&s.announce(&me, LOCAL, now).unwrap());
+        assert_eq!((a.len(), b.len()), (10, 10));
+        assert!(!a.contains(&9999));
+        // 10 of 250 twice in a row: the same subset by chance is vanishingly unlikely.
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn limits_bound_memory() {
+        let mut cfg = config();
+        cfg.max_peers_per_torrent = 2;
+        let mut s = Swarms::new(cfg);
+        let now = Instant::now();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, now)
+            .unwrap();
+        s.announce(&req(2, 1002, Event::Started), LOCAL, now)
+            .unwrap();
+        // The third peer is answered but not registered.
+        let r = s
+            .announce(&req(3, 1003, Event::Started), LOCAL, now)
+            .unwrap();
+        assert_eq!(ports(&r), [1001, 1002]);
+        assert_eq!(s.peer_count(&T, now), 2);
+
+        for t in 1..=2u8 {
+            let mut other = req(1, 1001, Event::Started);
+            other.info_hash = InfoHash([t; 20]);
+            s.announce(&other, LOCAL, now).unwrap();
+        }
+        let mut fourth = req(1, 1001, Event::Started);
+        fourth.info_hash = InfoHash([9; 20]);
+        assert_eq!(
+            s.announce(&fourth, LOCAL, now),
+            Err(SwarmError::TooManyTorrents)
+        );
+        // Once the others expire, there is room again.
+        let later = now + Duration::from_secs(60);
+        assert!(s.announce(&fourth, LOCAL, later).is_ok());
+        assert_eq!(s.torrent_count(), 1);
+    }
+}
