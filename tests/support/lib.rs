@@ -1,1 +1,133 @@
-//! x
+//! Shared support for the project's end-to-end tests, examples and benchmarks: temporary
+//! directories and child processes that clean up after themselves (even when a test fails),
+//! deterministic payloads, and the reference BitTorrent client used for interoperability.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh, uniquely named directory.
+    pub fn new(tag: &str) -> io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "imagewolf-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (by its pid, never by name) and reaped on drop.
+pub struct ChildGuard {
+    /// The process.
+    pub child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`, naming it `name` in messages.
+    pub fn spawn(name: &str, cmd: &mut Command) -> io::Result<Self> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting {name}: {e}")))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its status, or an
+    /// error if it is still running then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} still running after {timeout:?}", self.name),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `len` pseudo-random bytes from `seed` (incompressible, reproducible).
+pub fn random_payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    data
+}
+
+/// The Python that sees Debian's `python3-libtorrent` (the pyenv `python3` on PATH does not).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Checks that libtorrent's Python bindings are importable, with a message saying how to get
+/// them when they are not. Tests call this and fail (never skip) on error.
+pub fn require_libtorrent() -> Result<String, String> {
+    let out = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import libtorrent; print(libtorrent.__version__)"])
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{SYSTEM_PYTHON} not runnable ({e}); install python3-libtorrent (apt-get install python3-libtorrent)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python3-libtorrent is missing: apt-get install python3-libtorrent ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Path of a file shipped with the tests (e.g. the libtorrent driver script).
+pub fn test_asset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("assets").join(name)
+}
+
+/// Path of a binary built from this workspace's examples (`cargo build --example NAME`
+/// puts it next to the test binaries).
+pub fn example_bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop(); // deps/
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}

@@ -173,7 +173,7 @@ async fn raw_libtorrent_style_request_gets_a_bencoded_dict() {
 async fn bad_requests_are_answered_not_dropped() {
     let server = server(TrackerConfig::default()).await;
     let addr = server.local_addr();
-    let (status, body) = raw_get(addr, "/announce?peer_id=x&port=1").await;
+    let (status, body) = raw_get(addr, "/announce?peer_id=ABCDEFGHIJKLMNOPQRST&port=1").await;
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(
         decode_response(&body),
