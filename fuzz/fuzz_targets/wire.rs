@@ -12,9 +12,7 @@
 
 #![no_main]
 
-use imagewolf_bt::wire::{
-    BytesMut, DecoderLimits, ExtensionHandshake, Handshake, MessageDecoder,
-};
+use imagewolf_bt::wire::{BytesMut, DecoderLimits, ExtensionHandshake, Handshake, MessageDecoder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

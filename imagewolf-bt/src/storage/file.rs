@@ -52,6 +52,13 @@ impl FileStorage {
         Self::open_with(root, files, false)
     }
 
+    /// The files of `metainfo` under `root` (`root/NAME` for a single-file torrent,
+    /// `root/NAME/...` for a multi-file one), created where missing.
+    pub fn for_metainfo(root: &Path, metainfo: &crate::metainfo::Metainfo) -> io::Result<Self> {
+        let files: Vec<(PathBuf, u64)> = metainfo.files().into_iter().map(|f| (f.path, f.len)).collect();
+        Self::create(root, &files)
+    }
+
     /// A single file at `path` holding the whole payload of `len` bytes, opened read-only. The
     /// usual way to seed a file that was just hashed into a torrent.
     pub fn open_file(path: &Path, len: u64) -> io::Result<Self> {

@@ -208,11 +208,10 @@ impl MessageDecoder {
     /// value and, unless it is a keep-alive, the id and what to do with the frame.
     #[allow(clippy::type_complexity)]
     fn header(&self, buf: &[u8]) -> Result<Option<(u32, Option<(u8, Frame)>)>, WireError> {
-        let Some(&[a, b, c, d]) = buf.get(..4).map(|p| <&[u8; 4]>::try_from(p).ok()).flatten()
-        else {
+        let Some(&prefix) = buf.first_chunk::<4>() else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([a, b, c, d]);
+        let len = u32::from_be_bytes(prefix);
         if len == 0 {
             return Ok(Some((0, None)));
         }

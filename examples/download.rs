@@ -1,0 +1,110 @@
+//! Download a torrent, verify it, and exit 0 once complete.
+//!
+//! ```text
+//! cargo run --release --example download -- IN.torrent --out PATH [--listen IP:PORT] [--peer IP:PORT]...
+//! ```
+//! Peers come from the torrent's trackers and from `--peer`. For a single-file torrent PATH
+//! is the file to write; for a multi-file torrent it is the directory to write into. An
+//! existing PATH is checked first and only what is missing or wrong is fetched (resume).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use imagewolf_bt::metainfo::{FileLayout, Metainfo};
+use imagewolf_bt::storage::FileStorage;
+use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+
+/// Download IN.torrent to PATH.
+#[derive(Parser)]
+struct Args {
+    /// The .torrent file.
+    torrent: PathBuf,
+    /// Where to write the payload (a file, or a directory for multi-file torrents).
+    #[arg(long)]
+    out: PathBuf,
+    /// Address to accept peers on.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// A peer to connect to (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Give up after this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let args = Args::parse();
+    let bytes = std::fs::read(&args.torrent).with_context(|| format!("reading {}", args.torrent.display()))?;
+    let meta = Metainfo::from_bytes(&bytes).with_context(|| format!("parsing {}", args.torrent.display()))?;
+    let resume = args.out.exists();
+    let storage = match &meta.info().files {
+        FileLayout::Single { length } => FileStorage::create_file(&args.out, *length),
+        FileLayout::Multi { .. } => FileStorage::for_metainfo(&args.out, &meta),
+    }
+    .with_context(|| format!("opening {}", args.out.display()))?;
+    let session = Session::new(SessionConfig {
+        listen_addr: args.listen,
+        ..SessionConfig::default()
+    })
+    .await?;
+    let start_from = if resume { StartFrom::Check } else { StartFrom::Empty };
+    println!(
+        "downloading {} ({} bytes) to {}{}",
+        meta.info_hash(),
+        meta.total_len(),
+        args.out.display(),
+        if resume { " (checking existing data first)" } else { "" }
+    );
+    let handle = session
+        .add_torrent(AddTorrent::new(meta, Arc::new(storage), start_from).with_peers(args.peers))
+        .await?;
+    let started = Instant::now();
+    let mut progress = handle.progress();
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let deadline = (args.timeout > 0).then(|| started + Duration::from_secs(args.timeout));
+    loop {
+        let s = progress.borrow_and_update().clone();
+        if s.is_complete() {
+            break;
+        }
+        if let imagewolf_bt::TorrentStatus::Failed(e) = &s.status {
+            bail!("download failed: {e}");
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!(
+                "download: {:>5.1} %  peers {:>3}  down {:>7.1} MiB/s",
+                100.0 * s.progress(),
+                s.peers,
+                s.download_rate / (1024.0 * 1024.0)
+            );
+        }
+        let wait = tokio::time::timeout(Duration::from_secs(1), progress.changed());
+        if let Ok(Err(_)) = wait.await {
+            bail!("torrent stopped");
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            bail!("timed out after {} s", args.timeout);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let s = handle.stats();
+    println!(
+        "complete: {} bytes in {secs:.2} s ({:.1} MiB/s), {} hash failures, {} bytes wasted",
+        s.total_len,
+        s.total_len as f64 / secs / (1024.0 * 1024.0),
+        s.hash_failures,
+        s.wasted
+    );
+    session.shutdown().await;
+    Ok(())
+}
