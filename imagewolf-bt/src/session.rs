@@ -168,6 +168,8 @@ impl Session {
             state: Mutex::new(state),
             counters: Counters::default(),
             hashing: Arc::clone(&self.inner.hashing),
+            verifying_bytes: Default::default(),
+            verify_drained: Notify::new(),
             stats_tx: watch::Sender::new(initial),
             events_tx: broadcast::channel(1024).0,
             shutdown: watch::Sender::new(false),

@@ -55,6 +55,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_build;
+#[cfg(test)]
 mod tests_libtorrent;
 
 pub use builder::TorrentBuilder;

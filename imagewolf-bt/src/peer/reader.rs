@@ -1,6 +1,7 @@
 //! The receiving half of a connection: decodes messages and acts on them, and keeps our
 //! request pipeline to the peer full.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,7 @@ impl Reader {
                     self.drain()?;
                 }
                 _ = tick.tick() => self.on_tick()?,
+                _ = self.torrent.verify_drained.notified() => self.refill(),
                 r = closing.wait_for(Option::is_some) => {
                     let reason = r.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
                     return Err(PeerError::Closed(reason));
@@ -334,6 +336,9 @@ impl Reader {
     fn refill(&mut self) {
         if self.peer_choking || !self.am_interested || self.link.is_closing() {
             return;
+        }
+        if self.torrent.verifying_bytes.load(Ordering::Relaxed) > self.torrent.verify_backlog_limit() {
+            return; // Hashing or the disk is behind; resume when it drains.
         }
         let outstanding = self.link.io().requested.len();
         let target = self.pipeline.target() as usize;

@@ -22,9 +22,9 @@
 //!
 //! - *verified* (bit set in [`Picker::have`]): nothing else is tracked for it;
 //! - *untouched*: all blocks free; the piece is listed in the availability order;
-//! - *partial*: a [`blocks::Partial`] records each block as Free, Requested (by one or more
-//!   distinct peers) or Received; when all are Received the piece is *awaiting verification*
-//!   until [`Picker::piece_verified`] or [`Picker::piece_failed`]. A partial piece whose last
+//! - *partial*: a per-piece record (`blocks.rs`) keeps each block as Free, Requested (by
+//!   one or more distinct peers) or Received; when all are Received the piece is *awaiting
+//!   verification* until [`Picker::piece_verified`] or [`Picker::piece_failed`]. A partial piece whose last
 //!   request is released with nothing received goes back to *untouched*, so it is ranked by
 //!   rarity again instead of being favoured as "partial".
 //!
@@ -37,11 +37,30 @@
 //! Availability is a per-piece count of peers that sent a bitfield or HAVE; peers with every
 //! piece (seeds, HaveAll) are only counted in a separate number added to every piece, since
 //! they raise all pieces equally and so never change the order: a HaveAll costs O(1). The
-//! untouched pieces are kept sorted by count in a bucketed vector ([`availability`]) where a
+//! untouched pieces are kept sorted by count in a bucketed vector (`availability.rs`) where a
 //! count ±1 is one swap, so HAVE is O(1) and a bitfield O(pieces it has). Picking for a seed
 //! takes the front of that vector; picking for a peer with a bitfield walks it from the
 //! first bucket with availability >= 1 (a peer's own pieces can't have less), or, for a peer
 //! with few pieces, sorts that peer's own pieces by rank instead of walking everyone else's.
+//! Releasing a peer costs its own requests; inserting or removing a piece in the order costs
+//! one move per distinct availability value above it (at most the number of peers).
+//!
+//! # Caller contract
+//!
+//! The picker trusts the torrent task, which validated everything at the wire boundary
+//! (`PieceIndex`/`BlockRef` come from [`Lengths`]), but never panics when the contract is
+//! broken; counts saturate and unknown requests are ignored.
+//!
+//! - Report each peer's pieces exactly once: [`Picker::peer_bitfield`] or
+//!   [`Picker::peer_has_all`] when it connects, [`Picker::peer_has`] when one of its bits
+//!   goes from 0 to 1, and [`Picker::peer_left`] with the same pieces when it goes. Pass the
+//!   same bitfield to [`Picker::pick`].
+//! - A block is only accepted from a peer it is outstanding with. Releasing requests on a
+//!   choke (as [`Picker::release_peer`] does) means data that still arrives for them is
+//!   [`Received::Unwanted`]; with the fast extension a choking peer rejects instead, so the
+//!   caller may wait for the Rejects and release one by one.
+//! - Endgame is strict over the whole torrent: a free block of a piece no connected peer
+//!   has also keeps duplicates off.
 
 mod availability;
 mod blocks;
@@ -57,7 +76,6 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use bitvec::{order::Msb0, slice::BitSlice, vec::BitVec};
 use rand::{rngs::SmallRng, SeedableRng};
 
 use crate::{BlockRef, Lengths, PieceIndex};
@@ -65,6 +83,13 @@ use availability::RankedSet;
 use blocks::{Block, Class, Partial, NOT_OPEN};
 
 pub use seed::SeedSpreader;
+
+// The bitfield types of this API, re-exported so callers need no `bitvec` dependency of
+// their own (and can't pick a mismatched version).
+pub use bitvec::{order::Msb0, slice::BitSlice, vec::BitVec};
+
+/// A set of pieces, one bit per piece, MSB first as on the wire (piece 0 = `0x80` of byte 0).
+pub type Bitfield = BitVec<u8, Msb0>;
 
 /// A peer as the torrent identifies it. Opaque to the picker: only compared and hashed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -281,6 +306,11 @@ impl Picker {
             rng,
             scratch: Vec::new(),
         }
+    }
+
+    /// The knobs in effect (`endgame_max_requesters` raised to at least 1).
+    pub fn config(&self) -> &PickerConfig {
+        &self.config
     }
 
     /// The torrent geometry this picker was made for.

@@ -46,7 +46,7 @@ impl Picker {
         if left > 0 {
             left = self.pick_new(peer, pieces, left, &mut mine, out);
         }
-        if left > 0 && self.underfull_blocks > 0 {
+        if left > 0 && self.free_blocks == 0 && self.underfull_blocks > 0 {
             self.pick_endgame(peer, pieces, left, &mut mine, out);
         }
         if !mine.is_empty() {

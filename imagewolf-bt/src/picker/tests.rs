@@ -32,7 +32,13 @@ fn picker(n: u32, blocks: u32, random_first: u32, seed: u64) -> Picker {
     Picker::with_config(l, &none(0), config)
 }
 
-fn pick(p: &mut Picker, peer: PeerKey, bits: &BitVec<u8, Msb0>, all: bool, max: usize) -> Vec<BlockRef> {
+fn pick(
+    p: &mut Picker,
+    peer: PeerKey,
+    bits: &BitVec<u8, Msb0>,
+    all: bool,
+    max: usize,
+) -> Vec<BlockRef> {
     let mut out = Vec::new();
     p.pick(peer, bits, all, max, &mut out);
     p.check_invariants().unwrap();
@@ -95,10 +101,19 @@ fn rarest_partial_is_continued_first() {
     p.peer_bitfield(&bits(2, [0, 1]));
     p.peer_bitfield(&bits(2, [1]));
     // A starts piece 0 (rarer), B starts piece 1 (the only one it has); both stay partial.
-    assert_eq!(pieces_of(&pick(&mut p, A, &bits(2, [0, 1]), false, 1)), vec![0]);
-    assert_eq!(pieces_of(&pick(&mut p, B, &bits(2, [1]), false, 1)), vec![1]);
+    assert_eq!(
+        pieces_of(&pick(&mut p, A, &bits(2, [0, 1]), false, 1)),
+        vec![0]
+    );
+    assert_eq!(
+        pieces_of(&pick(&mut p, B, &bits(2, [1]), false, 1)),
+        vec![1]
+    );
     // A seed continues the rarer partial first.
-    assert_eq!(pieces_of(&pick(&mut p, C, &none(2), true, 4)), vec![0, 0, 0, 1]);
+    assert_eq!(
+        pieces_of(&pick(&mut p, C, &none(2), true, 4)),
+        vec![0, 0, 0, 1]
+    );
 }
 
 #[test]
@@ -115,7 +130,10 @@ fn first_pieces_are_random_not_rarest() {
             .count()
     };
     assert_eq!(rarest_taken(0), 64);
-    assert!(rarest_taken(4) < 16, "random start still mostly picked the rarest piece");
+    assert!(
+        rarest_taken(4) < 16,
+        "random start still mostly picked the rarest piece"
+    );
 }
 
 #[test]
@@ -125,13 +143,22 @@ fn random_phase_ends_after_enough_pieces() {
     p.peer_bitfield(&all);
     p.peer_bitfield(&bits(20, 2..20));
     for b in pick(&mut p, A, &all, false, 2) {
-        assert!(matches!(p.block_received(A, b), Received::Accepted { piece_done: true, .. }));
+        assert!(matches!(
+            p.block_received(A, b),
+            Received::Accepted {
+                piece_done: true,
+                ..
+            }
+        ));
         p.piece_verified(b.piece());
     }
     // Now rarest-first: pieces 0 and 1 (availability 1) unless both were already taken.
     let next = pick(&mut p, A, &all, false, 1)[0].piece().get();
     let rare_left = (0..2).any(|i| !p.have()[i]);
-    assert!(!rare_left || next < 2, "picked {next} while a rarer piece was left");
+    assert!(
+        !rare_left || next < 2,
+        "picked {next} while a rarer piece was left"
+    );
 }
 
 #[test]
@@ -260,7 +287,9 @@ fn unrequested_and_misshapen_blocks_are_unwanted() {
     let b = got[0];
     // Same data from another peer, a shifted range, a short range: all unwanted.
     assert_eq!(p.block_received(B, b), Received::Unwanted);
-    let shifted = l.block_at(b.piece().get(), b.offset() + 1, BLOCK_LEN - 1).unwrap();
+    let shifted = l
+        .block_at(b.piece().get(), b.offset() + 1, BLOCK_LEN - 1)
+        .unwrap();
     assert_eq!(p.block_received(A, shifted), Received::Unwanted);
     let short = l.block_at(b.piece().get(), b.offset(), 100).unwrap();
     assert_eq!(p.block_received(A, short), Received::Unwanted);
@@ -309,11 +338,15 @@ fn seeds_are_counted_apart() {
     let mut p = picker(4, 1, 0, 1);
     p.peer_has_all();
     p.peer_bitfield(&bits(4, [2]));
-    assert_eq!(p.availability(crate::Lengths::piece(&p.lengths(), 2).unwrap()), 2);
+    assert_eq!(
+        p.availability(crate::Lengths::piece(&p.lengths(), 2).unwrap()),
+        2
+    );
     assert_eq!(p.availability(p.lengths().piece(0).unwrap()), 1);
     p.peer_left(A, &none(4), true);
     assert_eq!(p.availability(p.lengths().piece(0).unwrap()), 0);
-    p.check_availability([(bits(4, [2]).as_bitslice(), false)]).unwrap();
+    p.check_availability([(bits(4, [2]).as_bitslice(), false)])
+        .unwrap();
 }
 
 #[test]
@@ -322,7 +355,10 @@ fn bitfield_length_is_validated() {
     assert_eq!(p.validate_bitfield(&none(10)), Ok(()));
     assert_eq!(
         p.validate_bitfield(&none(16)),
-        Err(PickerError::BitfieldLength { expected: 10, got: 16 })
+        Err(PickerError::BitfieldLength {
+            expected: 10,
+            got: 16
+        })
     );
 }
 
@@ -334,7 +370,10 @@ fn hostile_counts_do_not_panic() {
     p.peer_left(A, &bits(12, 0..12), false);
     p.peer_left(A, &none(4), true);
     p.peer_bitfield(&bits(12, 0..12));
-    p.request_released(B, p.lengths().block(p.lengths().piece(0).unwrap(), 0).unwrap());
+    p.request_released(
+        B,
+        p.lengths().block(p.lengths().piece(0).unwrap(), 0).unwrap(),
+    );
     p.piece_failed(p.lengths().piece(1).unwrap());
     p.check_invariants().unwrap();
     assert_eq!(pick(&mut p, A, &bits(12, 0..12), false, 0).len(), 0);

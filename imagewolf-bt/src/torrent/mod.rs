@@ -91,6 +91,12 @@ pub(crate) struct Torrent {
     pub counters: Counters,
     /// Bounds the number of pieces being hashed at once (session-wide).
     pub hashing: Arc<Semaphore>,
+    /// Bytes of complete pieces waiting to be hashed and written. Peers stop requesting
+    /// while it is above [`Torrent::verify_backlog_limit`], so a disk slower than the network
+    /// costs bounded memory instead of piling up buffers.
+    pub verifying_bytes: AtomicU64,
+    /// Woken whenever a verification finishes (peers paused by the backlog resume).
+    pub verify_drained: Notify,
     pub stats_tx: watch::Sender<TorrentStats>,
     pub events_tx: broadcast::Sender<TorrentEvent>,
     /// Flipped to true once, when the torrent stops; every task of the torrent watches it.
@@ -108,6 +114,11 @@ impl Torrent {
     /// still structurally valid (each update is a handful of assignments), so carry on.
     pub fn state(&self) -> MutexGuard<'_, state::TorrentState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The backlog above which peers pause: 16 MiB, or four pieces if pieces are larger.
+    pub fn verify_backlog_limit(&self) -> u64 {
+        (16 << 20).max(4 * u64::from(self.lengths.piece_len()))
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -1,5 +1,6 @@
 //! Hashing a completed piece off the async runtime, storing it, and acting on the verdict.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::state::PieceJob;
@@ -22,6 +23,14 @@ struct Verdict {
 /// Hashes `job` on the blocking pool (at most `hashing_threads` at once), writes it to storage
 /// when it passes, and updates the picker, peers and ban evidence.
 pub(crate) async fn verify_and_store(torrent: Arc<Torrent>, job: PieceJob) {
+    let backlog = job.data.len() as u64;
+    torrent.verifying_bytes.fetch_add(backlog, Ordering::Relaxed);
+    verify_inner(&torrent, job).await;
+    torrent.verifying_bytes.fetch_sub(backlog, Ordering::Relaxed);
+    torrent.verify_drained.notify_waiters();
+}
+
+async fn verify_inner(torrent: &Arc<Torrent>, job: PieceJob) {
     let Ok(_permit) = Arc::clone(&torrent.hashing).acquire_owned().await else {
         return;
     };
@@ -69,15 +78,15 @@ pub(crate) async fn verify_and_store(torrent: Arc<Torrent>, job: PieceJob) {
         },
     };
     if let Err(e) = verdict.write {
-        super::ticker::fail(&torrent, format!("writing piece {piece}: {e}"));
+        super::ticker::fail(torrent, format!("writing piece {piece}: {e}"));
         return;
     }
     let piece_len = u64::from(torrent.lengths.piece_size(piece));
     let (banned, complete) = if verdict.ok {
-        passed(&torrent, piece, &verdict.block_digests)
+        passed(torrent, piece, &verdict.block_digests)
     } else {
         (
-            failed(&torrent, piece, &senders, &verdict.block_digests),
+            failed(torrent, piece, &senders, &verdict.block_digests),
             false,
         )
     };
@@ -95,9 +104,9 @@ pub(crate) async fn verify_and_store(torrent: Arc<Torrent>, job: PieceJob) {
         });
     }
     if complete {
-        super::ticker::on_complete(&torrent).await;
+        super::ticker::on_complete(torrent).await;
     } else {
-        super::ticker::publish_stats(&torrent);
+        super::ticker::publish_stats(torrent);
     }
 }
 

@@ -23,7 +23,10 @@
 //!     },
 //!     peers_tx,
 //! );
-//! while let Some(peers) = peers_rx.recv().await { /* dial them */ # break; }
+//! if let Some(peers) = peers_rx.recv().await {
+//!     // Dial `peers`; keep receiving for the torrent's lifetime.
+//! #   let _: Vec<std::net::SocketAddr> = peers;
+//! }
 //! left.store(0, Ordering::Relaxed);
 //! handle.completed();
 //! handle.stop().await;
@@ -199,7 +202,7 @@ impl Announcer {
                     next = if state.completed_pending {
                         now
                     } else {
-                        now + self.wait_after(&reply)
+                        later(now, self.wait_after(&reply))
                     };
                     if !reply.peers.is_empty() {
                         if let Err(mpsc::error::TrySendError::Closed(_)) =
@@ -215,7 +218,7 @@ impl Announcer {
                     tracing::warn!(
                         "announce failed on every tracker ({e}); retrying in {backoff:?}"
                     );
-                    next = now + backoff;
+                    next = later(now, backoff);
                 }
             }
         }
@@ -244,6 +247,14 @@ impl Announcer {
             .saturating_mul(1 << doublings)
             .min(self.retry_max)
     }
+}
+
+/// Longest wait between announces, whatever a tracker or the settings say: keeps a hostile
+/// `interval` from overflowing the clock.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+fn later(now: Instant, wait: Duration) -> Instant {
+    now + wait.min(MAX_WAIT)
 }
 
 /// What the loop knows about the swarm between announces.
@@ -352,5 +363,60 @@ impl Drop for AnnouncerHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let a = Announcer::new(Vec::new())
+            .retry_backoff(Duration::from_secs(1), Duration::from_secs(10));
+        let waits: Vec<u64> = (1..=6).map(|n| a.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(a.backoff(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn wait_honours_min_interval_and_floor() {
+        let a = Announcer::new(Vec::new()).interval_floor(Duration::from_secs(5));
+        let mut reply = AnnounceResponse {
+            interval: Duration::from_secs(60),
+            min_interval: Some(Duration::from_secs(120)),
+            complete: None,
+            incomplete: None,
+            peers: Vec::new(),
+            warning: None,
+        };
+        assert_eq!(a.wait_after(&reply), Duration::from_secs(120));
+        reply.interval = Duration::ZERO;
+        reply.min_interval = None;
+        assert_eq!(a.wait_after(&reply), Duration::from_secs(5));
+        // A hostile interval cannot overflow the clock.
+        reply.interval = Duration::from_secs(u64::MAX);
+        let now = Instant::now();
+        assert_eq!(later(now, a.wait_after(&reply)), now + MAX_WAIT);
+    }
+
+    #[test]
+    fn events_follow_the_session() {
+        let (tx, rx) = watch::channel(Control::default());
+        let mut s = LoopState::default();
+        assert_eq!(s.next_event(), Event::Started);
+        // `completed` before `started` got through waits for it.
+        tx.send_modify(|c| c.completed = true);
+        assert!(matches!(s.observe(true, &rx), Wake::Nothing));
+        assert_eq!(s.next_event(), Event::Started);
+        s.started = true;
+        assert_eq!(s.next_event(), Event::Completed);
+        s.completed_pending = false;
+        // Seen once: a repeated notification does not send it again.
+        assert!(matches!(s.observe(true, &rx), Wake::Nothing));
+        assert_eq!(s.next_event(), Event::None);
+        tx.send_modify(|c| c.stop = true);
+        assert!(matches!(s.observe(true, &rx), Wake::Stop));
+        assert!(matches!(s.observe(false, &rx), Wake::Exit));
     }
 }

@@ -54,7 +54,8 @@ pub struct AnnounceReply {
     pub warning: Option<String>,
 }
 
-/// An announce reply as the client reads it.
+/// An announce reply as the client reads it. Durations are as the tracker sent them (up to
+/// `u64::MAX` seconds): clamp before adding them to an `Instant`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnounceResponse {
     /// When to announce again ([`DEFAULT_INTERVAL`] when the tracker did not say).

@@ -60,7 +60,10 @@ impl TrackerServer {
     pub async fn bind(addr: SocketAddr, config: TrackerConfig) -> io::Result<TrackerServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let purge_every = config.interval.max(Duration::from_secs(1));
+        // Purging more often than every second is pointless, less often than hourly wasteful.
+        let purge_every = config
+            .interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
         let swarms = Arc::new(Mutex::new(Swarms::new(config)));
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&swarms)));
         let purge_task = tokio::spawn(purge_loop(Arc::clone(&swarms), purge_every));
