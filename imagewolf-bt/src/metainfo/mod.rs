@@ -30,7 +30,8 @@
 //!
 //! * Input at most [`MAX_METAINFO_LEN`] bytes, nesting at most [`MAX_DEPTH`] (bendy's depth limit;
 //!   it also bounds the recursion in bendy's drop handlers), at most [`MAX_FILES`] files with at
-//!   most [`MAX_PATH_COMPONENTS`] components each.
+//!   most [`MAX_PATH_COMPONENTS`] components each, at most [`MAX_TRACKERS`] tracker URLs and
+//!   [`MAX_EXTRA_ROOT_KEYS`] unmodelled root keys, so memory stays a small multiple of the input.
 //! * Every path component (and the torrent name, which becomes the top-level file or directory)
 //!   is non-empty, not `.` or `..`, at most [`MAX_COMPONENT_LEN`] bytes, and holds no `/`, `\` or
 //!   NUL, so joining it below the download dir can never leave it. Two files may not share a
@@ -80,6 +81,13 @@ pub const MAX_PATH_COMPONENTS: usize = 128;
 
 /// The longest path component (and torrent name) in bytes: the `NAME_MAX` of common file systems.
 pub const MAX_COMPONENT_LEN: usize = 255;
+
+/// The most tracker URLs kept from an `announce-list`; a longer list is treated as malformed
+/// (kept verbatim for writing, otherwise ignored).
+pub const MAX_TRACKERS: usize = 1024;
+
+/// The most unmodelled root keys kept for writing back; further ones are dropped.
+pub const MAX_EXTRA_ROOT_KEYS: usize = 1024;
 
 /// Why a `.torrent` could not be parsed, built or validated.
 #[derive(Debug, thiserror::Error)]

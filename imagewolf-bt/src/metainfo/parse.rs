@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use super::write::{put_bytes, put_int_str};
 use super::{
-    FileEntry, FileLayout, Info, Metainfo, MetainfoError, MAX_COMPONENT_LEN, MAX_DEPTH, MAX_FILES,
-    MAX_METAINFO_LEN, MAX_PATH_COMPONENTS,
+    FileEntry, FileLayout, Info, Metainfo, MetainfoError, MAX_COMPONENT_LEN, MAX_DEPTH,
+    MAX_EXTRA_ROOT_KEYS, MAX_FILES, MAX_METAINFO_LEN, MAX_PATH_COMPONENTS, MAX_TRACKERS,
 };
 use crate::Lengths;
 
@@ -106,7 +106,9 @@ fn parse_root(mut root: DictDecoder<'_, '_>) -> Result<Metainfo, MetainfoError> 
                 .map(|tiers| announce_list = tiers),
             _ => Err(raw_value(value).map_err(bencode)?),
         };
-        if let Err(raw) = unmodelled {
+        // Beyond the cap, unknown keys are dropped: each kept pair costs two allocations,
+        // and a file of millions of tiny keys must not cost gigabytes.
+        if let (Err(raw), true) = (unmodelled, extra.len() < MAX_EXTRA_ROOT_KEYS) {
             extra.push((Bytes::copy_from_slice(key), raw));
         }
     }
@@ -162,16 +164,26 @@ fn announce_list_or_raw(value: Object<'_, '_>) -> BResult<Result<Vec<Vec<String>
     };
     let mut tiers = Vec::new();
     let mut well_formed = true;
+    let mut count = 0;
     while let Some(tier) = list.next_object()? {
         let Object::List(mut tier) = tier else {
             well_formed = false;
             continue;
         };
+        if !well_formed {
+            continue; // the raw value will be kept; stop building strings
+        }
         let mut urls = Vec::new();
         while let Some(url) = tier.next_object()? {
             match url {
+                // Too many URLs: keep the value raw (one buffer) rather than as millions
+                // of tiny strings.
+                _ if count == MAX_TRACKERS => well_formed = false,
                 Object::Bytes(b) => match std::str::from_utf8(b) {
-                    Ok(s) => urls.push(s.to_owned()),
+                    Ok(s) => {
+                        urls.push(s.to_owned());
+                        count += 1;
+                    }
                     Err(_) => well_formed = false,
                 },
                 _ => well_formed = false,

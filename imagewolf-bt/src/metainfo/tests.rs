@@ -289,6 +289,47 @@ fn outside_info_malformed_values_are_kept_not_fatal() {
 }
 
 #[test]
+fn huge_tracker_lists_and_key_floods_stay_bounded() {
+    let urls = |n: usize| B::L((0..n).map(|i| B::L(vec![s(format!("u{i}"))])).collect());
+    let with_list = |n| {
+        B::D(vec![
+            ("announce-list", urls(n)),
+            ("info", single_info(5, 16384, vec![])),
+        ])
+        .enc()
+    };
+    let m = Metainfo::from_bytes(&with_list(MAX_TRACKERS)).unwrap();
+    assert_eq!(m.announce_urls().len(), MAX_TRACKERS);
+    let bytes = with_list(MAX_TRACKERS + 1);
+    let m = Metainfo::from_bytes(&bytes).unwrap();
+    assert!(m.announce_list.is_empty());
+    assert_eq!(m.to_bytes(), bytes, "an over-long list is kept verbatim");
+
+    // Thousands of unknown root keys: only the first MAX_EXTRA_ROOT_KEYS are kept.
+    let keys: Vec<String> = (0..3000).map(|i| format!("z{i:05}")).collect();
+    let mut out = b"d".to_vec();
+    out.extend(s("info").enc());
+    out.extend(single_info(5, 16384, vec![]).enc());
+    for key in &keys {
+        out.extend(s(key).enc());
+        out.extend(B::I(1).enc());
+    }
+    out.push(b'e');
+    let m = Metainfo::from_bytes(&out).unwrap();
+    let written = m.to_bytes();
+    assert!(find(
+        &written,
+        format!("z{:05}", MAX_EXTRA_ROOT_KEYS - 1).as_bytes()
+    )
+    .is_some());
+    assert!(find(&written, format!("z{MAX_EXTRA_ROOT_KEYS:05}").as_bytes()).is_none());
+    assert_eq!(
+        Metainfo::from_bytes(&written).unwrap().info_hash(),
+        m.info_hash()
+    );
+}
+
+#[test]
 fn utf8_variants_are_preferred_like_libtorrent() {
     let info = B::D(vec![
         (

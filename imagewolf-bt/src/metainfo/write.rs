@@ -104,10 +104,13 @@ pub(super) fn write_metainfo(m: &Metainfo) -> Vec<u8> {
         ));
     }
     pairs.push((b"info", Cow::Borrowed(&m.info_bytes)));
+    let modelled = pairs.len();
     for (key, value) in &m.extra {
         // A malformed modelled key is kept as extra; if the field has since been set, the
-        // field wins (a duplicate key would make the output unparseable).
-        if !pairs.iter().any(|(k, _)| *k == &key[..]) {
+        // field wins (a duplicate key would make the output unparseable). Extras are unique
+        // among themselves (bendy rejects duplicate keys), so only the modelled keys need
+        // checking, which keeps this linear.
+        if !pairs[..modelled].iter().any(|(k, _)| *k == &key[..]) {
             pairs.push((key, Cow::Borrowed(value)));
         }
     }
