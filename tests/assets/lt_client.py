@@ -7,7 +7,7 @@
 Prints one JSON object per line: {"event": "listening", "port": P}, progress lines, and
 {"event": "complete", "seconds": S} when a download finishes (then exits 0). Settings are
 libtorrent's high-performance seeding preset, with everything that would reach outside the
-test (DHT, LSD, UPnP, NAT-PMP) off and several peers per IP allowed (all peers share an IP on
+test (DHT, LSD, UPnP, NAT-PMP) off, TCP only, and several peers per IP allowed (all peers share an IP on
 loopback).
 """
 import argparse
@@ -31,6 +31,10 @@ def session(listen):
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
+        # TCP only: uTP's delay-based congestion control caps a loopback transfer at ~10 MB/s,
+        # and ImageWolf speaks TCP, so this keeps the comparison like for like.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
         "announce_to_all_trackers": True,
         "announce_to_all_tiers": True,
         "alert_mask": lt.alert.category_t.error_notification | lt.alert.category_t.status_notification,

@@ -30,7 +30,7 @@
 //!
 //! * Input at most [`MAX_METAINFO_LEN`] bytes, nesting at most [`MAX_DEPTH`] (bendy's depth limit;
 //!   it also bounds the recursion in bendy's drop handlers), at most [`MAX_FILES`] files with at
-//!   most [`MAX_PATH_COMPONENTS`] components each, at most [`MAX_TRACKERS`] tracker URLs and
+//!   most [`MAX_PATH_COMPONENTS`] components each ([`MAX_TOTAL_PATH_COMPONENTS`] in all), at most [`MAX_TRACKERS`] tracker URLs and
 //!   [`MAX_EXTRA_ROOT_KEYS`] unmodelled root keys, so memory stays a small multiple of the input.
 //! * Every path component (and the torrent name, which becomes the top-level file or directory)
 //!   is non-empty, not `.` or `..`, at most [`MAX_COMPONENT_LEN`] bytes, and holds no `/`, `\` or
@@ -78,6 +78,11 @@ pub const MAX_FILES: usize = 100_000;
 
 /// The most components one file path may have (below the torrent's name directory).
 pub const MAX_PATH_COMPONENTS: usize = 128;
+
+/// The most path components of all files together. Parsed paths cost ~50 bytes per component
+/// (a `String` each) plus ~40 for the collision check, so this caps a hostile file list at
+/// tens of MiB however the 16 MiB of input are spent; real torrents come nowhere near it.
+pub const MAX_TOTAL_PATH_COMPONENTS: usize = 500_000;
 
 /// The longest path component (and torrent name) in bytes: the `NAME_MAX` of common file systems.
 pub const MAX_COMPONENT_LEN: usize = 255;

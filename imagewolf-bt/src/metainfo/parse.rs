@@ -10,7 +10,8 @@ use bytes::Bytes;
 use super::write::{put_bytes, put_int_str};
 use super::{
     FileEntry, FileLayout, Info, Metainfo, MetainfoError, MAX_COMPONENT_LEN, MAX_DEPTH,
-    MAX_EXTRA_ROOT_KEYS, MAX_FILES, MAX_METAINFO_LEN, MAX_PATH_COMPONENTS, MAX_TRACKERS,
+    MAX_EXTRA_ROOT_KEYS, MAX_FILES, MAX_METAINFO_LEN, MAX_PATH_COMPONENTS,
+    MAX_TOTAL_PATH_COMPONENTS, MAX_TRACKERS,
 };
 use crate::Lengths;
 
@@ -349,6 +350,7 @@ fn parse_files(value: Object<'_, '_>) -> Result<Vec<FileEntry>, MetainfoError> {
         return Err(wrong_type("info.files", "a list of dictionaries"));
     };
     let mut files = Vec::new();
+    let mut components = 0usize;
     while let Some(entry) = list.next_object().map_err(bencode)? {
         let index = files.len();
         if index == MAX_FILES {
@@ -360,9 +362,21 @@ fn parse_files(value: Object<'_, '_>) -> Result<Vec<FileEntry>, MetainfoError> {
         let Object::Dict(entry) = entry else {
             return Err(wrong_type(format!("info.files[{index}]"), "a dictionary"));
         };
-        files.push(parse_file(entry, index)?);
+        let file = parse_file(entry, index)?;
+        components += file.path.len();
+        if components > MAX_TOTAL_PATH_COMPONENTS {
+            return Err(too_many_components());
+        }
+        files.push(file);
     }
     Ok(files)
+}
+
+fn too_many_components() -> MetainfoError {
+    MetainfoError::TooMany {
+        key: "info.files[*].path (components in total)".into(),
+        max: MAX_TOTAL_PATH_COMPONENTS,
+    }
 }
 
 fn parse_file(mut dict: DictDecoder<'_, '_>, index: usize) -> Result<FileEntry, MetainfoError> {
@@ -459,6 +473,13 @@ fn validate_files(files: &[FileEntry]) -> Result<u64, MetainfoError> {
     }
     // A trie keyed by (parent node, component): one lookup per component, so the check is
     // linear in the total path length however deep a hostile file nests.
+    let components = files
+        .iter()
+        .map(|f| f.path.len())
+        .fold(0usize, usize::saturating_add);
+    if components > MAX_TOTAL_PATH_COMPONENTS {
+        return Err(too_many_components());
+    }
     let mut nodes: HashMap<(usize, &str), (usize, Node)> = HashMap::new();
     let mut total = 0u64;
     for (index, file) in files.iter().enumerate() {

@@ -330,6 +330,14 @@ fn huge_tracker_lists_and_key_floods_stay_bounded() {
 }
 
 #[test]
+fn path_component_total_is_capped() {
+    let deep = vec!["d"; MAX_PATH_COMPONENTS];
+    let n = MAX_TOTAL_PATH_COMPONENTS / MAX_PATH_COMPONENTS + 1;
+    let e = err(&torrent(multi_info_unhashed(vec![(deep, 1); n])));
+    assert!(e.to_string().contains("components in total"), "{e}");
+}
+
+#[test]
 fn utf8_variants_are_preferred_like_libtorrent() {
     let info = B::D(vec![
         (
