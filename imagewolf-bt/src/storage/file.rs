@@ -36,6 +36,10 @@ struct Span {
 pub struct FileStorage {
     spans: Vec<Span>,
     total: u64,
+    /// Serialises writes. Concurrent buffered writes to one ext4 file contend on its inode
+    /// lock by spinning (measured: 11 % of all CPU in a 1 GiB loopback download with two
+    /// hashing threads); a mutex makes the second writer sleep instead. Reads take no lock.
+    write_lock: std::sync::Mutex<()>,
 }
 
 impl FileStorage {
@@ -117,6 +121,7 @@ impl FileStorage {
         Ok(Self {
             spans,
             total: start,
+            write_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -160,6 +165,7 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let _one_writer = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.for_each_span(offset, buf.len(), |span, at, range| {
             span.file.write_all_at(&buf[range], at)
         })

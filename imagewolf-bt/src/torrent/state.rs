@@ -15,6 +15,9 @@ use crate::peer::PeerLink;
 use crate::picker::{PeerKey, Picker, Received};
 use crate::{BlockRef, Lengths, PeerId, PieceIndex};
 
+/// Piece buffers kept for reuse after their piece is stored.
+const MAX_SPARE_BUFFERS: usize = 8;
+
 /// One connected peer, as the torrent sees it.
 pub(crate) struct PeerEntry {
     /// The connection's shared half (outgoing queue, requests).
@@ -94,6 +97,8 @@ pub(crate) struct TorrentState {
     pub peers: HashMap<PeerKey, PeerEntry>,
     next_key: u64,
     buffers: HashMap<PieceIndex, PieceBuffer>,
+    /// Piece buffers kept for reuse (at most [`MAX_SPARE_BUFFERS`]).
+    spare_buffers: Vec<Vec<u8>>,
     pub ban: SmartBan,
     banned_ids: HashSet<PeerId>,
     banned_ips: HashSet<IpAddr>,
@@ -115,6 +120,7 @@ impl TorrentState {
             peers: HashMap::new(),
             next_key: 0,
             buffers: HashMap::new(),
+            spare_buffers: Vec::new(),
             ban: SmartBan::default(),
             banned_ids: HashSet::new(),
             banned_ips: HashSet::new(),
@@ -304,9 +310,16 @@ impl TorrentState {
             .collect();
         let piece = block.piece();
         let size = self.lengths.piece_size(piece) as usize;
-        let buffer = self.buffers.entry(piece).or_insert_with(|| PieceBuffer {
-            data: vec![0; size],
-            senders: Vec::new(),
+        let spare = &mut self.spare_buffers;
+        let buffer = self.buffers.entry(piece).or_insert_with(|| {
+            // Every block is written before the piece completes, so a reused buffer's old
+            // bytes never survive into a verified piece.
+            let mut data = spare.pop().unwrap_or_default();
+            data.resize(size, 0);
+            PieceBuffer {
+                data,
+                senders: Vec::new(),
+            }
         });
         let start = block.offset() as usize;
         buffer.data[start..start + data.len()].copy_from_slice(data);
@@ -326,7 +339,17 @@ impl TorrentState {
 
     /// Drops the buffer of a piece whose blocks all went back to the picker (hash failure).
     pub fn drop_buffer(&mut self, piece: PieceIndex) {
-        self.buffers.remove(&piece);
+        if let Some(buffer) = self.buffers.remove(&piece) {
+            self.recycle_buffer(buffer.data);
+        }
+    }
+
+    /// Keeps a finished piece buffer for the next piece: fresh allocations of this size are
+    /// fresh pages from the kernel (a page fault and a zeroing per 4 KiB), reuse is free.
+    pub fn recycle_buffer(&mut self, data: Vec<u8>) {
+        if self.spare_buffers.len() < MAX_SPARE_BUFFERS {
+            self.spare_buffers.push(data);
+        }
     }
 
     /// Bytes of verified pieces.

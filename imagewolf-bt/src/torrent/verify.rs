@@ -14,6 +14,8 @@ use crate::{BlockRef, PieceIndex};
 /// What the blocking half found.
 struct Verdict {
     ok: bool,
+    /// The piece's buffer, handed back for reuse.
+    data: Vec<u8>,
     /// SHA-1 of each block, by offset: of the bad data when the piece failed, of the good data
     /// when a previously failed piece passed (smart ban evidence); empty otherwise.
     block_digests: Vec<(u32, [u8; 20])>,
@@ -64,6 +66,7 @@ async fn verify_inner(torrent: &Arc<Torrent>, job: PieceJob) {
         };
         Verdict {
             ok,
+            data,
             block_digests,
             write,
         }
@@ -73,6 +76,7 @@ async fn verify_inner(torrent: &Arc<Torrent>, job: PieceJob) {
         Ok(v) => v,
         Err(e) => Verdict {
             ok: false,
+            data: Vec::new(),
             block_digests: Vec::new(),
             write: Err(std::io::Error::other(format!("hashing task failed: {e}"))),
         },
@@ -82,6 +86,7 @@ async fn verify_inner(torrent: &Arc<Torrent>, job: PieceJob) {
         return;
     }
     let piece_len = u64::from(torrent.lengths.piece_size(piece));
+    torrent.state().recycle_buffer(verdict.data);
     let (banned, complete) = if verdict.ok {
         passed(torrent, piece, &verdict.block_digests)
     } else {
