@@ -21,7 +21,10 @@ fn loopback() -> SessionConfig {
 }
 
 fn transfer(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let payload = random_payload(SIZE, 7);
     let meta = TorrentBuilder::new("bench.bin")
         .build_from_reader(&payload[..], SIZE as u64, std::io::sink())
@@ -41,7 +44,8 @@ fn transfer(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let leech = Session::new(loopback()).await.unwrap();
             let out = Arc::new(MemoryStorage::new(SIZE as u64));
-            let add = AddTorrent::new(meta.clone(), out, StartFrom::Empty).with_peers([seed.listen_addr()]);
+            let add = AddTorrent::new(meta.clone(), out, StartFrom::Empty)
+                .with_peers([seed.listen_addr()]);
             let handle = leech.add_torrent(add).await.unwrap();
             handle.wait_complete().await.unwrap();
             leech.shutdown().await;

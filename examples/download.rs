@@ -40,11 +40,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = Args::parse();
-    let bytes = std::fs::read(&args.torrent).with_context(|| format!("reading {}", args.torrent.display()))?;
-    let meta = Metainfo::from_bytes(&bytes).with_context(|| format!("parsing {}", args.torrent.display()))?;
+    let bytes = std::fs::read(&args.torrent)
+        .with_context(|| format!("reading {}", args.torrent.display()))?;
+    let meta = Metainfo::from_bytes(&bytes)
+        .with_context(|| format!("parsing {}", args.torrent.display()))?;
     let resume = args.out.exists();
     let storage = match &meta.info().files {
         FileLayout::Single { length } => FileStorage::create_file(&args.out, *length),
@@ -56,13 +60,21 @@ async fn main() -> anyhow::Result<()> {
         ..SessionConfig::default()
     })
     .await?;
-    let start_from = if resume { StartFrom::Check } else { StartFrom::Empty };
+    let start_from = if resume {
+        StartFrom::Check
+    } else {
+        StartFrom::Empty
+    };
     println!(
         "downloading {} ({} bytes) to {}{}",
         meta.info_hash(),
         meta.total_len(),
         args.out.display(),
-        if resume { " (checking existing data first)" } else { "" }
+        if resume {
+            " (checking existing data first)"
+        } else {
+            ""
+        }
     );
     let handle = session
         .add_torrent(AddTorrent::new(meta, Arc::new(storage), start_from).with_peers(args.peers))

@@ -40,7 +40,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(env_filter()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .init();
     let args = Args::parse();
     // The address others reach us at: the listen IP, or loopback for a wildcard listen.
     let reachable_ip = match args.listen.ip() {
@@ -101,9 +103,19 @@ async fn main() -> anyhow::Result<()> {
     let session = Session::new(config).await?;
     let storage = FileStorage::open_file(&args.file, meta.total_len())?;
     let handle = session
-        .add_torrent(AddTorrent::new(meta, Arc::new(storage), StartFrom::Complete))
+        .add_torrent(AddTorrent::new(
+            meta,
+            Arc::new(storage),
+            StartFrom::Complete,
+        ))
         .await?;
-    println!("seeding on {}{}", session.listen_addr(), announce.map(|u| format!(", tracker {u}")).unwrap_or_default());
+    println!(
+        "seeding on {}{}",
+        session.listen_addr(),
+        announce
+            .map(|u| format!(", tracker {u}"))
+            .unwrap_or_default()
+    );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -63,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     let seed = Session::new(loopback()).await?;
     let storage = FileStorage::open_file(&payload_path, meta.total_len())?;
     let seed_handle = seed
-        .add_torrent(AddTorrent::new(meta.clone(), Arc::new(storage), StartFrom::Complete))
+        .add_torrent(AddTorrent::new(
+            meta.clone(),
+            Arc::new(storage),
+            StartFrom::Complete,
+        ))
         .await?;
 
     let started = Instant::now();
@@ -74,11 +78,19 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         let storage = FileStorage::create_file(&path, meta.total_len())?;
         let handle = session
-            .add_torrent(AddTorrent::new(meta.clone(), Arc::new(storage), StartFrom::Empty))
+            .add_torrent(AddTorrent::new(
+                meta.clone(),
+                Arc::new(storage),
+                StartFrom::Empty,
+            ))
             .await?;
         nodes.push((session, handle, None));
     }
-    println!("seed on {}, {} downloaders started\n", seed.listen_addr(), args.nodes);
+    println!(
+        "seed on {}, {} downloaders started\n",
+        seed.listen_addr(),
+        args.nodes
+    );
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imagewolf::{random_payload, require_libtorrent, test_asset, ChildGuard, TempDir, SYSTEM_PYTHON};
+use imagewolf::{
+    random_payload, require_libtorrent, test_asset, ChildGuard, TempDir, SYSTEM_PYTHON,
+};
 use imagewolf_bt::metainfo::TorrentBuilder;
 use imagewolf_bt::storage::{FileStorage, MemoryStorage};
 use imagewolf_bt::tracker::{TrackerConfig, TrackerServer};
@@ -55,7 +57,11 @@ async fn libtorrent_downloads_from_our_seed_through_our_tracker() {
     let seed = Session::new(loopback()).await.unwrap();
     let storage = FileStorage::open_file(&file, meta.total_len()).unwrap();
     let handle = seed
-        .add_torrent(AddTorrent::new(meta.clone(), Arc::new(storage), StartFrom::Complete))
+        .add_torrent(AddTorrent::new(
+            meta.clone(),
+            Arc::new(storage),
+            StartFrom::Complete,
+        ))
         .await
         .unwrap();
 
@@ -73,7 +79,10 @@ async fn libtorrent_downloads_from_our_seed_through_our_tracker() {
     ]);
     let stdout = lt.child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
     });
     let lines = tokio::time::timeout(Duration::from_secs(150), lines)
         .await
@@ -85,8 +94,14 @@ async fn libtorrent_downloads_from_our_seed_through_our_tracker() {
         "libtorrent did not complete: {status}\n{}",
         lines.join("\n")
     );
-    assert!(std::fs::read(out_dir.join("image.tar")).unwrap() == payload, "libtorrent's copy differs");
-    assert!(handle.stats().uploaded >= PAYLOAD as u64, "our seed did not upload the payload");
+    assert!(
+        std::fs::read(out_dir.join("image.tar")).unwrap() == payload,
+        "libtorrent's copy differs"
+    );
+    assert!(
+        handle.stats().uploaded >= PAYLOAD as u64,
+        "our seed did not upload the payload"
+    );
     seed.shutdown().await;
 }
 
@@ -98,7 +113,9 @@ async fn we_download_from_a_libtorrent_seed() {
     std::fs::create_dir_all(&seed_dir).unwrap();
     let file = seed_dir.join("image.tar");
     std::fs::write(&file, &payload).unwrap();
-    let meta = TorrentBuilder::new("image.tar").build_from_file(&file).unwrap();
+    let meta = TorrentBuilder::new("image.tar")
+        .build_from_file(&file)
+        .unwrap();
     let torrent_path = dir.path().join("image.torrent");
     std::fs::write(&torrent_path, meta.to_bytes()).unwrap();
 
@@ -130,8 +147,11 @@ async fn we_download_from_a_libtorrent_seed() {
     let out = Arc::new(MemoryStorage::new(meta.total_len()));
     let handle = leech
         .add_torrent(
-            AddTorrent::new(meta, out.clone(), StartFrom::Empty)
-                .with_peers([format!("127.0.0.1:{port}").parse().unwrap()]),
+            AddTorrent::new(meta, out.clone(), StartFrom::Empty).with_peers([format!(
+                "127.0.0.1:{port}"
+            )
+            .parse()
+            .unwrap()]),
         )
         .await
         .unwrap();

@@ -42,9 +42,13 @@ async fn one_seed_eight_downloaders_through_the_tracker() {
 
     let seed = Session::new(loopback()).await.unwrap();
     let seed_storage = Arc::new(MemoryStorage::from_vec(payload.clone()));
-    seed.add_torrent(AddTorrent::new(meta.clone(), seed_storage, StartFrom::Complete))
-        .await
-        .unwrap();
+    seed.add_torrent(AddTorrent::new(
+        meta.clone(),
+        seed_storage,
+        StartFrom::Complete,
+    ))
+    .await
+    .unwrap();
 
     let mut sessions = Vec::new();
     let mut handles = Vec::new();
@@ -68,7 +72,11 @@ async fn one_seed_eight_downloaders_through_the_tracker() {
         let stats = handle.stats();
         assert!(stats.is_complete());
         assert_eq!(stats.hash_failures, 0);
-        assert!(std::fs::read(path).unwrap() == payload, "{} differs", path.display());
+        assert!(
+            std::fs::read(path).unwrap() == payload,
+            "{} differs",
+            path.display()
+        );
     }
     // The downloaders shared among themselves: the seed did not upload the payload 8 times.
     let uploaded_by_peers: u64 = handles.iter().map(|(_, h)| h.stats().uploaded).sum();
@@ -156,7 +164,10 @@ async fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
     assert_eq!(banned, liar_id, "the honest peer was banned");
     assert_eq!(out.to_vec(), payload);
     let stats = handle.stats();
-    assert!(stats.hash_failures > 0, "the liar's data never reached verification");
+    assert!(
+        stats.hash_failures > 0,
+        "the liar's data never reached verification"
+    );
     leech.shutdown().await;
     liar.shutdown().await;
     honest.shutdown().await;

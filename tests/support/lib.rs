@@ -118,7 +118,10 @@ pub fn require_libtorrent() -> Result<String, String> {
 
 /// Path of a file shipped with the tests (e.g. the libtorrent driver script).
 pub fn test_asset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("assets").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("assets")
+        .join(name)
 }
 
 /// Path of a binary built from this workspace's examples (`cargo build --example NAME`

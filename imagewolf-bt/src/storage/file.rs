@@ -59,7 +59,11 @@ impl FileStorage {
     /// The files of `metainfo` under `root` (`root/NAME` for a single-file torrent,
     /// `root/NAME/...` for a multi-file one), created where missing.
     pub fn for_metainfo(root: &Path, metainfo: &crate::metainfo::Metainfo) -> io::Result<Self> {
-        let files: Vec<(PathBuf, u64)> = metainfo.files().into_iter().map(|f| (f.path, f.len)).collect();
+        let files: Vec<(PathBuf, u64)> = metainfo
+            .files()
+            .into_iter()
+            .map(|f| (f.path, f.len))
+            .collect();
         Self::create(root, &files)
     }
 

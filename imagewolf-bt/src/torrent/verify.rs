@@ -26,9 +26,13 @@ struct Verdict {
 /// when it passes, and updates the picker, peers and ban evidence.
 pub(crate) async fn verify_and_store(torrent: Arc<Torrent>, job: PieceJob) {
     let backlog = job.data.len() as u64;
-    torrent.verifying_bytes.fetch_add(backlog, Ordering::Relaxed);
+    torrent
+        .verifying_bytes
+        .fetch_add(backlog, Ordering::Relaxed);
     verify_inner(&torrent, job).await;
-    torrent.verifying_bytes.fetch_sub(backlog, Ordering::Relaxed);
+    torrent
+        .verifying_bytes
+        .fetch_sub(backlog, Ordering::Relaxed);
     torrent.verify_drained.notify_waiters();
 }
 

@@ -1,0 +1,212 @@
+//! Command line and environment: every flag has an `IMAGEWOLF_*` variable beside it for
+//! container use.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How the agent finds the other agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSpec {
+    /// `dns:NAME[:PORT]`: every address NAME resolves to is an agent (swarm's `tasks.NAME`,
+    /// a Kubernetes headless Service). Re-resolved periodically.
+    Dns {
+        /// The name to resolve.
+        name: String,
+        /// The agents' HTTP API port.
+        port: u16,
+    },
+    /// `static:HOST:PORT,HOST:PORT,...`: a fixed list (hosts may be names).
+    Static(Vec<String>),
+}
+
+impl std::str::FromStr for PeerSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("dns:") {
+            let (name, port) = match rest.rsplit_once(':') {
+                Some((name, port)) => (
+                    name,
+                    port.parse::<u16>()
+                        .map_err(|_| format!("bad port in --peers {s:?}"))?,
+                ),
+                None => (rest, crate::config::DEFAULT_API_PORT),
+            };
+            if name.is_empty() {
+                return Err(format!("--peers {s:?}: empty DNS name"));
+            }
+            Ok(PeerSpec::Dns {
+                name: name.to_owned(),
+                port,
+            })
+        } else if let Some(rest) = s.strip_prefix("static:") {
+            let list: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
+            for entry in &list {
+                if entry
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(format!("--peers static entry {entry:?} is not HOST:PORT"));
+                }
+            }
+            Ok(PeerSpec::Static(list))
+        } else {
+            Err(format!(
+                "--peers {s:?}: expected dns:NAME[:PORT] or static:HOST:PORT,HOST:PORT,..."
+            ))
+        }
+    }
+}
+
+/// The agents' HTTP API port when `--peers dns:NAME` names none.
+pub const DEFAULT_API_PORT: u16 = 8000;
+
+/// Which runtime images are loaded into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// Docker Engine, through its API (`DOCKER_HOST`).
+    Docker,
+    /// No runtime: verified tarballs are kept in `DATA_DIR/loaded/` (demos, tests).
+    None,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// ImageWolf agent: spreads pushed container images to every node of a cluster over
+/// BitTorrent, so the registry serves each image once instead of once per node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "imagewolf-agent", version)]
+pub struct AgentConfig {
+    /// How to find the other agents: dns:NAME[:PORT] (every address NAME resolves to, e.g.
+    /// tasks.imagewolf on Swarm or a headless Service on Kubernetes; re-resolved as nodes come
+    /// and go) or static:HOST:PORT,HOST:PORT,... PORT is the agents' HTTP API port.
+    #[arg(long, env = "IMAGEWOLF_PEERS")]
+    pub peers: PeerSpec,
+
+    /// Address of the HTTP API (webhooks, /stats, /metrics, agent-to-agent, tracker).
+    #[arg(long, env = "IMAGEWOLF_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Address for BitTorrent peer connections.
+    #[arg(long, env = "IMAGEWOLF_BT_LISTEN", default_value = "0.0.0.0:6000")]
+    pub bt_listen: SocketAddr,
+
+    /// The IP other agents reach this node at. Default: the source address of the route to the
+    /// first peer, else the first non-loopback address of the host.
+    #[arg(long, env = "IMAGEWOLF_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<IpAddr>,
+
+    /// Where tarballs and torrents are kept while they are spread.
+    #[arg(long, env = "IMAGEWOLF_DATA_DIR", default_value = "/var/lib/imagewolf")]
+    pub data_dir: PathBuf,
+
+    /// Docker Engine API endpoint (unix:///path or tcp://host:port).
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+
+    /// Container runtime that images are loaded into.
+    #[arg(long, env = "IMAGEWOLF_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: Runtime,
+
+    /// Registry to pull from for Docker Hub webhooks (point it at a mirror or a test registry).
+    #[arg(long, env = "IMAGEWOLF_HUB_REGISTRY", default_value = "docker.io")]
+    pub hub_registry: String,
+
+    /// Pull from this registry instead of the host named in registry notifications (when the
+    /// registry's own idea of its address is not reachable from the nodes).
+    #[arg(long, env = "IMAGEWOLF_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Keep seeding this long after the image is loaded here, then delete the tarball.
+    #[arg(long, env = "IMAGEWOLF_SEED_SECONDS", default_value_t = 600)]
+    pub seed_seconds: u64,
+
+    /// How often `dns:` peers are re-resolved, in seconds.
+    #[arg(long, env = "IMAGEWOLF_RESOLVE_SECONDS", default_value_t = 5)]
+    pub resolve_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "IMAGEWOLF_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl AgentConfig {
+    /// How long to keep seeding after a local load.
+    pub fn seed_time(&self) -> Duration {
+        Duration::from_secs(self.seed_seconds)
+    }
+
+    /// How often to re-resolve `dns:` peers.
+    pub fn resolve_interval(&self) -> Duration {
+        Duration::from_secs(self.resolve_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_specs_parse() {
+        assert_eq!(
+            "dns:tasks.imagewolf".parse::<PeerSpec>().unwrap(),
+            PeerSpec::Dns {
+                name: "tasks.imagewolf".into(),
+                port: DEFAULT_API_PORT
+            }
+        );
+        assert_eq!(
+            "dns:imagewolf:9000".parse::<PeerSpec>().unwrap(),
+            PeerSpec::Dns {
+                name: "imagewolf".into(),
+                port: 9000
+            }
+        );
+        assert_eq!(
+            "static:10.0.0.1:8000, node2:8000"
+                .parse::<PeerSpec>()
+                .unwrap(),
+            PeerSpec::Static(vec!["10.0.0.1:8000".into(), "node2:8000".into()])
+        );
+        for bad in [
+            "",
+            "dns:",
+            "dns:x:notaport",
+            "static:host",
+            "imagewolf",
+            "static:a:1,b",
+        ] {
+            assert!(bad.parse::<PeerSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        let cmd = AgentConfig::command();
+        cmd.clone().debug_assert();
+        for arg in cmd.get_arguments() {
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+    }
+}

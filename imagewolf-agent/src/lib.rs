@@ -1,0 +1,22 @@
+//! The ImageWolf node agent: hears about image pushes, turns an image into a torrent once, and
+//! gets it loaded on every node through `imagewolf-bt`.
+//!
+//! The data path, one module per step:
+//! notification ([`notification`], [`api`]) -> image source ([`source`]) -> torrent and swarm
+//! ([`distributor`], on `imagewolf_bt`) -> loader ([`loader`]); with peer agents found by
+//! [`discovery`] and everything visible in [`stats`].
+
+pub mod api;
+pub mod config;
+pub mod discovery;
+pub mod distributor;
+pub mod docker;
+pub mod image;
+pub mod loader;
+pub mod notification;
+pub mod peers;
+pub mod source;
+pub mod stats;
+
+pub use config::AgentConfig;
+pub use distributor::Distributor;

@@ -1,0 +1,44 @@
+//! Where images come from: the [`ImageSource`] trait. Today Docker ([`crate::docker`]) pulls
+//! and `docker save`s; a registry-API source (no Docker on the seeding node) and the demo's
+//! file source implement the same trait.
+
+use std::pin::Pin;
+
+use futures::future::BoxFuture;
+use tokio::io::AsyncRead;
+
+use crate::image::ImageRef;
+
+/// An image fetched into the local store, ready to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The local image id (`sha256:...`).
+    pub image_id: String,
+    /// The reference to export (what `docker save` gets): keeps the tag in the tarball.
+    pub reference: String,
+    /// Approximate tarball size (for choosing the piece length); 0 if unknown.
+    pub size_hint: u64,
+}
+
+/// Why a fetch failed. `retryable` errors (registry down, daemon busy) are retried with
+/// backoff; the others fail the distribution at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// What went wrong, for logs and /stats.
+    pub message: String,
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
+}
+
+/// A streaming tarball in `docker save` format.
+pub type Tarball = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Fetches images and exports them as `docker save` tarballs.
+pub trait ImageSource: Send + Sync + 'static {
+    /// Makes the image available locally (e.g. `docker pull`).
+    fn pull<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<PulledImage, SourceError>>;
+
+    /// Streams the pulled image as a `docker save` tarball.
+    fn export<'a>(&'a self, image: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>>;
+}
