@@ -1,2 +1,649 @@
-//! (in progress)
-pub struct Distributor;
+//! The flow from a push to a loaded image on every node, and the agent's record of it.
+//!
+//! Origin (the agent that heard the push): pull -> export streamed to the data dir while the
+//! torrent and a SHA-256 are computed in the same pass -> seed -> announce the
+//! [`Distribution`] to every other agent.
+//! Every other agent: skip if the runtime already has the image -> download from the swarm
+//! (rarest-first, every agent a peer, the origin's tracker) -> check the SHA-256 -> load ->
+//! keep seeding for `--seed-seconds`, then delete the tarball.
+//!
+//! Idempotence: one record per image key ([`ImageRef::dedup_key`]) and per info-hash; a
+//! registry retrying an event or a repeated push finds the record and does nothing twice.
+//! A late or restarted agent catches up by asking the others for their recent distributions
+//! (at start and every [`CATCH_UP_EVERY`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use imagewolf_bt::metainfo::{Metainfo, TorrentBuilder};
+use imagewolf_bt::storage::FileStorage;
+use imagewolf_bt::tracker::{encode_failure, AnnounceRequest, Swarms, TrackerConfig};
+use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom, TorrentHandle};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::image::{Distribution, ImageRef};
+use crate::loader::ImageLoader;
+use crate::peers::PeerClient;
+use crate::source::ImageSource;
+use crate::stats::{ImageState, ImageStats};
+
+/// How often an agent asks the others what it may have missed.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
+/// Distributions older than this are not caught up on (nor offered to late joiners).
+pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
+/// Registry event ids remembered for deduplication.
+const EVENT_IDS_KEPT: usize = 4096;
+/// Pull and load attempts before a distribution is marked failed.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// What the distributor needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct DistributorConfig {
+    /// Where tarballs live while they are spread.
+    pub data_dir: PathBuf,
+    /// The address other agents reach this node at.
+    pub advertise: IpAddr,
+    /// The HTTP API port (the tracker is served there too).
+    pub api_port: u16,
+    /// BitTorrent listen address.
+    pub bt_listen: SocketAddr,
+    /// How long to keep seeding after the image is loaded here.
+    pub seed_time: Duration,
+}
+
+/// One image on this node.
+struct Record {
+    stats: ImageStats,
+    distribution: Option<Distribution>,
+    torrent: Option<TorrentHandle>,
+}
+
+#[derive(Default)]
+struct Records {
+    by_key: HashMap<String, Record>,
+    /// info-hash -> key
+    by_info_hash: HashMap<String, String>,
+    event_ids: VecDeque<String>,
+}
+
+/// The agent's engine room; see the module docs.
+pub struct Distributor {
+    config: DistributorConfig,
+    session: Session,
+    source: Arc<dyn ImageSource>,
+    loader: Arc<dyn ImageLoader>,
+    agents: watch::Receiver<Vec<SocketAddr>>,
+    client: PeerClient,
+    tracker: Mutex<Swarms>,
+    records: Mutex<Records>,
+}
+
+/// Why the distributor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is not usable.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The BitTorrent session could not start.
+    #[error(transparent)]
+    Session(#[from] imagewolf_bt::SessionError),
+}
+
+/// What happened to a push or an announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// A distribution started.
+    Started,
+    /// Already known: nothing done.
+    Duplicate,
+    /// Refused; why.
+    Refused(String),
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Distributor {
+    /// Starts the BitTorrent session and the catch-up loop.
+    pub async fn start(
+        config: DistributorConfig,
+        source: Arc<dyn ImageSource>,
+        loader: Arc<dyn ImageLoader>,
+        agents: watch::Receiver<Vec<SocketAddr>>,
+    ) -> Result<Arc<Self>, StartError> {
+        let images = config.data_dir.join("images");
+        std::fs::create_dir_all(&images).map_err(|e| StartError::DataDir(images.clone(), e))?;
+        let session = Session::new(SessionConfig {
+            listen_addr: config.bt_listen,
+            announce_ip: Some(config.advertise),
+            ..SessionConfig::default()
+        })
+        .await?;
+        let tracker = Swarms::new(TrackerConfig {
+            interval: Duration::from_secs(10),
+            ..TrackerConfig::default()
+        });
+        let this = Arc::new(Self {
+            config,
+            session,
+            source,
+            loader,
+            agents,
+            client: PeerClient::new(),
+            tracker: Mutex::new(tracker),
+            records: Mutex::new(Records::default()),
+        });
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                this.catch_up().await;
+                drop(this);
+                tokio::time::sleep(CATCH_UP_EVERY).await;
+            }
+        });
+        Ok(this)
+    }
+
+    fn records(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, key: &str, f: impl FnOnce(&mut Record)) {
+        if let Some(r) = self.records().by_key.get_mut(key) {
+            f(r);
+        }
+    }
+
+    fn set_state(&self, key: &str, state: ImageState, error: Option<String>) {
+        self.update(key, |r| {
+            r.stats.state = state;
+            r.stats.error = error;
+        });
+    }
+
+    /// The other agents' API addresses (never this one).
+    pub fn other_agents(&self) -> Vec<SocketAddr> {
+        let me = SocketAddr::new(self.config.advertise, self.config.api_port);
+        self.agents.borrow().iter().copied().filter(|a| *a != me).collect()
+    }
+
+    /// The announce URL of this agent's tracker.
+    fn tracker_url(&self) -> String {
+        format!("http://{}/announce", SocketAddr::new(self.config.advertise, self.config.api_port))
+    }
+
+    /// A push was notified: start a distribution from here unless it is already known.
+    /// Returns at once; the work runs in the background.
+    pub fn on_push(self: &Arc<Self>, image: ImageRef, event_id: Option<String>) -> Accepted {
+        let key = image.dedup_key();
+        {
+            let mut records = self.records();
+            if let Some(id) = &event_id {
+                if records.event_ids.contains(id) {
+                    return Accepted::Duplicate;
+                }
+                if records.event_ids.len() >= EVENT_IDS_KEPT {
+                    records.event_ids.pop_front();
+                }
+                records.event_ids.push_back(id.clone());
+            }
+            if let Some(existing) = records.by_key.get(&key) {
+                if existing.stats.state != ImageState::Failed {
+                    return Accepted::Duplicate;
+                }
+            }
+            records.by_key.insert(key.clone(), Record {
+                stats: new_stats(&image, true, ImageState::Pulling),
+                distribution: None,
+                torrent: None,
+            });
+        }
+        tracing::info!(image = %image, "push: distributing from this node");
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.originate(&key, &image).await {
+                tracing::error!(image = %image, "distribution failed: {e}");
+                this.set_state(&key, ImageState::Failed, Some(e));
+            }
+        });
+        Accepted::Started
+    }
+
+    /// Another agent announced a distribution: fetch and load it unless already known.
+    pub fn on_distribution(self: &Arc<Self>, d: Distribution) -> Accepted {
+        if let Err(e) = check_distribution(&d) {
+            return Accepted::Refused(e);
+        }
+        let key = d.image.dedup_key();
+        {
+            let mut records = self.records();
+            let known = records.by_info_hash.get(&d.info_hash).or_else(|| records.by_key.get(&key).map(|_| &key));
+            if let Some(k) = known.cloned() {
+                if records.by_key.get(&k).is_some_and(|r| r.stats.state != ImageState::Failed) {
+                    return Accepted::Duplicate;
+                }
+            }
+            let mut stats = new_stats(&d.image, false, ImageState::Downloading);
+            stats.image_id = Some(d.image_id.clone());
+            stats.info_hash = Some(d.info_hash.clone());
+            stats.size = Some(d.size);
+            records.by_info_hash.insert(d.info_hash.clone(), key.clone());
+            records.by_key.insert(key.clone(), Record {
+                stats,
+                distribution: Some(d.clone()),
+                torrent: None,
+            });
+        }
+        tracing::info!(image = %d.image, info_hash = %d.info_hash, "announced: fetching from the swarm");
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.receive(&key, &d).await {
+                tracing::error!(image = %d.image, "distribution failed: {e}");
+                this.set_state(&key, ImageState::Failed, Some(e));
+            }
+        });
+        Accepted::Started
+    }
+
+    /// Recent distributions this node knows (for late joiners).
+    pub fn distributions(&self) -> Vec<Distribution> {
+        let horizon = now_secs() - CATCH_UP_WINDOW.as_secs_f64();
+        self.records()
+            .by_key
+            .values()
+            .filter(|r| r.stats.state != ImageState::Failed)
+            .filter_map(|r| r.distribution.clone())
+            .filter(|d| d.created as f64 >= horizon)
+            .collect()
+    }
+
+    /// Every image on this node with live transfer figures.
+    pub fn images(&self) -> Vec<ImageStats> {
+        let records = self.records();
+        let mut out: Vec<ImageStats> = records
+            .by_key
+            .values()
+            .map(|r| {
+                let mut s = r.stats.clone();
+                if let Some(t) = &r.torrent {
+                    let live = t.stats();
+                    s.bytes_down = live.downloaded;
+                    s.bytes_up = live.uploaded;
+                    s.peers = live.peers;
+                }
+                s
+            })
+            .collect();
+        out.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+        out
+    }
+
+    /// Number of other agents currently known.
+    pub fn known_agents(&self) -> usize {
+        self.other_agents().len()
+    }
+
+    /// Answers a tracker announce (`GET /announce?...`) for the torrents this agent started.
+    pub fn tracker_announce(&self, query: &str, remote: IpAddr) -> Vec<u8> {
+        let req = match AnnounceRequest::from_query(query) {
+            Ok(r) => r,
+            Err(e) => return encode_failure(&e.to_string()),
+        };
+        let mut swarms = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        match swarms.announce(&req, remote, std::time::Instant::now()) {
+            Ok(reply) => reply.encode(req.compact),
+            Err(e) => encode_failure(&e.to_string()),
+        }
+    }
+
+    /// Asks every other agent for its recent distributions and starts those we lack.
+    pub async fn catch_up(self: &Arc<Self>) {
+        for agent in self.other_agents() {
+            match self.client.distributions(agent).await {
+                Ok(list) => {
+                    for d in list {
+                        if self.on_distribution(d) == Accepted::Started {
+                            tracing::info!(%agent, "caught up on a distribution");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("catch-up: {e}"),
+            }
+        }
+    }
+
+    /// The origin's side: pull, export + hash, seed, announce.
+    async fn originate(self: &Arc<Self>, key: &str, image: &ImageRef) -> Result<(), String> {
+        let pulled = self
+            .with_retries(key, "pull", || self.source.pull(image))
+            .await?;
+        self.update(key, |r| r.stats.image_id = Some(pulled.image_id.clone()));
+        let tarball = self.source.export(&pulled).await.map_err(|e| format!("export: {e}"))?;
+        let path = self.config.data_dir.join("images").join(format!("{}.tar", file_stem(key)));
+        let (meta, sha256) = export_to_torrent(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
+        let info_hash = meta.info_hash().to_hex();
+        let size = meta.total_len();
+        let torrent = base64::engine::general_purpose::STANDARD.encode(meta.to_bytes());
+        let storage = FileStorage::open_file(&path, size).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let handle = self
+            .session
+            .add_torrent(AddTorrent::new(meta, Arc::new(storage), StartFrom::Complete))
+            .await
+            .map_err(|e| format!("seeding: {e}"))?;
+        let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());
+        let d = Distribution {
+            image: image.clone(),
+            image_id: pulled.image_id.clone(),
+            torrent,
+            info_hash: info_hash.clone(),
+            size,
+            sha256,
+            seeders: vec![bt_addr.to_string()],
+            created: now_secs() as u64,
+        };
+        {
+            let mut records = self.records();
+            records.by_info_hash.insert(info_hash.clone(), key.to_owned());
+            if let Some(r) = records.by_key.get_mut(key) {
+                r.stats.info_hash = Some(info_hash);
+                r.stats.size = Some(size);
+                r.stats.state = ImageState::Seeding;
+                r.stats.completed_at = Some(now_secs());
+                r.distribution = Some(d.clone());
+                r.torrent = Some(handle.clone());
+            }
+        }
+        let agents = self.other_agents();
+        tracing::info!(image = %image, agents = agents.len(), size, "seeding; announcing to the other agents");
+        let calls = agents.iter().map(|a| self.client.announce(*a, &d));
+        for result in futures::future::join_all(calls).await {
+            if let Err(e) = result {
+                // That agent catches up later (it asks every CATCH_UP_EVERY).
+                tracing::warn!("announce: {e}");
+            }
+        }
+        // The origin pulled the image: it is in its runtime already.
+        self.update(key, |r| {
+            r.stats.state = ImageState::Loaded;
+            r.stats.loaded_at = Some(now_secs());
+        });
+        self.linger_then_clean(key, handle, path);
+        Ok(())
+    }
+
+    /// Every other agent's side: download, verify, load.
+    async fn receive(self: &Arc<Self>, key: &str, d: &Distribution) -> Result<(), String> {
+        let present = self.loader.has_image(&d.image_id).await.unwrap_or(false);
+        if present {
+            tracing::info!(image = %d.image, "already present here; skipping the download");
+            self.update(key, |r| {
+                r.stats.state = ImageState::Loaded;
+                r.stats.loaded_at = Some(now_secs());
+            });
+            return Ok(());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&d.torrent)
+            .map_err(|e| format!("torrent is not base64: {e}"))?;
+        let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("bad torrent: {e}"))?;
+        if meta.info_hash().to_hex() != d.info_hash || meta.total_len() != d.size {
+            return Err("the torrent does not match the announced info-hash and size".into());
+        }
+        let path = self.config.data_dir.join("images").join(format!("{}.tar", d.info_hash));
+        let resume = path.exists();
+        let storage =
+            FileStorage::create_file(&path, d.size).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let seeders: Vec<SocketAddr> = d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
+        let start = if resume { StartFrom::Check } else { StartFrom::Empty };
+        let handle = self
+            .session
+            .add_torrent(AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders))
+            .await
+            .map_err(|e| format!("adding the torrent: {e}"))?;
+        self.update(key, |r| r.torrent = Some(handle.clone()));
+        handle.wait_complete().await.map_err(|e| format!("download: {e}"))?;
+        self.update(key, |r| {
+            r.stats.completed_at = Some(now_secs());
+            r.stats.state = ImageState::Loading;
+        });
+        let actual = sha256_file(&path).await.map_err(|e| format!("hashing the tarball: {e}"))?;
+        if actual != d.sha256 {
+            let _ = self.session.remove_torrent(&handle.info_hash()).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(format!(
+                "tarball SHA-256 {actual} does not match the announced {}; not loading it",
+                d.sha256
+            ));
+        }
+        let started = Instant::now();
+        self.with_retries(key, "load", || self.loader.load(&path)).await?;
+        let secs = started.elapsed().as_secs_f64();
+        self.update(key, |r| {
+            r.stats.state = ImageState::Loaded;
+            r.stats.loaded_at = Some(now_secs());
+            r.stats.load_seconds = Some(secs);
+        });
+        tracing::info!(image = %d.image, load_seconds = secs, "loaded");
+        self.linger_then_clean(key, handle, path);
+        Ok(())
+    }
+
+    /// Runs `op` until it succeeds, retrying with backoff (1 s doubling to 30 s) up to
+    /// [`MAX_ATTEMPTS`]; each error is visible in /stats meanwhile.
+    async fn with_retries<T, E, F, Fut>(&self, key: &str, what: &str, mut op: F) -> Result<T, String>
+    where
+        E: std::fmt::Display + Retryable,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_secs(1);
+        for attempt in 1..=MAX_ATTEMPTS {
+            self.update(key, |r| r.stats.attempts += 1);
+            match op().await {
+                Ok(v) => {
+                    self.update(key, |r| r.stats.error = None);
+                    return Ok(v);
+                }
+                Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(key, "{what} failed (attempt {attempt}), retrying in {delay:?}: {e}");
+                    self.update(key, |r| r.stats.error = Some(format!("{what}: {e} (retrying)")));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        }
+        Err(format!("{what}: gave up after {MAX_ATTEMPTS} attempts"))
+    }
+
+    /// Keeps seeding for `seed_time`, then stops the torrent and deletes the tarball.
+    fn linger_then_clean(self: &Arc<Self>, key: &str, handle: TorrentHandle, path: PathBuf) {
+        let this = Arc::clone(self);
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.config.seed_time).await;
+            this.session.remove_torrent(&handle.info_hash()).await;
+            this.update(&key, |r| {
+                r.stats.bytes_down = handle.stats().downloaded;
+                r.stats.bytes_up = handle.stats().uploaded;
+                r.torrent = None;
+            });
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        });
+    }
+
+    /// Stops every torrent (announcing `stopped`) and the session.
+    pub async fn shutdown(self: Arc<Self>) {
+        match Arc::try_unwrap(self) {
+            Ok(this) => this.session.shutdown().await,
+            Err(this) => {
+                for t in this.session.torrents() {
+                    t.stop().await;
+                }
+            }
+        }
+    }
+}
+
+/// Errors that say whether retrying can help.
+pub trait Retryable {
+    /// True if the same call may succeed later.
+    fn retryable(&self) -> bool;
+}
+
+impl Retryable for crate::source::SourceError {
+    fn retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl Retryable for crate::loader::LoaderError {
+    fn retryable(&self) -> bool {
+        true
+    }
+}
+
+fn new_stats(image: &ImageRef, origin: bool, state: ImageState) -> ImageStats {
+    ImageStats {
+        reference: image.to_string(),
+        image_id: None,
+        digest: image.digest.clone(),
+        info_hash: None,
+        size: None,
+        state,
+        error: None,
+        origin,
+        bytes_down: 0,
+        bytes_up: 0,
+        peers: 0,
+        started_at: now_secs(),
+        completed_at: None,
+        loaded_at: None,
+        load_seconds: None,
+        attempts: 0,
+    }
+}
+
+/// Sanity checks on an announcement before anything is allocated for it.
+fn check_distribution(d: &Distribution) -> Result<(), String> {
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(&d.info_hash, 40) {
+        return Err("info_hash is not 40 hex digits".into());
+    }
+    if !hex(&d.sha256, 64) {
+        return Err("sha256 is not 64 hex digits".into());
+    }
+    if d.torrent.len() > 16 << 20 {
+        return Err("torrent too large".into());
+    }
+    if d.seeders.len() > 1024 {
+        return Err("too many seeders".into());
+    }
+    Ok(())
+}
+
+/// A file name for an image key (keys contain `/`, `:` and `@`).
+fn file_stem(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Streams `tarball` into `path`, building the torrent and the SHA-256 in the same pass.
+async fn export_to_torrent(
+    tarball: crate::source::Tarball,
+    path: &Path,
+    size_hint: u64,
+    announce: String,
+) -> Result<(Metainfo, String), String> {
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut sink = Sha256Writer {
+        inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
+    let name = "image.tar";
+    let meta = TorrentBuilder::new(name)
+        .announce(announce)
+        .build_from_async_reader(tarball, size_hint, &mut sink)
+        .await
+        .map_err(|e| format!("export: {e}"))?;
+    sink.inner.flush().await.map_err(|e| format!("writing {}: {e}", path.display()))?;
+    sink.inner
+        .get_ref()
+        .sync_data()
+        .await
+        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    let sha = sink.hasher.finalize();
+    Ok((meta, sha.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// An `AsyncWrite` that hashes what passes through it.
+struct Sha256Writer<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Sha256Writer<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            this.hasher.update(&buf[..*n]);
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// SHA-256 of a file, read in 1 MiB chunks on the blocking pool.
+async fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+

@@ -28,13 +28,12 @@ impl ImageRef {
         }
     }
 
-    /// The key that makes a push "the same push": repository plus digest when known,
-    /// otherwise plus tag (Docker Hub webhooks carry no digest).
+    /// The key that makes a push "the same push": the reference with its tag and digest.
+    /// A registry retrying an event, or the same image pushed again under the same tag, maps
+    /// to the same key; a new tag for the same digest does not (nodes need that tag too).
+    /// Docker Hub webhooks carry no digest: there the key is the tag alone.
     pub fn dedup_key(&self) -> String {
-        match &self.digest {
-            Some(d) => format!("{}/{}@{}", self.registry, self.repository, d),
-            None => self.pull_reference(),
-        }
+        self.to_string()
     }
 }
 

