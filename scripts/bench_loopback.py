@@ -167,7 +167,7 @@ def main():
         f"Loopback, 1 seed -> 1 downloader, {args.size_mib} MiB file-backed payload, SHA-1 verified, "
         f"median of {args.runs} runs ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')})",
         "",
-        "| run | throughput | ratio to iperf3 | ratio to libtorrent | CPU s per GiB (both ends) |",
+        "| run | throughput | ratio to iperf3 | ratio to libtorrent | downloader CPU s per GiB |",
         "|---|---|---|---|---|",
     ]
     for name in ("iperf3", "imagewolf-bt", "libtorrent"):

@@ -582,11 +582,6 @@ async fn export_to_torrent(
         .await
         .map_err(|e| format!("export: {e}"))?;
     sink.inner.flush().await.map_err(|e| format!("writing {}: {e}", path.display()))?;
-    sink.inner
-        .get_ref()
-        .sync_data()
-        .await
-        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
     let sha = sink.hasher.finalize();
     Ok((meta, sha.iter().map(|b| format!("{b:02x}")).collect()))
 }

@@ -42,3 +42,27 @@ pub trait ImageSource: Send + Sync + 'static {
     /// Streams the pulled image as a `docker save` tarball.
     fn export<'a>(&'a self, image: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>>;
 }
+
+/// The source for `--runtime none`: this node cannot pull (no runtime to pull with); it only
+/// receives images other agents distribute. A registry-API source will replace it.
+pub struct NoSource;
+
+impl ImageSource for NoSource {
+    fn pull<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<PulledImage, SourceError>> {
+        Box::pin(async move {
+            Err(SourceError {
+                message: format!("cannot pull {image}: this agent runs with --runtime none"),
+                retryable: false,
+            })
+        })
+    }
+
+    fn export<'a>(&'a self, _image: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>> {
+        Box::pin(async move {
+            Err(SourceError {
+                message: "this agent runs with --runtime none".into(),
+                retryable: false,
+            })
+        })
+    }
+}

@@ -2,6 +2,9 @@
 //! directories and child processes that clean up after themselves (even when a test fails),
 //! deterministic payloads, and the reference BitTorrent client used for interoperability.
 
+pub mod docker;
+pub mod cluster;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

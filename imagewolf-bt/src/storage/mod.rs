@@ -37,7 +37,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Writes `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
 
-    /// Makes written data durable (fsync for files). Called once when a download completes.
+    /// Makes written data durable (fsync for files). The engine never calls it on its own:
+    /// durability is the caller's choice.
     fn flush(&self) -> io::Result<()>;
 }
 

@@ -1,0 +1,816 @@
+//! A cluster of "hosts" on this one machine: one network namespace per node, all joined by a
+//! Linux bridge in the root namespace, each with its own IPv4 address and, optionally, a NIC
+//! bandwidth emulated with `tc tbf`. End-to-end tests and the cluster benchmark run real
+//! processes inside the nodes with [`Node::command`] / [`Node::spawn`].
+//!
+//! Layout (`T` is a random 6-hex-digit tag unique to one [`Cluster`], `S` its /24):
+//! - bridge `iwTbr` in the root namespace with `S.1/24`, so processes in the root namespace
+//!   (a registry next to the test's dockerds, say) are reachable from every node at `S.1`;
+//! - namespace `iwT-nI` for node `I` (`iwT-xJ` for extra namespace `J`), reached through a veth
+//!   pair `iwThK` (bridge end, root namespace) / `iwTnK` (inside), `K` the global index, with
+//!   address `S.(K+2)/24`; `lo` is up.
+//! - Interface names stay within Linux's 15 characters (`iw` + 6 + `h` + 3 digits = 12).
+//!
+//! Design decisions and invariants:
+//! - Shaping: `tbf` on the namespace end shapes the node's upload, on the bridge end its
+//!   download, like a full-duplex NIC. Burst is 256 KiB (or 10 ms at line rate, if larger: tbf
+//!   needs at least rate/HZ), latency 100 ms, as measured in /work/shared/notes/test-cluster.md.
+//! - No default route by default: this machine forwards IPv4 (`ip_forward=1`), so a default
+//!   route via `S.1` would let a stray packet from a node leave the machine. Everything a test
+//!   needs is on the bridge's /24, which is a connected route. The namespaces get an
+//!   `unreachable default` instead, so such traffic fails at once; set
+//!   [`ClusterBuilder::default_route`] to get `default via S.1` when a test really needs it.
+//!   For the same reason each namespace has its own `resolv.conf` naming `127.0.0.1` (nothing
+//!   listens there): a name missing from the hosts file fails fast instead of being sent to the
+//!   machine's DNS server.
+//! - Discovery: `ip netns exec` bind-mounts every file in `/etc/netns/NS/` over `/etc/`, so
+//!   [`Cluster::write_hosts`] writes `/etc/netns/NS/hosts`. glibc returns every address of a
+//!   name listed on several lines only with `multi on` in `host.conf` (checked: glibc 2.36 with
+//!   `multi off` returns the first line only), so each namespace also gets a `host.conf` with
+//!   `multi on` rather than relying on the machine's. The hosts file is rewritten in place
+//!   (truncate + one write), not replaced by rename, because a bind mount pins the inode:
+//!   processes already running in a namespace then see updates, as with a DNS record.
+//! - Subnets: a random `10.B.C.0/24`, `B` in 77..=99, that overlaps no address or route of the
+//!   root namespace and is claimed by an exclusive lock file under [`LOCK_DIR`] (holding the
+//!   owner's pid and tag), so concurrent test processes never pick the same one.
+//! - Teardown: [`Cluster`]'s `Drop` removes exactly what it created, by name, and runs during a
+//!   panic's unwinding too. It first SIGKILLs (by pid) every process still inside its
+//!   namespaces: only this cluster's user can have started them, and a lingering process would
+//!   keep the namespace alive. Callers should still drop their [`ChildGuard`]s first (declare
+//!   them after the cluster) so that those reap their children; dropping the cluster first is
+//!   safe too (the guard then reaps an already killed process).
+//! - Crash leftovers: when a test process dies without unwinding (SIGKILL, Ctrl-C), its lock
+//!   file stays; the next [`ClusterBuilder::build`] on the machine sees the owner's pid gone and
+//!   removes that tag's namespaces, links, files and firewall rule. Best effort: a reused pid
+//!   keeps leftovers alive a while longer, which costs only a /24.
+//! - Firewall: a dockerd started with iptables sets `FORWARD` to DROP and bridged frames go
+//!   through iptables (br_netfilter), which silently cuts the nodes apart; so when `iptables`
+//!   exists an `ACCEPT` rule for this bridge is inserted and that exact rule deleted on drop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{ChildGuard, SYSTEM_PYTHON};
+
+/// Where subnet claims live (tmpfs: cleared on reboot, when all namespaces are gone too).
+pub const LOCK_DIR: &str = "/run/imagewolf-cluster";
+
+/// Most namespaces one cluster can have: `.2` to `.254` of its /24.
+pub const MAX_NAMESPACES: usize = 253;
+
+/// Errors from building, using or probing a cluster.
+#[derive(Debug)]
+pub enum ClusterError {
+    /// A command (`ip`, `tc`, ...) failed.
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its exit code, if it exited.
+        status: Option<i32>,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// A file operation or process start failed.
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Every candidate /24 in 10.77-10.99 was in use or claimed.
+    NoFreeSubnet,
+    /// The request cannot be honoured (e.g. too many nodes, a bad host name).
+    Invalid(String),
+    /// Something did not happen before its deadline.
+    Timeout(String),
+}
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Command {
+                cmd,
+                status,
+                stderr,
+            } => write!(f, "`{cmd}` failed (exit {status:?}): {}", stderr.trim()),
+            Self::Io { what, source } => write!(f, "{what}: {source}"),
+            Self::NoFreeSubnet => write!(f, "no free /24 in 10.77.0.0-10.99.255.0"),
+            Self::Invalid(msg) => write!(f, "invalid cluster request: {msg}"),
+            Self::Timeout(msg) => write!(f, "timed out: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// Runs `program args` to completion; its stdout on success.
+fn run(program: &str, args: &[&str]) -> Result<String, ClusterError> {
+    let cmd = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(format!("running `{cmd}`")))?;
+    if !out.status.success() {
+        return Err(ClusterError::Command {
+            cmd,
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Teardown step: failures are reported, not fatal (the rest must still be removed).
+fn run_logged(program: &str, args: &[&str]) {
+    if let Err(e) = run(program, args) {
+        eprintln!("cluster teardown: {e}");
+    }
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Checks that this process can build a cluster: root, and `ip`, `tc` and `ss` (iproute2)
+/// runnable. Tests call this first and fail (never skip) on error.
+pub fn require_root_and_tools() -> Result<(), String> {
+    match effective_uid() {
+        Some(0) => {}
+        Some(uid) => {
+            return Err(format!(
+                "cluster tests need root (network namespaces, bridges, tc); running as uid {uid}"
+            ))
+        }
+        None => return Err("cannot read the effective uid from /proc/self/status".into()),
+    }
+    for (tool, arg) in [("ip", "-V"), ("tc", "-V"), ("ss", "-V")] {
+        run(tool, &[arg]).map_err(|e| {
+            format!("`{tool}` is needed for cluster tests (apt-get install iproute2): {e}")
+        })?;
+    }
+    Ok(())
+}
+
+fn iptables_present() -> bool {
+    Command::new("iptables")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn forward_rule(bridge: &str) -> [&str; 8] {
+    ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT", "-w"]
+}
+
+/// What to build. Fields are public so callers write `ClusterBuilder { nodes: 16, ..Default::default() }`.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    /// Number of nodes (namespaces `.2` onwards).
+    pub nodes: usize,
+    /// Each node's NIC speed in both directions, in Mbit/s; `None` leaves links unshaped.
+    pub rate_mbit: Option<u32>,
+    /// Extra namespaces after the nodes (e.g. one for a registry), at the next addresses.
+    pub extras: usize,
+    /// NIC speed of the extra namespaces; `None` (the default) leaves them unshaped.
+    pub extra_rate_mbit: Option<u32>,
+    /// Give every namespace `default via S.1` instead of `unreachable default` (see the module
+    /// doc: with IPv4 forwarding on, stray traffic could then leave the machine).
+    pub default_route: bool,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            rate_mbit: None,
+            extras: 0,
+            extra_rate_mbit: None,
+            default_route: false,
+        }
+    }
+}
+
+/// One namespace of a [`Cluster`]: a node, or an extra namespace.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The network namespace's name (for `ip netns exec`).
+    pub name: String,
+    /// Its address on the cluster bridge.
+    pub ip: Ipv4Addr,
+    /// The veth end on the bridge, in the root namespace (its egress is the node's download).
+    pub host_veth: String,
+    /// The veth end inside the namespace (its egress is the node's upload).
+    pub ns_veth: String,
+}
+
+impl Node {
+    /// A command that runs `program` inside this namespace. `ip netns exec` execs the program,
+    /// so the child's pid is the program's, and environment, working directory and stdio
+    /// set on the returned `Command` reach the program.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Starts `program args` in this namespace as a [`ChildGuard`] (killed by pid on drop).
+    /// For stdio or environment settings build it with [`Node::command`] and
+    /// [`ChildGuard::spawn`] instead.
+    pub fn spawn<I, S>(&self, name: &str, program: &str, args: I) -> io::Result<ChildGuard>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        ChildGuard::spawn(name, self.command(program).args(args))
+    }
+
+    /// Cuts (`false`) or restores (`true`) the node's link by taking the bridge end of its veth
+    /// down or up. The namespace's addresses, routes and qdiscs stay as they are, so restoring
+    /// needs nothing else; inside, the link shows NO-CARRIER meanwhile.
+    pub fn set_link(&self, up: bool) -> Result<(), ClusterError> {
+        let state = if up { "up" } else { "down" };
+        run("ip", &["link", "set", "dev", &self.host_veth, state]).map(drop)
+    }
+
+    /// Waits until something in this namespace listens on TCP `port` (checked with `ss`, so
+    /// the listener sees no probe connection).
+    pub fn wait_listening(&self, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+        wait_listening(Some(&self.name), port, timeout)
+    }
+
+    /// Tries a TCP connection from this namespace to `addr` (with [`SYSTEM_PYTHON`]).
+    pub fn probe_tcp(&self, addr: SocketAddrV4, timeout: Duration) -> Result<Probe, ClusterError> {
+        const SCRIPT: &str = "import socket,sys\n\
+s=socket.socket(); s.settimeout(float(sys.argv[3]))\n\
+try:\n  s.connect((sys.argv[1], int(sys.argv[2]))); print('connected')\n\
+except ConnectionRefusedError: print('refused')\n\
+except OSError as e: print('unreachable', e)\n";
+        let out = self
+            .command(SYSTEM_PYTHON)
+            .args(["-c", SCRIPT])
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg(timeout.as_secs_f64().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err(format!("running {SYSTEM_PYTHON} in {}", self.name)))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.split_whitespace().next() {
+            Some("connected") => Ok(Probe::Connected),
+            Some("refused") => Ok(Probe::Refused),
+            Some("unreachable") => Ok(Probe::Unreachable(stdout.trim().to_owned())),
+            _ => Err(ClusterError::Command {
+                cmd: format!("{SYSTEM_PYTHON} TCP probe in {}", self.name),
+                status: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }),
+        }
+    }
+
+    /// Whether a TCP SYN from this namespace to `ip` gets an answer within `timeout` (a refusal
+    /// counts: the RST proves the round trip). Probes the discard port, 9, where nothing listens.
+    pub fn reaches(&self, ip: Ipv4Addr, timeout: Duration) -> Result<bool, ClusterError> {
+        Ok(self.probe_tcp(SocketAddrV4::new(ip, 9), timeout)?.answered())
+    }
+}
+
+/// Outcome of [`Node::probe_tcp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Something accepted the connection.
+    Connected,
+    /// The peer answered with a reset: reachable, nothing listening.
+    Refused,
+    /// No answer (timeout, no route, link down), with the error text.
+    Unreachable(String),
+}
+
+impl Probe {
+    /// Whether the peer answered at all.
+    pub fn answered(&self) -> bool {
+        !matches!(self, Self::Unreachable(_))
+    }
+}
+
+/// Waits until something in namespace `netns` (`None`: the root namespace) listens on TCP
+/// `port`, polling `ss` every 20 ms.
+pub fn wait_listening(netns: Option<&str>, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+    let filter = format!("sport = :{port}");
+    let mut args = vec!["-Hltn", filter.as_str()];
+    if let Some(ns) = netns {
+        args.splice(0..0, ["-N", ns]);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !run("ss", &args)?.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout(format!(
+                "nothing listens on TCP port {port} in {} after {timeout:?}",
+                netns.unwrap_or("the root namespace")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything a cluster created, in creation order, so that a half-built cluster is torn down
+/// exactly like a whole one.
+#[derive(Debug, Default)]
+struct Created {
+    lock: Option<PathBuf>,
+    bridge: Option<String>,
+    /// The bridge whose `FORWARD` rule was inserted.
+    forward_rule: Option<String>,
+    netns: Vec<String>,
+    etc_dirs: Vec<PathBuf>,
+    host_veths: Vec<String>,
+}
+
+/// A running cluster; dropping it tears everything down (see the module doc).
+#[derive(Debug)]
+pub struct Cluster {
+    tag: String,
+    subnet: [u8; 3],
+    nodes: Vec<Node>,
+    extras: Vec<Node>,
+    hosts: Mutex<BTreeMap<String, Vec<Ipv4Addr>>>,
+    created: Created,
+}
+
+impl ClusterBuilder {
+    /// A builder for `nodes` unshaped nodes and no extra namespaces.
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            nodes,
+            ..Self::default()
+        }
+    }
+
+    /// Creates the bridge, namespaces, links and shaping. On error, whatever was already
+    /// created is removed again.
+    pub fn build(&self) -> Result<Cluster, ClusterError> {
+        let total = self.nodes.saturating_add(self.extras);
+        if total == 0 || total > MAX_NAMESPACES {
+            return Err(ClusterError::Invalid(format!(
+                "{total} namespaces requested; a cluster has 1 to {MAX_NAMESPACES}"
+            )));
+        }
+        for rate in [self.rate_mbit, self.extra_rate_mbit].into_iter().flatten() {
+            if rate == 0 {
+                return Err(ClusterError::Invalid("a rate of 0 Mbit/s".into()));
+            }
+        }
+        require_root_and_tools().map_err(ClusterError::Invalid)?;
+        sweep_stale_clusters();
+
+        let mut cluster = Cluster {
+            tag: String::new(),
+            subnet: [10, 0, 0],
+            nodes: Vec::new(),
+            extras: Vec::new(),
+            hosts: Mutex::new(BTreeMap::new()),
+            created: Created::default(),
+        };
+        // The tag must be known before the lock is written (the sweep needs it), and it is
+        // proven unique when the bridge named after it is created.
+        for attempt in 0.. {
+            let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+            let bridge = format!("iw{tag}br");
+            if cluster.created.lock.is_none() {
+                let (subnet, lock) = claim_subnet(&tag)?;
+                cluster.subnet = subnet;
+                cluster.created.lock = Some(lock);
+            } else if let Some(lock) = &cluster.created.lock {
+                write_lock(lock, &tag)?;
+            }
+            match run("ip", &["link", "add", &bridge, "type", "bridge"]) {
+                Ok(_) => {
+                    cluster.tag = tag;
+                    cluster.created.bridge = Some(bridge);
+                    break;
+                }
+                Err(e) if attempt < 5 => eprintln!("cluster: retrying with another tag: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        let bridge = cluster.bridge().to_owned();
+        let bridge_cidr = format!("{}/24", cluster.bridge_ip());
+        run("ip", &["addr", "add", &bridge_cidr, "dev", &bridge])?;
+        run("ip", &["link", "set", "dev", &bridge, "up"])?;
+        if iptables_present() {
+            let mut args = vec!["-I"];
+            args.extend(forward_rule(&bridge));
+            run("iptables", &args)?;
+            cluster.created.forward_rule = Some(bridge.clone());
+        }
+
+        for k in 0..total {
+            let extra = k >= self.nodes;
+            let name = if extra {
+                format!("iw{}-x{}", cluster.tag, k - self.nodes)
+            } else {
+                format!("iw{}-n{k}", cluster.tag)
+            };
+            let rate = if extra {
+                self.extra_rate_mbit
+            } else {
+                self.rate_mbit
+            };
+            let node = cluster.add_namespace(name, k, rate, self.default_route)?;
+            if extra {
+                cluster.extras.push(node);
+            } else {
+                cluster.nodes.push(node);
+            }
+        }
+        Ok(cluster)
+    }
+}
+
+impl Cluster {
+    /// Creates namespace `name` as global index `k` (address `.k+2`), recording each step.
+    fn add_namespace(
+        &mut self,
+        name: String,
+        k: usize,
+        rate_mbit: Option<u32>,
+        default_route: bool,
+    ) -> Result<Node, ClusterError> {
+        let host_octet = u8::try_from(k + 2).map_err(|_| ClusterError::Invalid(format!("index {k}")))?;
+        let [a, b, c] = self.subnet;
+        let node = Node {
+            ip: Ipv4Addr::new(a, b, c, host_octet),
+            host_veth: format!("iw{}h{k}", self.tag),
+            ns_veth: format!("iw{}n{k}", self.tag),
+            name,
+        };
+        let ns = node.name.as_str();
+        run("ip", &["netns", "add", ns])?;
+        self.created.netns.push(node.name.clone());
+
+        // Before anything runs in the namespace, so every process sees these files.
+        let etc = Path::new("/etc/netns").join(ns);
+        fs::create_dir_all(&etc).map_err(io_err(format!("creating {}", etc.display())))?;
+        self.created.etc_dirs.push(etc.clone());
+        let files = [
+            ("host.conf", "multi on\n".to_owned()),
+            ("resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n".to_owned()),
+            ("hosts", self.hosts_file()),
+        ];
+        for (file, text) in files {
+            let path = etc.join(file);
+            fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+
+        let (host, inner) = (node.host_veth.as_str(), node.ns_veth.as_str());
+        run("ip", &["link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns])?;
+        self.created.host_veths.push(node.host_veth.clone());
+        run("ip", &["link", "set", "dev", host, "master", self.bridge()])?;
+        run("ip", &["link", "set", "dev", host, "up"])?;
+        let cidr = format!("{}/24", node.ip);
+        run("ip", &["-n", ns, "addr", "add", &cidr, "dev", inner])?;
+        run("ip", &["-n", ns, "link", "set", "dev", inner, "up"])?;
+        run("ip", &["-n", ns, "link", "set", "dev", "lo", "up"])?;
+        let gateway = self.bridge_ip().to_string();
+        if default_route {
+            run("ip", &["-n", ns, "route", "add", "default", "via", &gateway])?;
+        } else {
+            run("ip", &["-n", ns, "route", "add", "unreachable", "default"])?;
+        }
+        if let Some(mbit) = rate_mbit {
+            let rate = format!("{mbit}mbit");
+            // tbf needs a bucket of at least one timer tick's worth of bytes.
+            let burst_bytes = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
+            let burst = format!("{burst_bytes}b");
+            let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+            let mut args = vec!["qdisc", "replace", "dev", host];
+            args.extend(tbf);
+            run("tc", &args)?;
+            let mut args = vec!["-n", ns, "qdisc", "replace", "dev", inner];
+            args.extend(tbf);
+            run("tc", &args)?;
+        }
+        Ok(node)
+    }
+
+    /// Node `i` (0-based). Panics if there is no such node, like slice indexing.
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// All nodes, in order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Extra namespace `j` (0-based). Panics if there is no such namespace.
+    pub fn extra(&self, j: usize) -> &Node {
+        &self.extras[j]
+    }
+
+    /// All extra namespaces, in order.
+    pub fn extras(&self) -> &[Node] {
+        &self.extras
+    }
+
+    /// The nodes' addresses, in order.
+    pub fn node_ips(&self) -> Vec<Ipv4Addr> {
+        self.nodes.iter().map(|n| n.ip).collect()
+    }
+
+    /// The 6-hex-digit tag in every name this cluster created.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The bridge's name (in the root namespace).
+    pub fn bridge(&self) -> &str {
+        self.created.bridge.as_deref().unwrap_or("")
+    }
+
+    /// The bridge's address, `S.1`: the root namespace as the nodes see it.
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The cluster's network, `S.0/24`, as text.
+    pub fn subnet(&self) -> String {
+        let [a, b, c] = self.subnet;
+        format!("{a}.{b}.{c}.0/24")
+    }
+
+    /// Makes `name` resolve to all of `ips` (in that order) in every namespace of the cluster,
+    /// replacing what an earlier call gave for `name` (an empty list removes it); other names
+    /// stay. Processes already running in the namespaces see the change on their next lookup.
+    pub fn write_hosts(&self, name: &str, ips: &[Ipv4Addr]) -> Result<(), ClusterError> {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(ClusterError::Invalid(format!("host name {name:?}")));
+        }
+        let text = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            if ips.is_empty() {
+                hosts.remove(name);
+            } else {
+                hosts.insert(name.to_owned(), ips.to_vec());
+            }
+            render_hosts(&hosts)
+        };
+        for dir in &self.created.etc_dirs {
+            let path = dir.join("hosts");
+            // In place, one write: the bind mount in running processes pins this inode.
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io_err(format!("opening {}", path.display())))?;
+            file.write_all(text.as_bytes())
+                .map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    fn hosts_file(&self) -> String {
+        render_hosts(&self.hosts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn render_hosts(names: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {
+    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, ips) in names {
+        for ip in ips {
+            text.push_str(&format!("{ip}\t{name}\n"));
+        }
+    }
+    text
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        teardown(&self.created);
+    }
+}
+
+/// Removes what `created` lists. Order matters: processes first (they pin namespaces), then
+/// links (deleting a veth end deletes its peer at once, instead of whenever the kernel
+/// gets round to freeing the namespace), then namespaces, files, rule, and last the lock.
+fn teardown(created: &Created) {
+    for ns in &created.netns {
+        kill_namespace_processes(ns);
+    }
+    for veth in &created.host_veths {
+        run_logged("ip", &["link", "del", "dev", veth]);
+    }
+    if let Some(bridge) = &created.bridge {
+        run_logged("ip", &["link", "del", "dev", bridge]);
+    }
+    if let Some(bridge) = &created.forward_rule {
+        let mut args = vec!["-D"];
+        args.extend(forward_rule(bridge));
+        run_logged("iptables", &args);
+    }
+    for ns in &created.netns {
+        run_logged("ip", &["netns", "del", ns]);
+    }
+    for dir in &created.etc_dirs {
+        if let Err(e) = fs::remove_dir_all(dir) {
+            eprintln!("cluster teardown: removing {}: {e}", dir.display());
+        }
+    }
+    if let Some(lock) = &created.lock {
+        let _ = fs::remove_file(lock);
+    }
+}
+
+/// SIGKILLs, by pid, the processes inside namespace `ns` (only ones the cluster's user started).
+fn kill_namespace_processes(ns: &str) {
+    let Ok(pids) = run("ip", &["netns", "pids", ns]) else {
+        return;
+    };
+    let pids: Vec<&str> = pids
+        .split_whitespace()
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    if !pids.is_empty() {
+        let mut args = vec!["-KILL"];
+        args.extend(&pids);
+        // A process may exit on its own meanwhile; that is not worth a message.
+        let _ = run("kill", &args);
+    }
+}
+
+/// Candidate /24s overlapping an address or route of the root namespace are skipped.
+fn used_networks() -> Result<Vec<(u32, u32)>, ClusterError> {
+    let mut text = run("ip", &["-4", "-o", "addr", "show"])?;
+    text.push_str(&run("ip", &["-4", "route", "show", "table", "all"])?);
+    let mut nets = Vec::new();
+    for token in text.split_whitespace() {
+        let (addr, len) = token.split_once('/').unwrap_or((token, "32"));
+        let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+            continue;
+        };
+        if (1..=32).contains(&len) {
+            let mask = u32::MAX << (32 - len);
+            nets.push((u32::from(addr) & mask, mask));
+        }
+    }
+    Ok(nets)
+}
+
+fn overlaps(candidate: [u8; 3], used: &[(u32, u32)]) -> bool {
+    let [a, b, c] = candidate;
+    let ours = u32::from(Ipv4Addr::new(a, b, c, 0));
+    let our_mask = u32::MAX << 8;
+    used.iter().any(|&(net, mask)| {
+        let common = mask & our_mask;
+        net & common == ours & common
+    })
+}
+
+fn write_lock(path: &Path, tag: &str) -> Result<(), ClusterError> {
+    fs::write(path, format!("{} {tag}\n", std::process::id()))
+        .map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Picks a free random /24 and claims it with an exclusive lock file holding pid and tag.
+fn claim_subnet(tag: &str) -> Result<([u8; 3], PathBuf), ClusterError> {
+    fs::create_dir_all(LOCK_DIR).map_err(io_err(format!("creating {LOCK_DIR}")))?;
+    let used = used_networks()?;
+    for _ in 0..256 {
+        let pick = rand::random::<u32>();
+        let subnet = [10, 77 + (pick % 23) as u8, (pick >> 8) as u8];
+        if overlaps(subnet, &used) {
+            continue;
+        }
+        let [a, b, c] = subnet;
+        let path = Path::new(LOCK_DIR).join(format!("{a}.{b}.{c}"));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                let line = format!("{} {tag}\n", std::process::id());
+                if let Err(e) = file.write_all(line.as_bytes()) {
+                    let _ = fs::remove_file(&path);
+                    return Err(io_err(format!("writing {}", path.display()))(e));
+                }
+                return Ok((subnet, path));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(format!("creating {}", path.display()))(e)),
+        }
+    }
+    Err(ClusterError::NoFreeSubnet)
+}
+
+/// Tears down clusters whose owning process is gone (see the module doc).
+fn sweep_stale_clusters() {
+    let Ok(entries) = fs::read_dir(LOCK_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "sweep") {
+            continue;
+        }
+        let Some((pid, tag)) = read_lock(&path) else {
+            continue; // being written, or not ours
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        // Renaming first makes one sweeper the owner of the leftovers; the re-read guards
+        // against a lock that was re-created for the same subnet in between.
+        let claimed = path.with_extension(format!("{}.sweep", std::process::id()));
+        if fs::rename(&path, &claimed).is_err() {
+            continue;
+        }
+        if read_lock(&claimed) != Some((pid, tag.clone())) {
+            let _ = fs::rename(&claimed, &path);
+            continue;
+        }
+        eprintln!("cluster: removing leftovers of dead pid {pid} (tag {tag})");
+        teardown(&leftovers(&tag));
+        let _ = fs::remove_file(&claimed);
+    }
+}
+
+fn read_lock(path: &Path) -> Option<(u32, String)> {
+    let text = fs::read_to_string(path).ok()?;
+    let (pid, tag) = text.trim().split_once(' ')?;
+    if tag.len() != 6 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((pid.parse().ok()?, tag.to_owned()))
+}
+
+/// What a dead cluster with `tag` may have left, found by name.
+fn leftovers(tag: &str) -> Created {
+    let prefix = format!("iw{tag}");
+    let mut created = Created::default();
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        created.netns = list
+            .split_whitespace()
+            .filter(|n| n.starts_with(&format!("{prefix}-")))
+            .map(str::to_owned)
+            .collect();
+    }
+    let bridge = format!("{prefix}br");
+    if let Ok(links) = run("ip", &["-o", "link", "show"]) {
+        for name in links.lines().filter_map(|l| l.split(": ").nth(1)) {
+            let name = name.split('@').next().unwrap_or(name);
+            if name.starts_with(&format!("{prefix}h")) {
+                created.host_veths.push(name.to_owned());
+            } else if name == bridge {
+                created.bridge = Some(bridge.clone());
+            }
+        }
+    }
+    if iptables_present() {
+        let mut args = vec!["-C"];
+        args.extend(forward_rule(&bridge));
+        if run("iptables", &args).is_ok() {
+            created.forward_rule = Some(bridge);
+        }
+    }
+    if let Ok(dirs) = fs::read_dir("/etc/netns") {
+        created.etc_dirs = dirs
+            .flatten()
+            .map(|d| d.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
+            })
+            .collect();
+    }
+    created
+}
