@@ -2,8 +2,8 @@
 //! directories and child processes that clean up after themselves (even when a test fails),
 //! deterministic payloads, and the reference BitTorrent client used for interoperability.
 
-pub mod docker;
 pub mod cluster;
+pub mod docker;
 
 use std::io;
 use std::path::{Path, PathBuf};

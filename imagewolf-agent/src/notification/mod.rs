@@ -598,3 +598,6 @@ struct RawHubRepository {
     namespace: Option<String>,
     name: Option<String>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! The `seed` and `download` examples are interfaces other tools drive: run them as
+//! processes, exactly as documented, and check the bytes that come out.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use imagewolf::{example_bin, random_payload, ChildGuard, TempDir};
+
+fn ensure_built() {
+    if example_bin("seed").exists() && example_bin("download").exists() {
+        return;
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--example", "seed", "--example", "download"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the examples failed");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn seed_with_embedded_tracker_then_download_through_it() {
+    ensure_built();
+    let dir = TempDir::new("cli").unwrap();
+    let payload = random_payload(6 << 20, 21);
+    let file = dir.path().join("image.tar");
+    std::fs::write(&file, &payload).unwrap();
+    let torrent = dir.path().join("image.torrent");
+    let (bt, tracker) = (free_port(), free_port());
+
+    let mut seed = ChildGuard::spawn(
+        "seed example",
+        Command::new(example_bin("seed"))
+            .arg(&file)
+            .arg("--torrent-out")
+            .arg(&torrent)
+            .args(["--listen", &format!("127.0.0.1:{bt}")])
+            .args(["--tracker-listen", &format!("127.0.0.1:{tracker}")])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    // The seed says when it is serving; wait for that line rather than for a time.
+    let mut lines = BufReader::new(seed.child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("seeding on"))
+        .expect("the seed exited before serving");
+    assert!(ready.contains(&format!("127.0.0.1:{tracker}/announce")), "{ready}");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // No --peer: the download finds the seed through the tracker named in the torrent.
+    let out = dir.path().join("out.bin");
+    let mut download = ChildGuard::spawn(
+        "download example",
+        Command::new(example_bin("download"))
+            .arg(&torrent)
+            .arg("--out")
+            .arg(&out)
+            .args(["--listen", "127.0.0.1:0", "--timeout", "60"])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let stdout = download.child.stdout.take().unwrap();
+    let report: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let status = download.wait_timeout(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "download failed: {status}\n{}", report.join("\n"));
+    assert!(report.iter().any(|l| l.starts_with("complete:")), "{}", report.join("\n"));
+    assert!(std::fs::read(&out).unwrap() == payload, "downloaded bytes differ");
+
+    // Run again over the finished file: it is checked and found complete, nothing fetched.
+    let again = Command::new(example_bin("download"))
+        .arg(&torrent)
+        .arg("--out")
+        .arg(&out)
+        .args(["--listen", "127.0.0.1:0", "--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("checking existing data"), "{text}");
+}
+
+#[test]
+fn bad_input_gives_a_clear_error() {
+    ensure_built();
+    let dir = TempDir::new("cli-bad").unwrap();
+    let junk = dir.path().join("junk.torrent");
+    std::fs::write(&junk, b"d8:announce3:foo").unwrap();
+    let out = Command::new(example_bin("download"))
+        .arg(&junk)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("parsing") && err.contains("junk.torrent"), "{err}");
+    let missing = Command::new(example_bin("seed"))
+        .arg(dir.path().join("missing.tar"))
+        .arg("--torrent-out")
+        .arg(dir.path().join("m.torrent"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.tar"));
+}

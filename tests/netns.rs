@@ -1,0 +1,328 @@
+//! The multi-node harness itself ([`imagewolf::cluster`]): nodes in network namespaces reach
+//! each other and the root namespace, a name resolves to every node, `tc` shaping gives the
+//! configured rate in both directions, links can be cut and restored, processes run inside the
+//! namespace with their own pid, and everything is gone after drop (also after a panic, and
+//! with processes still inside). Needs root; fails (never skips) without it.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, Node, LOCK_DIR};
+
+const RATE_MBIT: u32 = 50;
+const PROBE: Duration = Duration::from_secs(1);
+
+fn require() {
+    if let Err(e) = require_root_and_tools() {
+        panic!("{e}");
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not true after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The names a cluster made, to check they are gone later.
+struct Names {
+    netns: Vec<String>,
+    links: Vec<String>,
+    lock: String,
+}
+
+fn names(cluster: &Cluster) -> Names {
+    let all = cluster.nodes().iter().chain(cluster.extras());
+    let mut links = vec![cluster.bridge().to_owned()];
+    links.extend(all.clone().map(|n| n.host_veth.clone()));
+    let subnet = cluster.subnet();
+    Names {
+        netns: all.map(|n| n.name.clone()).collect(),
+        links,
+        lock: format!("{LOCK_DIR}/{}", subnet.trim_end_matches(".0/24")),
+    }
+}
+
+fn assert_gone(names: &Names) {
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for ns in &names.netns {
+        let listed = list.split_whitespace().any(|n| n == ns);
+        assert!(!listed, "namespace {ns} still listed: {list}");
+        let etc = Path::new("/etc/netns").join(ns);
+        assert!(!etc.exists(), "{} still exists", etc.display());
+    }
+    for link in &names.links {
+        let status = Command::new("ip")
+            .args(["link", "show", "dev", link])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "link {link} still exists");
+    }
+    assert!(!Path::new(&names.lock).exists(), "{} still exists", names.lock);
+}
+
+fn shaped(nodes: usize, extras: usize) -> Cluster {
+    ClusterBuilder {
+        nodes,
+        rate_mbit: Some(RATE_MBIT),
+        extras,
+        ..ClusterBuilder::default()
+    }
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn nodes_reach_each_other_and_the_bridge_and_links_can_be_cut() {
+    require();
+    let cluster = shaped(3, 0);
+    let bridge_ip = cluster.bridge_ip();
+    for from in cluster.nodes() {
+        for to in cluster.node_ips().into_iter().chain([bridge_ip]) {
+            assert!(
+                from.reaches(to, PROBE).unwrap(),
+                "{} cannot reach {to}",
+                from.name
+            );
+        }
+    }
+    // No default route: nothing outside the cluster's /24 is reachable, and it fails at once.
+    let started = Instant::now();
+    assert!(!cluster
+        .node(0)
+        .reaches(Ipv4Addr::new(192, 0, 2, 1), PROBE)
+        .unwrap());
+    assert!(started.elapsed() < PROBE);
+
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    n1.set_link(false).unwrap();
+    assert!(!n0.reaches(n1.ip, PROBE).unwrap(), "cut link still carries");
+    assert!(!n1.reaches(bridge_ip, PROBE).unwrap(), "cut link still carries");
+    assert!(n0.reaches(cluster.node(2).ip, PROBE).unwrap());
+    n1.set_link(true).unwrap();
+    eventually(Duration::from_secs(5), "link restored", || {
+        n0.reaches(n1.ip, PROBE).unwrap() && n1.reaches(bridge_ip, PROBE).unwrap()
+    });
+}
+
+fn resolve(node: &Node, name: &str) -> (bool, Vec<Ipv4Addr>) {
+    let out = node
+        .command("getent")
+        .args(["ahostsv4", name])
+        .output()
+        .unwrap();
+    let ips = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    (out.status.success(), ips)
+}
+
+#[test]
+fn a_name_resolves_to_every_node_in_every_namespace() {
+    require();
+    let cluster = ClusterBuilder {
+        nodes: 3,
+        extras: 1,
+        ..ClusterBuilder::default()
+    }
+    .build()
+    .unwrap();
+    let ips = cluster.node_ips();
+    // Started before the hosts file is written: must see later updates (in-place rewrite).
+    let early = cluster.node(0);
+    cluster.write_hosts("imagewolf", &ips).unwrap();
+    cluster
+        .write_hosts("registry", &[cluster.extra(0).ip])
+        .unwrap();
+    for ns in cluster.nodes().iter().chain(cluster.extras()) {
+        assert_eq!(resolve(ns, "imagewolf"), (true, ips.clone()), "in {}", ns.name);
+        assert_eq!(resolve(ns, "registry"), (true, vec![cluster.extra(0).ip]));
+    }
+    // Python's getaddrinfo (what a Rust agent's resolver calls too) sees all of them.
+    let out = early
+        .command(imagewolf::SYSTEM_PYTHON)
+        .args([
+            "-c",
+            "import socket; print(' '.join(a[4][0] for a in socket.getaddrinfo('imagewolf', 1, socket.AF_INET, socket.SOCK_STREAM)))",
+        ])
+        .output()
+        .unwrap();
+    let seen: Vec<Ipv4Addr> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(seen, ips);
+
+    // Replacing one name leaves the other; unknown names fail fast (no DNS server is asked).
+    cluster.write_hosts("imagewolf", &ips[..2]).unwrap();
+    assert_eq!(resolve(early, "imagewolf"), (true, ips[..2].to_vec()));
+    assert_eq!(resolve(early, "registry").1, vec![cluster.extra(0).ip]);
+    let started = Instant::now();
+    assert!(!resolve(early, "nosuchname.invalid").0);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(cluster.write_hosts("bad name", &ips).is_err());
+}
+
+#[test]
+fn running_processes_pick_up_hosts_updates() {
+    require();
+    let cluster = ClusterBuilder::new(2).build().unwrap();
+    let ips = cluster.node_ips();
+    let script = "import socket,sys,time\n\
+deadline = time.time() + 10\n\
+while time.time() < deadline:\n\
+    try:\n\
+        a = socket.getaddrinfo('late', 1, socket.AF_INET, socket.SOCK_STREAM)\n\
+        if len(a) == 2: print(' '.join(x[4][0] for x in a)); sys.exit(0)\n\
+    except socket.gaierror: pass\n\
+    time.sleep(0.05)\n\
+sys.exit(1)\n";
+    let mut child = imagewolf::ChildGuard::spawn(
+        "resolver",
+        cluster
+            .node(1)
+            .command(imagewolf::SYSTEM_PYTHON)
+            .args(["-c", script])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let it start with the old file
+    cluster.write_hosts("late", &ips).unwrap();
+    let status = child.wait_timeout(Duration::from_secs(15)).unwrap();
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out.trim(), format!("{} {}", ips[0], ips[1]));
+}
+
+/// Runs an iperf3 test from `client` to the server in `server` (`reverse`: server sends) and
+/// returns the receiver's goodput in Mbit/s.
+fn iperf(server: &Node, client: &Node, reverse: bool) -> f64 {
+    let ip = server.ip.to_string();
+    let _srv = server
+        .spawn("iperf3 server", "iperf3", ["-s", "-1", "-B", &ip, "-p", "5201"])
+        .unwrap();
+    server.wait_listening(5201, Duration::from_secs(5)).unwrap();
+    let mut cmd = client.command("iperf3");
+    cmd.args(["-c", &ip, "-p", "5201", "-t", "2", "-J"]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = cmd.output().unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 failed: {json}");
+    let sum = &json[json.find("\"sum_received\"").expect("sum_received")..];
+    let bps = &sum[sum.find("\"bits_per_second\":").expect("bits_per_second") + 18..];
+    let end = bps.find([',', '\n', '}']).unwrap();
+    bps[..end].trim().parse::<f64>().unwrap() / 1e6
+}
+
+#[test]
+fn shaping_limits_upload_and_download_to_the_rate() {
+    require();
+    // Three shaped nodes and one unshaped namespace, to see each direction on its own.
+    let cluster = shaped(3, 1);
+    let (n0, n1, n2, free) = (
+        cluster.node(0),
+        cluster.node(1),
+        cluster.node(2),
+        cluster.extra(0),
+    );
+    let runs = [
+        ("node1 -> node0 (both ends)", iperf(n0, n1, false)),
+        ("node2 -> unshaped (upload)", iperf(free, n2, false)),
+        ("unshaped -> node2 (download)", iperf(free, n2, true)),
+    ];
+    let rate = f64::from(RATE_MBIT);
+    for (what, mbit) in runs {
+        eprintln!("{what}: {mbit:.1} Mbit/s of {rate} ({:.0}%)", mbit / rate * 100.0);
+        assert!(
+            (0.40 * rate..=1.05 * rate).contains(&mbit),
+            "{what}: {mbit:.1} Mbit/s is outside 40%-105% of {rate}"
+        );
+    }
+}
+
+#[test]
+fn spawned_processes_run_inside_the_namespace_under_their_own_pid() {
+    require();
+    let cluster = ClusterBuilder::new(1).build().unwrap();
+    let node = cluster.node(0);
+    let guard = node.spawn("sleeper", "sleep", ["30"]).unwrap();
+    let pid = guard.id();
+    let netns_ino = std::fs::metadata(Path::new("/run/netns").join(&node.name))
+        .unwrap()
+        .ino();
+    eventually(Duration::from_secs(5), "sleep exec'd in the namespace", || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap_or_default();
+        comm.trim() == "sleep" && ns.to_string_lossy() == format!("net:[{netns_ino}]")
+    });
+    drop(guard);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn drop_removes_everything_even_with_processes_inside_or_after_a_panic() {
+    require();
+    let cluster = shaped(2, 1);
+    cluster.write_hosts("imagewolf", &cluster.node_ips()).unwrap();
+    let made = names(&cluster);
+    // A grandchild the guard does not know about; the cluster must kill it to free the netns.
+    let mut guard = cluster
+        .node(1)
+        .spawn("shell", "sh", ["-c", "sleep 60 & sleep 60"])
+        .unwrap();
+    drop(cluster);
+    assert_gone(&made);
+    guard.wait_timeout(Duration::from_secs(5)).unwrap();
+
+    let seen = Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let cluster = shaped(2, 0);
+        *seen.lock().unwrap() = Some(names(&cluster));
+        panic!("test failure while the cluster is up");
+    });
+    assert!(result.is_err());
+    assert_gone(seen.lock().unwrap().as_ref().unwrap());
+}
+
+#[test]
+fn concurrent_clusters_get_distinct_names_and_subnets() {
+    require();
+    let clusters: Vec<Cluster> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| ClusterBuilder::new(2).build().unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let subnets: BTreeSet<String> = clusters.iter().map(Cluster::subnet).collect();
+    let bridges: BTreeSet<&str> = clusters.iter().map(Cluster::bridge).collect();
+    assert_eq!((subnets.len(), bridges.len()), (4, 4));
+    for c in &clusters {
+        assert!(c.bridge().len() <= 15 && c.node(1).host_veth.len() <= 15);
+        // Each cluster's nodes see their own bridge, not another cluster's.
+        assert!(c.node(0).reaches(c.node(1).ip, PROBE).unwrap());
+    }
+    assert!(ClusterBuilder::new(0).build().is_err());
+    assert!(ClusterBuilder::new(254).build().is_err());
+}
