@@ -294,7 +294,9 @@ except OSError as e: print('unreachable', e)\n";
     /// Whether a TCP SYN from this namespace to `ip` gets an answer within `timeout` (a refusal
     /// counts: the RST proves the round trip). Probes the discard port, 9, where nothing listens.
     pub fn reaches(&self, ip: Ipv4Addr, timeout: Duration) -> Result<bool, ClusterError> {
-        Ok(self.probe_tcp(SocketAddrV4::new(ip, 9), timeout)?.answered())
+        Ok(self
+            .probe_tcp(SocketAddrV4::new(ip, 9), timeout)?
+            .answered())
     }
 }
 
@@ -318,7 +320,11 @@ impl Probe {
 
 /// Waits until something in namespace `netns` (`None`: the root namespace) listens on TCP
 /// `port`, polling `ss` every 20 ms.
-pub fn wait_listening(netns: Option<&str>, port: u16, timeout: Duration) -> Result<(), ClusterError> {
+pub fn wait_listening(
+    netns: Option<&str>,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
     let filter = format!("sport = :{port}");
     let mut args = vec!["-Hltn", filter.as_str()];
     if let Some(ns) = netns {
@@ -462,7 +468,8 @@ impl Cluster {
         rate_mbit: Option<u32>,
         default_route: bool,
     ) -> Result<Node, ClusterError> {
-        let host_octet = u8::try_from(k + 2).map_err(|_| ClusterError::Invalid(format!("index {k}")))?;
+        let host_octet =
+            u8::try_from(k + 2).map_err(|_| ClusterError::Invalid(format!("index {k}")))?;
         let [a, b, c] = self.subnet;
         let node = Node {
             ip: Ipv4Addr::new(a, b, c, host_octet),
@@ -480,7 +487,10 @@ impl Cluster {
         self.created.etc_dirs.push(etc.clone());
         let files = [
             ("host.conf", "multi on\n".to_owned()),
-            ("resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n".to_owned()),
+            (
+                "resolv.conf",
+                "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n".to_owned(),
+            ),
             ("hosts", self.hosts_file()),
         ];
         for (file, text) in files {
@@ -489,7 +499,12 @@ impl Cluster {
         }
 
         let (host, inner) = (node.host_veth.as_str(), node.ns_veth.as_str());
-        run("ip", &["link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns])?;
+        run(
+            "ip",
+            &[
+                "link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns,
+            ],
+        )?;
         self.created.host_veths.push(node.host_veth.clone());
         run("ip", &["link", "set", "dev", host, "master", self.bridge()])?;
         run("ip", &["link", "set", "dev", host, "up"])?;
@@ -499,7 +514,10 @@ impl Cluster {
         run("ip", &["-n", ns, "link", "set", "dev", "lo", "up"])?;
         let gateway = self.bridge_ip().to_string();
         if default_route {
-            run("ip", &["-n", ns, "route", "add", "default", "via", &gateway])?;
+            run(
+                "ip",
+                &["-n", ns, "route", "add", "default", "via", &gateway],
+            )?;
         } else {
             run("ip", &["-n", ns, "route", "add", "unreachable", "default"])?;
         }
@@ -508,7 +526,9 @@ impl Cluster {
             // tbf needs a bucket of at least one timer tick's worth of bytes.
             let burst_bytes = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
             let burst = format!("{burst_bytes}b");
-            let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+            let tbf = [
+                "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+            ];
             let mut args = vec!["qdisc", "replace", "dev", host];
             args.extend(tbf);
             run("tc", &args)?;
@@ -607,7 +627,8 @@ impl Cluster {
 }
 
 fn render_hosts(names: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {
-    let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for (name, ips) in names {
         for ip in ips {
             text.push_str(&format!("{ip}\t{name}\n"));
@@ -715,7 +736,11 @@ fn claim_subnet(tag: &str) -> Result<([u8; 3], PathBuf), ClusterError> {
         }
         let [a, b, c] = subnet;
         let path = Path::new(LOCK_DIR).join(format!("{a}.{b}.{c}"));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut file) => {
                 let line = format!("{} {tag}\n", std::process::id());
                 if let Err(e) = file.write_all(line.as_bytes()) {
