@@ -134,6 +134,8 @@ fn nodes_reach_each_other_and_the_bridge_and_links_can_be_cut() {
     });
 }
 
+/// `getent ahostsv4 NAME` (getaddrinfo) in `node`: success, and the addresses sorted (glibc
+/// sorts getaddrinfo results by RFC 6724, e.g. the node's own address first, not file order).
 fn resolve(node: &Node, name: &str) -> (bool, Vec<Ipv4Addr>) {
     let out = node
         .command("getent")
@@ -144,8 +146,8 @@ fn resolve(node: &Node, name: &str) -> (bool, Vec<Ipv4Addr>) {
         .lines()
         .filter(|l| l.contains("STREAM"))
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    (out.status.success(), ips)
+        .collect::<BTreeSet<_>>();
+    (out.status.success(), ips.into_iter().collect())
 }
 
 #[test]
@@ -158,7 +160,7 @@ fn a_name_resolves_to_every_node_in_every_namespace() {
     }
     .build()
     .unwrap();
-    let ips = cluster.node_ips();
+    let ips = cluster.node_ips(); // ascending
     let early = cluster.node(0);
     cluster.write_hosts("imagewolf", &ips).unwrap();
     cluster
@@ -182,10 +184,11 @@ fn a_name_resolves_to_every_node_in_every_namespace() {
         ])
         .output()
         .unwrap();
-    let seen: Vec<Ipv4Addr> = String::from_utf8_lossy(&out.stdout)
+    let mut seen: Vec<Ipv4Addr> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(|s| s.parse().unwrap())
         .collect();
+    seen.sort();
     assert_eq!(seen, ips);
 
     // Replacing one name leaves the other; unknown names fail fast (no DNS server is asked).
@@ -207,21 +210,24 @@ fn running_processes_pick_up_hosts_updates() {
     require();
     let cluster = ClusterBuilder::new(2).build().unwrap();
     let ips = cluster.node_ips();
-    let script = "import socket,sys,time\n\
-deadline = time.time() + 10\n\
-while time.time() < deadline:\n\
-    try:\n\
-        a = socket.getaddrinfo('late', 1, socket.AF_INET, socket.SOCK_STREAM)\n\
-        if len(a) == 2: print(' '.join(x[4][0] for x in a)); sys.exit(0)\n\
-    except socket.gaierror: pass\n\
-    time.sleep(0.05)\n\
-sys.exit(1)\n";
+    let script = [
+        "import socket, sys, time",
+        "deadline = time.time() + 10",
+        "while time.time() < deadline:",
+        "    try:",
+        "        a = socket.getaddrinfo('late', 1, socket.AF_INET, socket.SOCK_STREAM)",
+        "        if len(a) == 2: print(' '.join(sorted(x[4][0] for x in a))); sys.exit(0)",
+        "    except socket.gaierror: pass",
+        "    time.sleep(0.05)",
+        "sys.exit(1)",
+    ]
+    .join("\n");
     let mut child = imagewolf::ChildGuard::spawn(
         "resolver",
         cluster
             .node(1)
             .command(imagewolf::SYSTEM_PYTHON)
-            .args(["-c", script])
+            .args(["-c", &script])
             .stdout(Stdio::piped()),
     )
     .unwrap();
@@ -238,13 +244,14 @@ sys.exit(1)\n";
 /// returns the receiver's goodput in Mbit/s.
 fn iperf(server: &Node, client: &Node, reverse: bool) -> f64 {
     let ip = server.ip.to_string();
-    let _srv = server
-        .spawn(
-            "iperf3 server",
-            "iperf3",
-            ["-s", "-1", "-B", &ip, "-p", "5201"],
-        )
-        .unwrap();
+    let _srv = imagewolf::ChildGuard::spawn(
+        "iperf3 server",
+        server
+            .command("iperf3")
+            .args(["-s", "-1", "-B", &ip, "-p", "5201"])
+            .stdout(Stdio::null()),
+    )
+    .unwrap();
     server.wait_listening(5201, Duration::from_secs(5)).unwrap();
     let mut cmd = client.command("iperf3");
     cmd.args(["-c", &ip, "-p", "5201", "-t", "2", "-J"]);

@@ -1,5 +1,26 @@
-//! What /stats and /metrics report: one record per image on this node.
-//! (Record types are fixed here; rendering is filled in by the API work.)
+//! What /stats and /metrics report: one record per image on this node, plus agent-wide
+//! counters, rendered as JSON (serde, for /stats) or Prometheus text (for /metrics).
+//!
+//! Prometheus rendering ([`render_prometheus`]) follows text exposition format 0.0.4: every
+//! metric family has one `# HELP` and one `# TYPE` line before its samples, label values escape
+//! `\`, `"` and newline, counts are exact integers, and other values are Go-style floats
+//! (`+Inf`, `-Inf`, `NaN`).
+//!
+//! Design decisions:
+//! - **Per-image series are keyed by `reference` only**, so dashboards can follow an image by
+//!   the name it was pushed under. Two records with the same reference (a re-pushed tag whose
+//!   old distribution is still seeding) are merged: bytes and peers add up, the load time is the
+//!   latest record's. A family never repeats a label set, which Prometheus would reject.
+//! - **`imagewolf_images` lists every state, 0 included**, so a `sum by (state)` never has
+//!   holes and alerts on `failed > 0` work from the first scrape.
+//! - **HTTP paths are route names, never raw request paths** ([`HttpCounters`] is fed by the
+//!   API with its fixed route labels and `other`): a scanner probing thousands of URLs must not
+//!   create thousands of series.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -57,3 +78,268 @@ pub struct ImageStats {
     /// Attempts made (pull or load retries included).
     pub attempts: u32,
 }
+
+impl ImageState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ImageState; 6] = [
+        ImageState::Pulling,
+        ImageState::Seeding,
+        ImageState::Downloading,
+        ImageState::Loading,
+        ImageState::Loaded,
+        ImageState::Failed,
+    ];
+
+    /// The state's name as serialized (`pulling`, `seeding`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Pulling => "pulling",
+            ImageState::Seeding => "seeding",
+            ImageState::Downloading => "downloading",
+            ImageState::Loading => "loading",
+            ImageState::Loaded => "loaded",
+            ImageState::Failed => "failed",
+        }
+    }
+}
+
+/// Agent-wide figures for /metrics, besides the per-image records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentMetrics {
+    /// Other agents currently known (from discovery).
+    pub known_agents: usize,
+    /// HTTP responses sent, by (route label, status code).
+    pub http: BTreeMap<(String, u16), u64>,
+    /// HTTP requests refused: any 4xx answer, plus connections dropped for malformed HTTP or
+    /// timeouts (which get no answer we could count by code).
+    pub http_rejected: u64,
+}
+
+/// Thread-safe HTTP counters, updated by the API on every response and snapshotted for
+/// /metrics.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    // A mutex (not one atomic per series) because the key set grows at runtime; updates are
+    // a map lookup and an add, far cheaper than the request they count.
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    rejected: AtomicU64,
+}
+
+impl HttpCounters {
+    /// Empty counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one response on `route` (a fixed label, never the raw path) with `code`;
+    /// 4xx codes also count as rejected.
+    pub fn record(&self, route: &'static str, code: u16) {
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = requests.entry((route, code)).or_insert(0);
+            *count = count.saturating_add(1);
+        }
+        if (400..500).contains(&code) {
+            self.record_rejected();
+        }
+    }
+
+    /// Counts a request refused without a response we sent (malformed HTTP, timeout).
+    pub fn record_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses counted so far, by (route, code).
+    pub fn requests(&self) -> BTreeMap<(String, u16), u64> {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(&(route, code), &n)| ((route.to_owned(), code), n))
+            .collect()
+    }
+
+    /// Requests rejected so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Agent metrics with these counters and the given number of known agents.
+    pub fn snapshot(&self, known_agents: usize) -> AgentMetrics {
+        AgentMetrics {
+            known_agents,
+            http: self.requests(),
+            http_rejected: self.rejected(),
+        }
+    }
+}
+
+/// A sample value: counts stay exact integers (an `f64` would round bytes past 2^53).
+#[derive(Clone, Copy)]
+enum Num {
+    Int(u64),
+    Float(f64),
+}
+
+/// Per-reference figures after merging records that share a reference.
+#[derive(Default)]
+struct PerImage {
+    bytes_down: u64,
+    bytes_up: u64,
+    peers: u64,
+    size: Option<u64>,
+    load_seconds: Option<(f64, f64)>, // (started_at, seconds) of the latest load
+}
+
+/// Renders Prometheus text exposition format 0.0.4 (serve as
+/// `text/plain; version=0.0.4; charset=utf-8`).
+pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String {
+    let mut out = String::with_capacity(1024 + images.len() * 512);
+    family(&mut out, "imagewolf_up", "gauge", "1 while the agent is serving.");
+    sample(&mut out, "imagewolf_up", &[], Num::Int(1));
+
+    family(&mut out, "imagewolf_known_agents", "gauge", "Other agents currently known through discovery.");
+    sample(&mut out, "imagewolf_known_agents", &[], Num::Int(agent.known_agents as u64));
+
+    family(&mut out, "imagewolf_images", "gauge", "Images on this node, by state.");
+    for state in ImageState::ALL {
+        let count = images.iter().filter(|i| i.state == state).count();
+        sample(&mut out, "imagewolf_images", &[("state", state.as_str())], Num::Int(count as u64));
+    }
+
+    let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();
+    for image in images {
+        let entry = per_image.entry(image.reference.as_str()).or_default();
+        entry.bytes_down = entry.bytes_down.saturating_add(image.bytes_down);
+        entry.bytes_up = entry.bytes_up.saturating_add(image.bytes_up);
+        entry.peers = entry.peers.saturating_add(image.peers as u64);
+        if image.size.is_some() {
+            entry.size = image.size;
+        }
+        if let Some(seconds) = image.load_seconds {
+            if entry.load_seconds.is_none_or(|(at, _)| image.started_at >= at) {
+                entry.load_seconds = Some((image.started_at, seconds));
+            }
+        }
+    }
+    let per_image_family = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&PerImage) -> Option<Num>| {
+        family(out, name, kind, help);
+        for (reference, figures) in &per_image {
+            if let Some(v) = value(figures) {
+                sample(out, name, &[("reference", reference)], v);
+            }
+        }
+    };
+    per_image_family(
+        &mut out,
+        "imagewolf_image_bytes_downloaded_total",
+        "counter",
+        "Payload bytes of the image's tarball received from peers.",
+        &|f| Some(Num::Int(f.bytes_down)),
+    );
+    per_image_family(
+        &mut out,
+        "imagewolf_image_bytes_uploaded_total",
+        "counter",
+        "Payload bytes of the image's tarball sent to peers.",
+        &|f| Some(Num::Int(f.bytes_up)),
+    );
+    per_image_family(
+        &mut out,
+        "imagewolf_image_peers",
+        "gauge",
+        "BitTorrent peers connected for the image.",
+        &|f| Some(Num::Int(f.peers)),
+    );
+    per_image_family(
+        &mut out,
+        "imagewolf_image_size_bytes",
+        "gauge",
+        "Size of the image's tarball, once known.",
+        &|f| f.size.map(Num::Int),
+    );
+    per_image_family(
+        &mut out,
+        "imagewolf_image_load_seconds",
+        "gauge",
+        "Seconds the image took to load into the runtime here.",
+        &|f| f.load_seconds.map(|(_, s)| Num::Float(s)),
+    );
+
+    family(&mut out, "imagewolf_http_requests_total", "counter", "HTTP responses sent, by route and status code.");
+    for ((path, code), count) in &agent.http {
+        let code = code.to_string();
+        sample(
+            &mut out,
+            "imagewolf_http_requests_total",
+            &[("path", path), ("code", &code)],
+            Num::Int(*count),
+        );
+    }
+
+    family(
+        &mut out,
+        "imagewolf_http_rejected_total",
+        "counter",
+        "HTTP requests refused: 4xx answers plus connections dropped for malformed HTTP or timeouts.",
+    );
+    sample(&mut out, "imagewolf_http_rejected_total", &[], Num::Int(agent.http_rejected));
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: Num) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{key}=\"{}\"", escape_label(value));
+        }
+        out.push('}');
+    }
+    let _ = match value {
+        Num::Int(n) => writeln!(out, " {n}"),
+        Num::Float(x) => writeln!(out, " {}", format_float(x)),
+    };
+}
+
+/// Label values escape backslash, double quote and line feed.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text escapes backslash and line feed (quotes are literal there).
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Go-style float text: `+Inf`, `-Inf`, `NaN`, otherwise Rust's shortest round-trip form.
+fn format_float(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        // Display never uses an exponent, and Prometheus parses the plain decimal exactly.
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,8 @@
 pub mod cluster;
 pub mod docker;
 
+pub mod http;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -600,4 +600,4 @@ struct RawHubRepository {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
