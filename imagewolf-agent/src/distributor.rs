@@ -642,3 +642,42 @@ async fn sha256_file(path: &Path) -> std::io::Result<String> {
     .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
+
+/// The HTTP API's view of a distributor (`api::serve` takes an `Arc<dyn AgentApi>`).
+pub struct DistributorApi(pub Arc<Distributor>);
+
+impl crate::api::AgentApi for DistributorApi {
+    fn on_push(&self, event: crate::notification::PushEvent) -> crate::api::PushOutcome {
+        self.0.on_push(event.image, event.event_id).into()
+    }
+
+    fn on_distribution(&self, d: Distribution) -> crate::api::PushOutcome {
+        self.0.on_distribution(d).into()
+    }
+
+    fn distributions(&self) -> Vec<Distribution> {
+        self.0.distributions()
+    }
+
+    fn images(&self) -> Vec<ImageStats> {
+        self.0.images()
+    }
+
+    fn known_agents(&self) -> usize {
+        self.0.known_agents()
+    }
+
+    fn tracker_announce(&self, query: &str, remote: IpAddr) -> Vec<u8> {
+        self.0.tracker_announce(query, remote)
+    }
+}
+
+impl From<Accepted> for crate::api::PushOutcome {
+    fn from(a: Accepted) -> Self {
+        match a {
+            Accepted::Started => Self::Started,
+            Accepted::Duplicate => Self::Duplicate,
+            Accepted::Refused(why) => Self::Ignored(why),
+        }
+    }
+}

@@ -138,9 +138,9 @@ fn passed(
         peer.link.send(&Message::Have(piece.get()));
         if complete && peer.is_seed(num_pieces) {
             peer.link.close("both sides are seeds");
-        } else if complete {
-            peer.link.send(&Message::NotInterested);
         }
+        // Interest in the others is withdrawn by their readers, which find nothing left
+        // to pick at their next refill.
     }
     (banned, complete)
 }
