@@ -20,7 +20,11 @@ fn ensure_built() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -51,7 +55,10 @@ fn seed_with_embedded_tracker_then_download_through_it() {
         .map_while(Result::ok)
         .find(|l| l.starts_with("seeding on"))
         .expect("the seed exited before serving");
-    assert!(ready.contains(&format!("127.0.0.1:{tracker}/announce")), "{ready}");
+    assert!(
+        ready.contains(&format!("127.0.0.1:{tracker}/announce")),
+        "{ready}"
+    );
     std::thread::spawn(move || lines.for_each(drop));
 
     // No --peer: the download finds the seed through the tracker named in the torrent.
@@ -67,11 +74,25 @@ fn seed_with_embedded_tracker_then_download_through_it() {
     )
     .unwrap();
     let stdout = download.child.stdout.take().unwrap();
-    let report: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+    let report: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
     let status = download.wait_timeout(Duration::from_secs(90)).unwrap();
-    assert!(status.success(), "download failed: {status}\n{}", report.join("\n"));
-    assert!(report.iter().any(|l| l.starts_with("complete:")), "{}", report.join("\n"));
-    assert!(std::fs::read(&out).unwrap() == payload, "downloaded bytes differ");
+    assert!(
+        status.success(),
+        "download failed: {status}\n{}",
+        report.join("\n")
+    );
+    assert!(
+        report.iter().any(|l| l.starts_with("complete:")),
+        "{}",
+        report.join("\n")
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == payload,
+        "downloaded bytes differ"
+    );
 
     // Run again over the finished file: it is checked and found complete, nothing fetched.
     let again = Command::new(example_bin("download"))
@@ -100,7 +121,10 @@ fn bad_input_gives_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("parsing") && err.contains("junk.torrent"), "{err}");
+    assert!(
+        err.contains("parsing") && err.contains("junk.torrent"),
+        "{err}"
+    );
     let missing = Command::new(example_bin("seed"))
         .arg(dir.path().join("missing.tar"))
         .arg("--torrent-out")

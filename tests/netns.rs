@@ -366,3 +366,138 @@ fn concurrent_clusters_get_distinct_names_and_subnets() {
     assert!(ClusterBuilder::new(0).build().is_err());
     assert!(ClusterBuilder::new(254).build().is_err());
 }
+
+/// Whether anything named after cluster tag `tag` still exists.
+fn tag_leftovers(tag: &str) -> Vec<String> {
+    let prefix = format!("iw{tag}");
+    let mut found = Vec::new();
+    for args in [&["netns", "list"][..], &["-o", "link", "show"][..]] {
+        let out = Command::new("ip").args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        found.extend(
+            text.split(|c: char| c.is_whitespace() || c == ':' || c == '@')
+                .filter(|w| w.starts_with(&prefix))
+                .map(str::to_owned),
+        );
+    }
+    if let Ok(dirs) = std::fs::read_dir("/etc/netns") {
+        found.extend(
+            dirs.flatten()
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix)),
+        );
+    }
+    found
+}
+
+const CHILD_ENV: &str = "IMAGEWOLF_NETNS_CRASH_CHILD";
+
+#[test]
+fn leftovers_of_a_killed_process_are_swept_by_the_next_build() {
+    require();
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // The "crashing" process: build, report, and wait to be SIGKILLed (no unwinding).
+        let cluster = shaped(2, 1);
+        cluster
+            .write_hosts("imagewolf", &cluster.node_ips())
+            .unwrap();
+        println!("READY {} {}", cluster.tag(), names(&cluster).lock);
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let mut child = imagewolf::ChildGuard::spawn(
+        "crashing cluster owner",
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "leftovers_of_a_killed_process_are_swept_by_the_next_build",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let stdout = std::io::BufReader::new(child.child.stdout.take().unwrap());
+    let line = std::io::BufRead::lines(stdout)
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("READY "))
+        .expect("child reported its cluster");
+    let mut words = line.split_whitespace().skip(1);
+    let (tag, lock) = (words.next().unwrap().to_owned(), words.next().unwrap());
+    drop(child); // SIGKILL: the child's Cluster never runs its Drop
+    assert!(!tag_leftovers(&tag).is_empty(), "nothing left to sweep?");
+    assert!(Path::new(lock).exists());
+
+    let _next = ClusterBuilder::new(1).build().unwrap();
+    // Another test's build may be the one sweeping it, still at work: poll.
+    eventually(Duration::from_secs(10), "leftovers swept", || {
+        tag_leftovers(&tag).is_empty() && !Path::new(lock).exists()
+    });
+}
+
+/// A `FORWARD` rule this test added, deleted on drop (also when the test fails).
+struct IptablesRule(Vec<String>);
+
+impl IptablesRule {
+    fn append(spec: &[&str]) -> Self {
+        let rule: Vec<String> = spec.iter().map(|s| s.to_string()).collect();
+        let ok = Command::new("iptables")
+            .args(["-w", "-A"])
+            .args(&rule)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "iptables -A {rule:?}");
+        Self(rule)
+    }
+}
+
+impl Drop for IptablesRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "-D"])
+            .args(&self.0)
+            .status();
+    }
+}
+
+fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .expect("iptables is needed for this test (apt-get install iptables)")
+        .success()
+}
+
+#[test]
+fn a_forward_drop_rule_does_not_cut_the_nodes_apart() {
+    require();
+    let cluster = ClusterBuilder::new(2).build().unwrap();
+    let bridge = cluster.bridge().to_owned();
+    let accept = ["FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"];
+    assert!(iptables(&[&["-C"][..], &accept].concat()), "no ACCEPT rule");
+    // What a dockerd with iptables does to the FORWARD chain, limited to this bridge so the
+    // machine's other traffic is untouched; it comes after the cluster's inserted ACCEPT.
+    let _drop = IptablesRule::append(&["FORWARD", "-i", &bridge, "-o", &bridge, "-j", "DROP"]);
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    assert!(
+        n0.reaches(n1.ip, PROBE).unwrap(),
+        "the ACCEPT rule does not work"
+    );
+    // Without the ACCEPT rule the frames vanish (br_netfilter): the rule is what helps.
+    if iptables(&[&["-D"][..], &accept].concat()) {
+        let cut = !n0.reaches(n1.ip, PROBE).unwrap();
+        assert!(iptables(&[&["-I"][..], &accept].concat()));
+        assert!(
+            cut,
+            "bridged traffic bypasses iptables here; the test proves nothing"
+        );
+    }
+    drop(cluster);
+    assert!(
+        !iptables(&[&["-C"][..], &accept].concat()),
+        "ACCEPT rule left behind"
+    );
+}

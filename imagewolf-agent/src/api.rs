@@ -1,1 +1,611 @@
-//! (in progress)
+//! The agent's HTTP front door: registry and Docker Hub webhooks, /stats, /metrics, /healthz,
+//! the agent-to-agent distribution endpoints and the BitTorrent tracker, on one hyper 1.x
+//! HTTP/1 server.
+//!
+//! | route | method | answer |
+//! |---|---|---|
+//! | `/registryNotifications` | POST | `{"accepted": n, "duplicates": m, "ignored": k}` |
+//! | `/hubNotifications` | POST | the same shape |
+//! | `/stats` | GET | JSON array of [`ImageStats`] |
+//! | `/healthz` | GET | `{"status": "ok"}` |
+//! | `/metrics` | GET | Prometheus text 0.0.4 |
+//! | `/v1/distributions` | POST | `{"status": "started" \| "known" \| "ignored"}` |
+//! | `/v1/distributions` | GET | JSON array of [`Distribution`] |
+//! | `/announce?...` | GET | bencoded tracker reply |
+//!
+//! Design decisions:
+//! - **Answer webhooks at once.** A registry holds back every later notification until the
+//!   current one is acknowledged, so handlers only parse and hand events to [`AgentApi`], whose
+//!   methods must return without waiting for pulls or downloads.
+//! - **Errors are JSON and never fatal.** Every refusal is `{"error": "..."}` with the status
+//!   that says why (400 malformed, 404, 405 with `Allow`, 408 slow body, 413 too large, 415
+//!   wrong media type), logged at `warn`; the server keeps serving. Malformed HTTP that hyper
+//!   refuses before routing gets hyper's own bare 400 and is counted as rejected.
+//! - **Bounded.** Request heads by hyper's read buffer ([`MAX_HEAD_LEN`], [`MAX_HEADERS`]),
+//!   bodies by `max_body` enforced *while reading* (`http_body_util::Limited`; a declared
+//!   `Content-Length` over the limit is refused before reading a byte), connections by a
+//!   semaphore ([`MAX_CONNECTIONS`]; accepting pauses while it is exhausted), time by a
+//!   header-read timeout (which also ends idle keep-alive connections), a body-read timeout,
+//!   and a maximum connection age after which the connection is closed gracefully.
+//! - **Metrics label routes, not paths**: unknown paths count as `other` (see
+//!   [`crate::stats`]).
+//! - **Shutdown** when the watch value becomes `true` (or its sender is dropped): stop
+//!   accepting, let in-flight requests finish (each connection closes gracefully), abort what
+//!   is left after [`SHUTDOWN_GRACE`].
+//!
+//! A missing `Content-Type` is accepted as JSON (curl users forget it; the body is parsed as
+//! JSON either way); a present one must name a JSON media type.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::image::Distribution;
+use crate::notification::{
+    parse_hub_webhook, parse_registry_envelope_detailed, validate_image_ref, NotificationError,
+    PushEvent, SkipReason, MAX_BODY,
+};
+use crate::stats::{render_prometheus, HttpCounters, ImageStats};
+
+/// Default request body limit (the notification parsers' own limit).
+pub const DEFAULT_MAX_BODY: usize = MAX_BODY;
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Time a client has to send a request head, and the longest a keep-alive connection idles.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Age after which a connection is closed (gracefully, after its current request).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+/// How long in-flight requests may take to finish at shutdown or past the maximum age.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Read buffer per connection, bounding request line plus headers.
+pub const MAX_HEAD_LEN: usize = 32 * 1024;
+/// Headers accepted per request.
+pub const MAX_HEADERS: usize = 64;
+/// Pause after a failed `accept` (typically out of file descriptors) before retrying.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Characters of a request path quoted in an error message.
+const PATH_QUOTE_LEN: usize = 100;
+
+/// Media type of registry notification envelopes.
+pub const REGISTRY_EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
+/// Content type of /metrics.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the API needs from the rest of the agent; the distributor implements it.
+///
+/// Every method is called on the async runtime and must return at once: long work (pulls,
+/// downloads, loads) runs in the background.
+pub trait AgentApi: Send + Sync + 'static {
+    /// A pushed image was announced by a registry or Docker Hub.
+    fn on_push(&self, event: PushEvent) -> PushOutcome;
+    /// Another agent announces a distribution it started.
+    fn on_distribution(&self, d: Distribution) -> PushOutcome;
+    /// Recent distributions, for late joiners' catch-up.
+    fn distributions(&self) -> Vec<Distribution>;
+    /// Every image on this node.
+    fn images(&self) -> Vec<ImageStats>;
+    /// Other agents currently known.
+    fn known_agents(&self) -> usize;
+    /// The bencoded tracker reply to an announce with this raw query string from `remote`.
+    fn tracker_announce(&self, query: &str, remote: IpAddr) -> Vec<u8>;
+}
+
+/// What the agent did with a push or an announced distribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// New: work started in the background.
+    Started,
+    /// Already known (the same push again, or a distribution already running).
+    Duplicate,
+    /// Deliberately not acted on, with the reason.
+    Ignored(String),
+}
+
+/// API settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Pull from this registry instead of the host named in registry notifications.
+    pub registry_override: Option<String>,
+    /// Registry that Docker Hub webhooks' images are pulled from.
+    pub hub_registry: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            registry_override: None,
+            hub_registry: "docker.io".to_owned(),
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` becomes `true` (or its sender is dropped).
+///
+/// Returns after in-flight requests finished or [`SHUTDOWN_GRACE`] passed. Accept errors
+/// (e.g. out of file descriptors) are logged and retried, never returned.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<dyn AgentApi>,
+    config: ApiConfig,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    serve_with_limits(listener, api, config, Limits::default(), shutdown).await
+}
+
+/// Time and connection limits, separate from [`ApiConfig`] so tests can shrink them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) max_connection_age: Duration,
+    pub(crate) grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
+            max_connection_age: MAX_CONNECTION_AGE,
+            grace: SHUTDOWN_GRACE,
+        }
+    }
+}
+
+struct Ctx {
+    api: Arc<dyn AgentApi>,
+    config: ApiConfig,
+    limits: Limits,
+    counters: HttpCounters,
+}
+
+pub(crate) async fn serve_with_limits(
+    listener: TcpListener,
+    api: Arc<dyn AgentApi>,
+    config: ApiConfig,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let ctx = Arc::new(Ctx {
+        api,
+        config,
+        limits,
+        counters: HttpCounters::new(),
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_LEN)
+        .max_headers(MAX_HEADERS);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // never closed; leaving is the only sane reaction
+            },
+            () = shutdown_requested(&mut shutdown) => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("API accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = shutdown_requested(&mut shutdown) => break,
+        };
+        connections.spawn(connection(
+            Arc::clone(&builder),
+            stream,
+            remote,
+            Arc::clone(&ctx),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.grace, drain).await.is_err() {
+        tracing::debug!("API shutdown: aborting {} connections", connections.len());
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Resolves once shutdown is requested: the value is `true` or the sender is gone.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&stop| stop).await;
+}
+
+async fn connection(
+    builder: Arc<http1::Builder>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    // Listening on `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
+    let ip = remote.ip().to_canonical();
+    let service_ctx = Arc::clone(&ctx);
+    let service = service_fn(move |req| {
+        let ctx = Arc::clone(&service_ctx);
+        async move { Ok::<_, Infallible>(handle(&ctx, req, ip).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        () = shutdown_requested(&mut shutdown) => None,
+        () = tokio::time::sleep(ctx.limits.max_connection_age) => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            // Finish the current request (if any), then close; idle connections close at once.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(ctx.limits.grace, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        if e.is_parse() || e.is_timeout() || e.is_parse_too_large() {
+            ctx.counters.record_rejected();
+            tracing::warn!(%remote, "API connection refused: {e}");
+        } else {
+            tracing::debug!(%remote, "API connection ended: {e}");
+        }
+    }
+}
+
+/// The routes; `label` is also the metrics path label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    RegistryNotifications,
+    HubNotifications,
+    Stats,
+    Healthz,
+    Metrics,
+    Distributions,
+    Announce,
+}
+
+impl Route {
+    fn from_path(path: &str) -> Option<Route> {
+        Some(match path {
+            "/registryNotifications" => Route::RegistryNotifications,
+            "/hubNotifications" => Route::HubNotifications,
+            "/stats" => Route::Stats,
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            "/v1/distributions" => Route::Distributions,
+            "/announce" => Route::Announce,
+            _ => return None,
+        })
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::RegistryNotifications => "/registryNotifications",
+            Route::HubNotifications => "/hubNotifications",
+            Route::Stats => "/stats",
+            Route::Healthz => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::Distributions => "/v1/distributions",
+            Route::Announce => "/announce",
+        }
+    }
+
+    fn allow(self) -> &'static str {
+        match self {
+            Route::RegistryNotifications | Route::HubNotifications => "POST",
+            Route::Distributions => "GET, POST",
+            Route::Stats | Route::Healthz | Route::Metrics | Route::Announce => "GET",
+        }
+    }
+}
+
+/// A refusal: status, message, and for 405 the `Allow` value.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = json_response(self.status, &json!({ "error": self.message }));
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+impl From<NotificationError> for ApiError {
+    fn from(e: NotificationError) -> Self {
+        let status = if e.is_too_large() {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>, remote: IpAddr) -> Response<Full<Bytes>> {
+    let route = Route::from_path(req.uri().path());
+    let method = req.method().clone();
+    let path = quote_path(req.uri().path());
+    let result = match route {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
+        Some(route) => dispatch(ctx, route, req, remote).await,
+    };
+    let response = result.unwrap_or_else(|e| {
+        tracing::warn!(%remote, %method, path, status = e.status.as_u16(), "API request refused: {}", e.message);
+        e.into_response()
+    });
+    ctx.counters.record(
+        route.map_or("other", Route::label),
+        response.status().as_u16(),
+    );
+    response
+}
+
+async fn dispatch(
+    ctx: &Ctx,
+    route: Route,
+    req: Request<Incoming>,
+    remote: IpAddr,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let method = req.method();
+    let allowed = match route {
+        Route::RegistryNotifications | Route::HubNotifications => method == Method::POST,
+        Route::Distributions => method == Method::GET || method == Method::POST,
+        _ => method == Method::GET,
+    };
+    if !allowed {
+        return Err(ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{} is {} only", route.label(), route.allow()),
+            allow: Some(route.allow()),
+        });
+    }
+    let api = &ctx.api;
+    match route {
+        Route::RegistryNotifications => {
+            check_media_type(
+                req.headers(),
+                &[REGISTRY_EVENTS_MEDIA_TYPE, "application/json"],
+            )?;
+            let body = read_body(req, ctx).await?;
+            let envelope =
+                parse_registry_envelope_detailed(&body, ctx.config.registry_override.as_deref())?;
+            let mut counts = PushCounts {
+                ignored: envelope.skipped.len(),
+                ..PushCounts::default()
+            };
+            for skipped in &envelope.skipped {
+                if let SkipReason::Invalid(e) = &skipped.reason {
+                    tracing::warn!(
+                        %remote,
+                        index = skipped.index,
+                        event_id = skipped.event_id.as_deref().unwrap_or(""),
+                        "registry event skipped: {e}"
+                    );
+                }
+            }
+            for push in envelope.pushes {
+                counts.add(&push, api.on_push(push.clone()));
+            }
+            Ok(json_response(StatusCode::OK, &counts))
+        }
+        Route::HubNotifications => {
+            check_media_type(req.headers(), &["application/json"])?;
+            let body = read_body(req, ctx).await?;
+            let push = parse_hub_webhook(&body, &ctx.config.hub_registry)?;
+            let mut counts = PushCounts::default();
+            counts.add(&push, api.on_push(push.clone()));
+            Ok(json_response(StatusCode::OK, &counts))
+        }
+        Route::Stats => Ok(json_response(StatusCode::OK, &api.images())),
+        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        Route::Metrics => {
+            let text = render_prometheus(&api.images(), &ctx.counters.snapshot(api.known_agents()));
+            Ok(bytes_response(Bytes::from(text), METRICS_CONTENT_TYPE))
+        }
+        Route::Distributions if method == Method::GET => {
+            Ok(json_response(StatusCode::OK, &api.distributions()))
+        }
+        Route::Distributions => {
+            check_media_type(req.headers(), &["application/json"])?;
+            let body = read_body(req, ctx).await?;
+            let distribution: Distribution = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed distribution: {e}"),
+                )
+            })?;
+            validate_image_ref(&distribution.image)?;
+            let answer = match api.on_distribution(distribution) {
+                PushOutcome::Started => json!({ "status": "started" }),
+                PushOutcome::Duplicate => json!({ "status": "known" }),
+                PushOutcome::Ignored(reason) => json!({ "status": "ignored", "reason": reason }),
+            };
+            Ok(json_response(StatusCode::OK, &answer))
+        }
+        Route::Announce => {
+            let query = req.uri().query().unwrap_or("");
+            let body = api.tracker_announce(query, remote);
+            Ok(bytes_response(Bytes::from(body), "text/plain"))
+        }
+    }
+}
+
+/// The webhook answer.
+#[derive(Debug, Default, Serialize)]
+struct PushCounts {
+    accepted: usize,
+    duplicates: usize,
+    ignored: usize,
+}
+
+impl PushCounts {
+    fn add(&mut self, push: &PushEvent, outcome: PushOutcome) {
+        match outcome {
+            PushOutcome::Started => {
+                tracing::info!(image = %push.image, "push accepted");
+                self.accepted += 1;
+            }
+            PushOutcome::Duplicate => {
+                tracing::debug!(image = %push.image, "push already known");
+                self.duplicates += 1;
+            }
+            PushOutcome::Ignored(reason) => {
+                tracing::info!(image = %push.image, "push ignored: {reason}");
+                self.ignored += 1;
+            }
+        }
+    }
+}
+
+/// Accepts a missing `Content-Type` or one whose media type (parameters aside) is listed.
+fn check_media_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if accepted.iter().any(|a| a.eq_ignore_ascii_case(essence)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "unsupported content type {:?}; expected {}",
+                String::from_utf8_lossy(value.as_bytes())
+                    .chars()
+                    .take(100)
+                    .collect::<String>(),
+                accepted.join(" or ")
+            ),
+        ))
+    }
+}
+
+/// Reads the whole body, refusing more than `max_body` bytes while reading.
+async fn read_body(req: Request<Incoming>, ctx: &Ctx) -> Result<Bytes, ApiError> {
+    let max = ctx.config.max_body;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the {max}-byte limit"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), max).collect();
+    match tokio::time::timeout(ctx.limits.body_read_timeout, body).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body failed: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )),
+    }
+}
+
+fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let (status, body) = match serde_json::to_vec(value) {
+        Ok(body) => (status, body),
+        Err(e) => {
+            tracing::warn!("API response not serializable: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"error":"internal error"}"#.to_vec(),
+            )
+        }
+    };
+    let mut response = bytes_response(Bytes::from(body), "application/json");
+    *response.status_mut() = status;
+    response
+}
+
+fn bytes_response(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A request path for logs and messages: Debug-escaped and cut short.
+fn quote_path(path: &str) -> String {
+    let mut cut: String = path.chars().take(PATH_QUOTE_LEN).collect();
+    if cut.len() < path.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
+#[cfg(test)]
+mod tests;

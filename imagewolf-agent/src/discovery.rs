@@ -65,12 +65,29 @@ mod tests {
 
     #[tokio::test]
     async fn static_and_dns_specs_resolve() {
-        let spec: PeerSpec = "static:127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8000".parse().unwrap();
+        let spec: PeerSpec = "static:127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8000"
+            .parse()
+            .unwrap();
         let addrs = resolve(&spec).await;
-        assert_eq!(addrs, vec!["127.0.0.1:8000".parse().unwrap(), "127.0.0.1:8001".parse().unwrap()]);
-        let dns = PeerSpec::Dns { name: "localhost".into(), port: 8123 };
-        assert!(resolve(&dns).await.iter().all(|a| a.port() == 8123 && a.ip().is_loopback()));
-        let missing = PeerSpec::Dns { name: "no-such-host.invalid".into(), port: 1 };
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:8000".parse().unwrap(),
+                "127.0.0.1:8001".parse().unwrap()
+            ]
+        );
+        let dns = PeerSpec::Dns {
+            name: "localhost".into(),
+            port: 8123,
+        };
+        assert!(resolve(&dns)
+            .await
+            .iter()
+            .all(|a| a.port() == 8123 && a.ip().is_loopback()));
+        let missing = PeerSpec::Dns {
+            name: "no-such-host.invalid".into(),
+            port: 1,
+        };
         assert!(resolve(&missing).await.is_empty());
     }
 }

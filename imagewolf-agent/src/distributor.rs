@@ -175,12 +175,20 @@ impl Distributor {
     /// The other agents' API addresses (never this one).
     pub fn other_agents(&self) -> Vec<SocketAddr> {
         let me = SocketAddr::new(self.config.advertise, self.config.api_port);
-        self.agents.borrow().iter().copied().filter(|a| *a != me).collect()
+        self.agents
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|a| *a != me)
+            .collect()
     }
 
     /// The announce URL of this agent's tracker.
     fn tracker_url(&self) -> String {
-        format!("http://{}/announce", SocketAddr::new(self.config.advertise, self.config.api_port))
+        format!(
+            "http://{}/announce",
+            SocketAddr::new(self.config.advertise, self.config.api_port)
+        )
     }
 
     /// A push was notified: start a distribution from here unless it is already known.
@@ -203,11 +211,14 @@ impl Distributor {
                     return Accepted::Duplicate;
                 }
             }
-            records.by_key.insert(key.clone(), Record {
-                stats: new_stats(&image, true, ImageState::Pulling),
-                distribution: None,
-                torrent: None,
-            });
+            records.by_key.insert(
+                key.clone(),
+                Record {
+                    stats: new_stats(&image, true, ImageState::Pulling),
+                    distribution: None,
+                    torrent: None,
+                },
+            );
         }
         tracing::info!(image = %image, "push: distributing from this node");
         let this = Arc::clone(self);
@@ -228,9 +239,16 @@ impl Distributor {
         let key = d.image.dedup_key();
         {
             let mut records = self.records();
-            let known = records.by_info_hash.get(&d.info_hash).or_else(|| records.by_key.get(&key).map(|_| &key));
+            let known = records
+                .by_info_hash
+                .get(&d.info_hash)
+                .or_else(|| records.by_key.get(&key).map(|_| &key));
             if let Some(k) = known.cloned() {
-                if records.by_key.get(&k).is_some_and(|r| r.stats.state != ImageState::Failed) {
+                if records
+                    .by_key
+                    .get(&k)
+                    .is_some_and(|r| r.stats.state != ImageState::Failed)
+                {
                     return Accepted::Duplicate;
                 }
             }
@@ -238,12 +256,17 @@ impl Distributor {
             stats.image_id = Some(d.image_id.clone());
             stats.info_hash = Some(d.info_hash.clone());
             stats.size = Some(d.size);
-            records.by_info_hash.insert(d.info_hash.clone(), key.clone());
-            records.by_key.insert(key.clone(), Record {
-                stats,
-                distribution: Some(d.clone()),
-                torrent: None,
-            });
+            records
+                .by_info_hash
+                .insert(d.info_hash.clone(), key.clone());
+            records.by_key.insert(
+                key.clone(),
+                Record {
+                    stats,
+                    distribution: Some(d.clone()),
+                    torrent: None,
+                },
+            );
         }
         tracing::info!(image = %d.image, info_hash = %d.info_hash, "announced: fetching from the swarm");
         let this = Arc::clone(self);
@@ -329,16 +352,30 @@ impl Distributor {
             .with_retries(key, "pull", || self.source.pull(image))
             .await?;
         self.update(key, |r| r.stats.image_id = Some(pulled.image_id.clone()));
-        let tarball = self.source.export(&pulled).await.map_err(|e| format!("export: {e}"))?;
-        let path = self.config.data_dir.join("images").join(format!("{}.tar", file_stem(key)));
-        let (meta, sha256) = export_to_torrent(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
+        let tarball = self
+            .source
+            .export(&pulled)
+            .await
+            .map_err(|e| format!("export: {e}"))?;
+        let path = self
+            .config
+            .data_dir
+            .join("images")
+            .join(format!("{}.tar", file_stem(key)));
+        let (meta, sha256) =
+            export_to_torrent(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
         let info_hash = meta.info_hash().to_hex();
         let size = meta.total_len();
         let torrent = base64::engine::general_purpose::STANDARD.encode(meta.to_bytes());
-        let storage = FileStorage::open_file(&path, size).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let storage = FileStorage::open_file(&path, size)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
         let handle = self
             .session
-            .add_torrent(AddTorrent::new(meta, Arc::new(storage), StartFrom::Complete))
+            .add_torrent(AddTorrent::new(
+                meta,
+                Arc::new(storage),
+                StartFrom::Complete,
+            ))
             .await
             .map_err(|e| format!("seeding: {e}"))?;
         let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());
@@ -354,7 +391,9 @@ impl Distributor {
         };
         {
             let mut records = self.records();
-            records.by_info_hash.insert(info_hash.clone(), key.to_owned());
+            records
+                .by_info_hash
+                .insert(info_hash.clone(), key.to_owned());
             if let Some(r) = records.by_key.get_mut(key) {
                 r.stats.info_hash = Some(info_hash);
                 r.stats.size = Some(size);
@@ -400,24 +439,37 @@ impl Distributor {
         if meta.info_hash().to_hex() != d.info_hash || meta.total_len() != d.size {
             return Err("the torrent does not match the announced info-hash and size".into());
         }
-        let path = self.config.data_dir.join("images").join(format!("{}.tar", d.info_hash));
+        let path = self
+            .config
+            .data_dir
+            .join("images")
+            .join(format!("{}.tar", d.info_hash));
         let resume = path.exists();
-        let storage =
-            FileStorage::create_file(&path, d.size).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let storage = FileStorage::create_file(&path, d.size)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
         let seeders: Vec<SocketAddr> = d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
-        let start = if resume { StartFrom::Check } else { StartFrom::Empty };
+        let start = if resume {
+            StartFrom::Check
+        } else {
+            StartFrom::Empty
+        };
         let handle = self
             .session
             .add_torrent(AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders))
             .await
             .map_err(|e| format!("adding the torrent: {e}"))?;
         self.update(key, |r| r.torrent = Some(handle.clone()));
-        handle.wait_complete().await.map_err(|e| format!("download: {e}"))?;
+        handle
+            .wait_complete()
+            .await
+            .map_err(|e| format!("download: {e}"))?;
         self.update(key, |r| {
             r.stats.completed_at = Some(now_secs());
             r.stats.state = ImageState::Loading;
         });
-        let actual = sha256_file(&path).await.map_err(|e| format!("hashing the tarball: {e}"))?;
+        let actual = sha256_file(&path)
+            .await
+            .map_err(|e| format!("hashing the tarball: {e}"))?;
         if actual != d.sha256 {
             let _ = self.session.remove_torrent(&handle.info_hash()).await;
             let _ = tokio::fs::remove_file(&path).await;
@@ -427,7 +479,8 @@ impl Distributor {
             ));
         }
         let started = Instant::now();
-        self.with_retries(key, "load", || self.loader.load(&path)).await?;
+        self.with_retries(key, "load", || self.loader.load(&path))
+            .await?;
         let secs = started.elapsed().as_secs_f64();
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
@@ -441,7 +494,12 @@ impl Distributor {
 
     /// Runs `op` until it succeeds, retrying with backoff (1 s doubling to 30 s) up to
     /// [`MAX_ATTEMPTS`]; each error is visible in /stats meanwhile.
-    async fn with_retries<T, E, F, Fut>(&self, key: &str, what: &str, mut op: F) -> Result<T, String>
+    async fn with_retries<T, E, F, Fut>(
+        &self,
+        key: &str,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, String>
     where
         E: std::fmt::Display + Retryable,
         F: FnMut() -> Fut,
@@ -456,8 +514,13 @@ impl Distributor {
                     return Ok(v);
                 }
                 Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
-                    tracing::warn!(key, "{what} failed (attempt {attempt}), retrying in {delay:?}: {e}");
-                    self.update(key, |r| r.stats.error = Some(format!("{what}: {e} (retrying)")));
+                    tracing::warn!(
+                        key,
+                        "{what} failed (attempt {attempt}), retrying in {delay:?}: {e}"
+                    );
+                    self.update(key, |r| {
+                        r.stats.error = Some(format!("{what}: {e} (retrying)"))
+                    });
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -581,7 +644,10 @@ async fn export_to_torrent(
         .build_from_async_reader(tarball, size_hint, &mut sink)
         .await
         .map_err(|e| format!("export: {e}"))?;
-    sink.inner.flush().await.map_err(|e| format!("writing {}: {e}", path.display()))?;
+    sink.inner
+        .flush()
+        .await
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     let sha = sink.hasher.finalize();
     Ok((meta, sha.iter().map(|b| format!("{b:02x}")).collect()))
 }
@@ -636,12 +702,15 @@ async fn sha256_file(path: &Path) -> std::io::Result<String> {
             }
             hasher.update(&buf[..n]);
         }
-        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))?
 }
-
 
 /// The HTTP API's view of a distributor (`api::serve` takes an `Arc<dyn AgentApi>`).
 pub struct DistributorApi(pub Arc<Distributor>);

@@ -20,9 +20,10 @@
 //! - **Timeouts.** bollard's one per-client timeout covers "request sent until response
 //!   headers", and `docker load` answers only after it has read and unpacked the whole
 //!   tarball, so the client's timeout is long ([`LONG_TIMEOUT`]); quick calls (ping,
-//!   inspect, version) get [`CONTROL_TIMEOUT`] of their own; a load gets a deadline that
-//!   grows with the file size; a pull fails if its progress stream stays silent for
-//!   [`PULL_STALL_TIMEOUT`].
+//!   inspect, version) get [`CONTROL_TIMEOUT`] of their own; a load, and the first byte of
+//!   an export (dockerd 20.10 stages the whole image in a temp dir before it sends anything),
+//!   get a deadline that grows with the image's size; a pull fails if its progress stream
+//!   stays silent for [`PULL_STALL_TIMEOUT`].
 //! - **Untrusted names stay out of URL paths.** Image references and ids arrive from the
 //!   network (notifications, other agents) and bollard pastes names unescaped into request
 //!   paths, so they are checked against the reference grammar's character set first
@@ -54,10 +55,12 @@ pub const PULL_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub const LONG_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Daemon messages kept in errors are cut to this many bytes: they end up in logs and /stats.
 pub const MAX_MESSAGE_LEN: usize = 2048;
-/// A load gets this long, plus the file's size at [`LOAD_MIN_RATE`].
-const LOAD_BASE_TIMEOUT: Duration = Duration::from_secs(600);
-/// The slowest load rate (bytes/s) we wait for before calling the daemon stuck.
-const LOAD_MIN_RATE: u64 = 5 << 20;
+/// A load, or an export's first byte, gets this long plus the image's size at
+/// [`SLOW_IO_MIN_RATE`].
+const SLOW_IO_BASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The slowest rate (bytes/s) at which the daemon may unpack or stage an image before we
+/// call it stuck.
+const SLOW_IO_MIN_RATE: u64 = 5 << 20;
 /// Read size when streaming a tarball into the daemon.
 const LOAD_CHUNK: usize = 256 << 10;
 
@@ -276,9 +279,7 @@ enum Endpoint {
 
 fn parse_host(host: &str) -> Result<Endpoint, DockerError> {
     let host = host.trim();
-    let unsupported = || DockerError::UnsupportedHost {
-        host: clip(host),
-    };
+    let unsupported = || DockerError::UnsupportedHost { host: clip(host) };
     if let Some(path) = host.strip_prefix("unix://") {
         if path.is_empty() {
             return Err(unsupported());
@@ -310,17 +311,19 @@ pub fn validate_reference(reference: &str) -> Result<(), DockerError> {
     if reference.is_empty() || reference.len() > 1024 {
         return Err(bad());
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@');
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@');
     if !reference.chars().all(allowed) {
         return Err(bad());
     }
     // Every path component starts with a letter or digit: rules out "", ".", ".." and
     // leading separators.
     let name = reference.split('@').next().unwrap_or_default();
-    if name
-        .split('/')
-        .any(|c| !c.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric()))
-    {
+    if name.split('/').any(|c| {
+        !c.chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphanumeric())
+    }) {
         return Err(bad());
     }
     if reference.matches('@').count() > 1 {
@@ -350,6 +353,11 @@ fn size_hint(size: Option<i64>) -> u64 {
         return 0;
     }
     size.saturating_add(size / 20).saturating_add(1 << 20)
+}
+
+/// How long the daemon may take to unpack or stage an image of `bytes` bytes.
+fn slow_io_deadline(bytes: u64) -> Duration {
+    SLOW_IO_BASE_TIMEOUT.saturating_add(Duration::from_secs(bytes / SLOW_IO_MIN_RATE))
 }
 
 /// A connected Docker Engine, API version negotiated.
@@ -403,7 +411,7 @@ impl Docker {
         Ok(inspect.repo_tags.unwrap_or_default())
     }
 
-    /// Pulls `reference` (`repo:tag` or `repo@digest`) and follows the progress to its end.
+    /// Pulls `repo` at a tag or digest and follows the progress to its end.
     async fn pull_reference(&self, repo: &str, tag_or_digest: &str) -> Result<(), DockerError> {
         let options = CreateImageOptionsBuilder::default()
             .from_image(repo)
@@ -421,11 +429,8 @@ impl Docker {
     async fn do_pull(&self, image: &ImageRef) -> Result<PulledImage, DockerError> {
         let reference = image.pull_reference();
         validate_reference(&reference)?;
-        let repo = if image.registry.is_empty() {
-            image.repository.clone()
-        } else {
-            format!("{}/{}", image.registry, image.repository)
-        };
+        // An empty registry already failed validation ("/repo:tag").
+        let repo = format!("{}/{}", image.registry, image.repository);
         match (&image.tag, &image.digest) {
             (Some(tag), Some(digest)) => {
                 validate_reference(&format!("{repo}@{digest}"))?;
@@ -470,11 +475,14 @@ impl Docker {
         let mut body = self.client.export_image(&image.reference);
         // The status (e.g. 404) arrives with the first poll: wait for it here so a missing
         // image is an export error, not a read error half-way through a torrent build.
-        let first = match tokio::time::timeout(CONTROL_TIMEOUT, body.next()).await {
+        // dockerd (20.10 at least) stages the whole image in a temp dir before sending the
+        // first byte, so that wait grows with the image.
+        let first_byte = slow_io_deadline(image.size_hint);
+        let first = match tokio::time::timeout(first_byte, body.next()).await {
             Err(_) => {
                 return Err(DockerError::Timeout {
                     what: "export",
-                    after: CONTROL_TIMEOUT,
+                    after: first_byte,
                 })
             }
             Ok(None) => {
@@ -493,7 +501,13 @@ impl Docker {
 
     async fn do_has_image(&self, image_id: &str) -> Result<bool, DockerError> {
         validate_image_id(image_id)?;
-        match timed("inspect", CONTROL_TIMEOUT, self.client.inspect_image(image_id)).await {
+        match timed(
+            "inspect",
+            CONTROL_TIMEOUT,
+            self.client.inspect_image(image_id),
+        )
+        .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
@@ -507,7 +521,7 @@ impl Docker {
         };
         let file = tokio::fs::File::open(path).await.map_err(io_err)?;
         let len = file.metadata().await.map_err(io_err)?.len();
-        let deadline = LOAD_BASE_TIMEOUT + Duration::from_secs(len / LOAD_MIN_RATE);
+        let deadline = slow_io_deadline(len);
         let body = ReaderStream::with_capacity(file, LOAD_CHUNK);
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
         let stream = self.client.import_image_stream(options, body, None);
@@ -586,7 +600,15 @@ mod tests {
             parse_host("http://h:2375/").unwrap(),
             Endpoint::Http("tcp://h:2375".into())
         );
-        for bad in ["", "unix://", "tcp://", "https://h:2376", "ssh://u@h", "h:2375", "tcp://a/b"] {
+        for bad in [
+            "",
+            "unix://",
+            "tcp://",
+            "https://h:2376",
+            "ssh://u@h",
+            "h:2375",
+            "tcp://a/b",
+        ] {
             assert!(
                 matches!(parse_host(bad), Err(DockerError::UnsupportedHost { .. })),
                 "{bad}"
@@ -628,7 +650,13 @@ mod tests {
         let hex = "0123456789abcdef".repeat(4);
         validate_image_id(&hex).unwrap();
         validate_image_id(&format!("sha256:{hex}")).unwrap();
-        for bad in ["", "sha256:", "sha256:abc", "sha256:../../x", &format!("sha256:{hex}0")] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            "sha256:../../x",
+            &format!("sha256:{hex}0"),
+        ] {
             assert!(validate_image_id(bad).is_err(), "{bad:?}");
         }
     }
@@ -676,6 +704,9 @@ mod tests {
         assert_eq!(size_hint(None), 0);
         assert_eq!(size_hint(Some(-5)), 0);
         assert_eq!(size_hint(Some(20 << 20)), (21 << 20) + (1 << 20));
-        assert_eq!(size_hint(Some(i64::MAX)), (i64::MAX as u64) + (i64::MAX as u64) / 20 + (1 << 20));
+        assert_eq!(
+            size_hint(Some(i64::MAX)),
+            (i64::MAX as u64) + (i64::MAX as u64) / 20 + (1 << 20)
+        );
     }
 }

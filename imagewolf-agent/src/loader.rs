@@ -49,9 +49,11 @@ impl ImageLoader for KeepTarball {
             })?;
             let target = self.dir.join(name);
             if tokio::fs::hard_link(path, &target).await.is_err() {
-                tokio::fs::copy(path, &target).await.map_err(|e| LoaderError {
-                    message: format!("copying {} to {}: {e}", path.display(), target.display()),
-                })?;
+                tokio::fs::copy(path, &target)
+                    .await
+                    .map_err(|e| LoaderError {
+                        message: format!("copying {} to {}: {e}", path.display(), target.display()),
+                    })?;
             }
             Ok(())
         })

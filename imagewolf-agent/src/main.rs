@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use imagewolf_agent::api::{self, ApiConfig, AgentApi};
+use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
 use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig};
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
@@ -19,7 +19,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
-    let agents = discovery::spawn(config.peers.clone(), config.resolve_interval(), shutdown_rx.clone()).await;
+    let agents = discovery::spawn(
+        config.peers.clone(),
+        config.resolve_interval(),
+        shutdown_rx.clone(),
+    )
+    .await;
     let advertise = config
         .advertise_addr
         .unwrap_or_else(|| discovery::detect_advertise_addr(&agents.borrow()));

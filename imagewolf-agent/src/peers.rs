@@ -59,7 +59,8 @@ impl PeerClient {
 
     /// `POST /v1/distributions` to `agent`.
     pub async fn announce(&self, agent: SocketAddr, d: &Distribution) -> Result<(), PeerCallError> {
-        let body = serde_json::to_vec(d).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
+        let body =
+            serde_json::to_vec(d).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
         let req = hyper::Request::post(format!("http://{agent}/v1/distributions"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -68,7 +69,10 @@ impl PeerClient {
     }
 
     /// `GET /v1/distributions` from `agent`.
-    pub async fn distributions(&self, agent: SocketAddr) -> Result<Vec<Distribution>, PeerCallError> {
+    pub async fn distributions(
+        &self,
+        agent: SocketAddr,
+    ) -> Result<Vec<Distribution>, PeerCallError> {
         let req = hyper::Request::get(format!("http://{agent}/v1/distributions"))
             .body(Full::new(Bytes::new()))
             .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
@@ -76,7 +80,11 @@ impl PeerClient {
         serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
     }
 
-    async fn call(&self, agent: SocketAddr, req: hyper::Request<Full<Bytes>>) -> Result<Bytes, PeerCallError> {
+    async fn call(
+        &self,
+        agent: SocketAddr,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<Bytes, PeerCallError> {
         let exchange = async {
             let resp = self
                 .client

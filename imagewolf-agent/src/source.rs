@@ -57,7 +57,10 @@ impl ImageSource for NoSource {
         })
     }
 
-    fn export<'a>(&'a self, _image: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>> {
+    fn export<'a>(
+        &'a self,
+        _image: &'a PulledImage,
+    ) -> BoxFuture<'a, Result<Tarball, SourceError>> {
         Box::pin(async move {
             Err(SourceError {
                 message: "this agent runs with --runtime none".into(),

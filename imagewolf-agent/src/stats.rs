@@ -195,16 +195,41 @@ struct PerImage {
 /// `text/plain; version=0.0.4; charset=utf-8`).
 pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String {
     let mut out = String::with_capacity(1024 + images.len() * 512);
-    family(&mut out, "imagewolf_up", "gauge", "1 while the agent is serving.");
+    family(
+        &mut out,
+        "imagewolf_up",
+        "gauge",
+        "1 while the agent is serving.",
+    );
     sample(&mut out, "imagewolf_up", &[], Num::Int(1));
 
-    family(&mut out, "imagewolf_known_agents", "gauge", "Other agents currently known through discovery.");
-    sample(&mut out, "imagewolf_known_agents", &[], Num::Int(agent.known_agents as u64));
+    family(
+        &mut out,
+        "imagewolf_known_agents",
+        "gauge",
+        "Other agents currently known through discovery.",
+    );
+    sample(
+        &mut out,
+        "imagewolf_known_agents",
+        &[],
+        Num::Int(agent.known_agents as u64),
+    );
 
-    family(&mut out, "imagewolf_images", "gauge", "Images on this node, by state.");
+    family(
+        &mut out,
+        "imagewolf_images",
+        "gauge",
+        "Images on this node, by state.",
+    );
     for state in ImageState::ALL {
         let count = images.iter().filter(|i| i.state == state).count();
-        sample(&mut out, "imagewolf_images", &[("state", state.as_str())], Num::Int(count as u64));
+        sample(
+            &mut out,
+            "imagewolf_images",
+            &[("state", state.as_str())],
+            Num::Int(count as u64),
+        );
     }
 
     let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();
@@ -217,12 +242,19 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
             entry.size = image.size;
         }
         if let Some(seconds) = image.load_seconds {
-            if entry.load_seconds.is_none_or(|(at, _)| image.started_at >= at) {
+            if entry
+                .load_seconds
+                .is_none_or(|(at, _)| image.started_at >= at)
+            {
                 entry.load_seconds = Some((image.started_at, seconds));
             }
         }
     }
-    let per_image_family = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&PerImage) -> Option<Num>| {
+    let per_image_family = |out: &mut String,
+                            name: &str,
+                            kind: &str,
+                            help: &str,
+                            value: &dyn Fn(&PerImage) -> Option<Num>| {
         family(out, name, kind, help);
         for (reference, figures) in &per_image {
             if let Some(v) = value(figures) {
@@ -266,7 +298,12 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
         &|f| f.load_seconds.map(|(_, s)| Num::Float(s)),
     );
 
-    family(&mut out, "imagewolf_http_requests_total", "counter", "HTTP responses sent, by route and status code.");
+    family(
+        &mut out,
+        "imagewolf_http_requests_total",
+        "counter",
+        "HTTP responses sent, by route and status code.",
+    );
     for ((path, code), count) in &agent.http {
         let code = code.to_string();
         sample(
@@ -283,7 +320,12 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
         "counter",
         "HTTP requests refused: 4xx answers plus connections dropped for malformed HTTP or timeouts.",
     );
-    sample(&mut out, "imagewolf_http_rejected_total", &[], Num::Int(agent.http_rejected));
+    sample(
+        &mut out,
+        "imagewolf_http_rejected_total",
+        &[],
+        Num::Int(agent.http_rejected),
+    );
     out
 }
 
@@ -342,4 +384,4 @@ fn format_float(value: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

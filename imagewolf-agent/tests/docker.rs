@@ -35,7 +35,12 @@ fn start_daemons(names: &[&str]) -> Vec<Dockerd> {
         .collect()
 }
 
-fn image_ref(registry: &str, repository: &str, tag: Option<&str>, digest: Option<&str>) -> ImageRef {
+fn image_ref(
+    registry: &str,
+    repository: &str,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) -> ImageRef {
     ImageRef {
         registry: registry.to_owned(),
         repository: repository.to_owned(),
@@ -54,14 +59,23 @@ fn build_and_push(builder: &Dockerd, reference: &str) -> (String, String) {
         .run_cli(&["push", reference])
         .unwrap_or_else(|e| panic!("pushing {reference}: {e}"));
     let repo_digest = builder
-        .run_cli(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", reference])
+        .run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .RepoDigests 0}}",
+            reference,
+        ])
         .expect("repo digest after push");
     let digest = repo_digest
         .trim()
         .rsplit_once('@')
         .map(|(_, d)| d.to_owned())
         .expect("RepoDigests entry has an @digest");
-    eprintln!("built {reference} in {built:?}, pushed in {:?}", t.elapsed() - built);
+    eprintln!(
+        "built {reference} in {built:?}, pushed in {:?}",
+        t.elapsed() - built
+    );
     (id, digest)
 }
 
@@ -74,7 +88,9 @@ async fn connect(d: &Dockerd) -> Docker {
 /// Exports through the source into `path`; returns the bytes written.
 async fn export_to(docker: &Docker, pulled: &PulledImage, path: &Path) -> u64 {
     let mut tarball = docker.export(pulled).await.expect("export starts");
-    let mut file = tokio::fs::File::create(path).await.expect("create export file");
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .expect("create export file");
     let n = tokio::io::copy(&mut tarball, &mut file)
         .await
         .expect("export streams to the end");
@@ -118,7 +134,10 @@ async fn pull_export_load_across_three_daemons() {
     // Pull on the second daemon through the ImageSource.
     let source = connect(puller).await;
     let api: f32 = source.api_version().parse().expect("api version is N.M");
-    assert!(api <= 1.41 + f32::EPSILON, "negotiated down to dockerd 20.10's API, got {api}");
+    assert!(
+        api <= 1.41 + f32::EPSILON,
+        "negotiated down to dockerd 20.10's API, got {api}"
+    );
     let t = Instant::now();
     let pulled = source
         .pull(&image_ref(registry.addr(), "test/img", Some("v1"), None))
@@ -147,7 +166,10 @@ async fn pull_export_load_across_three_daemons() {
     let t = Instant::now();
     let written = export_to(&source, &pulled, &tar_path).await;
     eprintln!("export of {written} bytes took {:?}", t.elapsed());
-    assert!(written >= payload, "tarball of {written} bytes holds {payload} bytes of layers");
+    assert!(
+        written >= payload,
+        "tarball of {written} bytes holds {payload} bytes of layers"
+    );
     assert!(
         written <= pulled.size_hint,
         "size hint {} must cover the tarball ({written})",
@@ -184,11 +206,19 @@ async fn pull_by_digest_and_pull_errors() {
 
     // Digest only: the reference is repo@digest and that is what gets exported.
     let pulled = source
-        .pull(&image_ref(registry.addr(), "test/digest", None, Some(&digest)))
+        .pull(&image_ref(
+            registry.addr(),
+            "test/digest",
+            None,
+            Some(&digest),
+        ))
         .await
         .unwrap_or_else(|e| panic!("pull by digest: {e}"));
     assert_eq!(pulled.image_id, image_id);
-    assert_eq!(pulled.reference, format!("{}/test/digest@{digest}", registry.addr()));
+    assert_eq!(
+        pulled.reference,
+        format!("{}/test/digest@{digest}", registry.addr())
+    );
     let tmp = TempDir::new("docker-digest").unwrap();
     let by_digest = tmp.path().join("by-digest.tar");
     assert!(export_to(&source, &pulled, &by_digest).await > 0);
@@ -196,24 +226,46 @@ async fn pull_by_digest_and_pull_errors() {
 
     // Tag and digest: pulled by digest, tagged locally, exported by tag.
     let pulled = source
-        .pull(&image_ref(registry.addr(), "test/digest", Some("v2"), Some(&digest)))
+        .pull(&image_ref(
+            registry.addr(),
+            "test/digest",
+            Some("v2"),
+            Some(&digest),
+        ))
         .await
         .unwrap_or_else(|e| panic!("pull by tag+digest: {e}"));
     assert_eq!(pulled.image_id, image_id);
     assert_eq!(pulled.reference, reference);
-    assert!(source.image_tags(&image_id).await.unwrap().contains(&reference));
+    assert!(source
+        .image_tags(&image_id)
+        .await
+        .unwrap()
+        .contains(&reference));
 
     // A tag the registry never had: permanent.
     let err = source
-        .pull(&image_ref(registry.addr(), "test/digest", Some("nope"), None))
+        .pull(&image_ref(
+            registry.addr(),
+            "test/digest",
+            Some("nope"),
+            None,
+        ))
         .await
         .expect_err("unknown tag must fail");
     assert!(!err.retryable, "unknown tag is not retryable: {err}");
-    assert!(err.message.contains("manifest unknown") || err.message.contains("not found"), "{err}");
+    assert!(
+        err.message.contains("manifest unknown") || err.message.contains("not found"),
+        "{err}"
+    );
 
     // A repository the registry never had: permanent.
     let err = source
-        .pull(&image_ref(registry.addr(), "no/such-repo", Some("v1"), None))
+        .pull(&image_ref(
+            registry.addr(),
+            "no/such-repo",
+            Some("v1"),
+            None,
+        ))
         .await
         .expect_err("unknown repository must fail");
     assert!(!err.retryable, "unknown repository is not retryable: {err}");
@@ -229,10 +281,18 @@ async fn pull_by_digest_and_pull_errors() {
 
     // A reference that would smuggle a path into the API URL never reaches the daemon.
     let err = source
-        .pull(&image_ref(registry.addr(), "../../containers/json?", Some("x"), None))
+        .pull(&image_ref(
+            registry.addr(),
+            "../../containers/json?",
+            Some("x"),
+            None,
+        ))
         .await
         .expect_err("bad reference");
-    assert!(!err.retryable && err.message.contains("invalid image reference"), "{err}");
+    assert!(
+        !err.retryable && err.message.contains("invalid image reference"),
+        "{err}"
+    );
 
     // Exporting an image the daemon lacks fails at export(), not mid-read.
     let missing = PulledImage {
@@ -257,13 +317,19 @@ async fn loader_errors_leave_the_daemon_working() {
     // Unknown (well-formed) id: not there. Malformed id: an error, no request.
     let unknown = format!("sha256:{}", "ab".repeat(32));
     assert!(!docker.has_image(&unknown).await.unwrap());
-    let err = docker.has_image("../../info").await.expect_err("malformed id");
+    let err = docker
+        .has_image("../../info")
+        .await
+        .expect_err("malformed id");
     assert!(err.message.contains("invalid image id"), "{err}");
 
     // Random bytes: not a tarball.
     let garbage = tmp.path().join("garbage.tar");
     std::fs::write(&garbage, imagewolf::random_payload(200_000, 7)).unwrap();
-    let err = docker.load(&garbage).await.expect_err("garbage must not load");
+    let err = docker
+        .load(&garbage)
+        .await
+        .expect_err("garbage must not load");
     eprintln!("garbage load error: {err}");
     assert!(err.message.contains("tar"), "clear message: {err}");
 
@@ -271,13 +337,17 @@ async fn loader_errors_leave_the_daemon_working() {
     let reference = "imagewolf-test/cut:v1";
     let id = build_test_image(&d, reference, 2, 2).expect("build");
     let whole = tmp.path().join("whole.tar");
-    d.run_cli(&["save", "-o", &whole.to_string_lossy(), reference]).unwrap();
+    d.run_cli(&["save", "-o", &whole.to_string_lossy(), reference])
+        .unwrap();
     let bytes = std::fs::read(&whole).unwrap();
     let cut = tmp.path().join("cut.tar");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     d.run_cli(&["rmi", reference]).unwrap();
     assert!(!docker.has_image(&id).await.unwrap());
-    let err = docker.load(&cut).await.expect_err("truncated tarball must not load");
+    let err = docker
+        .load(&cut)
+        .await
+        .expect_err("truncated tarball must not load");
     eprintln!("truncated load error: {err}");
     assert!(!err.message.is_empty());
     assert!(!docker.has_image(&id).await.unwrap());
@@ -299,7 +369,9 @@ async fn loader_errors_leave_the_daemon_working() {
 async fn connect_errors_are_clear() {
     let tmp = TempDir::new("docker-nosock").unwrap();
     let missing = format!("unix://{}/docker.sock", tmp.path().display());
-    let err = Docker::connect(&missing).await.expect_err("no daemon there");
+    let err = Docker::connect(&missing)
+        .await
+        .expect_err("no daemon there");
     assert!(err.to_string().contains("docker.sock"), "{err}");
     let err = Docker::connect("ssh://someone@somewhere")
         .await

@@ -30,6 +30,11 @@
 //!   `multi on` rather than relying on the machine's. The hosts file is rewritten in place
 //!   (truncate + one write), not replaced by rename, because a bind mount pins the inode:
 //!   processes already running in a namespace then see updates, as with a DNS record.
+//!   getaddrinfo returns the addresses sorted by RFC 6724 (a node sees its own address
+//!   first), not in file order: consumers must not rely on the order.
+//! - Only the network (and, per `ip netns exec`, mount) namespace differs between nodes: the
+//!   hostname, pid space and filesystem are shared, so a node's identity must come from its
+//!   address or configuration, never from `gethostname`.
 //! - Subnets: a random `10.B.C.0/24`, `B` in 77..=99, that overlaps no address or route of the
 //!   root namespace and is claimed by an exclusive lock file under [`LOCK_DIR`] (holding the
 //!   owner's pid and tag), so concurrent test processes never pick the same one.
@@ -52,14 +57,19 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::{ChildGuard, SYSTEM_PYTHON};
 
-/// Where subnet claims live (tmpfs: cleared on reboot, when all namespaces are gone too).
+mod lease;
+
+use lease::{claim_subnet, sweep_stale_clusters, teardown, write_lock, Created};
+
+/// Where subnet claims live. Not necessarily tmpfs (on this machine /run is on the root disk):
+/// claims that outlive a reboot name dead pids and are swept like any crash leftover.
 pub const LOCK_DIR: &str = "/run/imagewolf-cluster";
 
 /// Most namespaces one cluster can have: `.2` to `.254` of its /24.
@@ -345,19 +355,6 @@ pub fn wait_listening(
     }
 }
 
-/// Everything a cluster created, in creation order, so that a half-built cluster is torn down
-/// exactly like a whole one.
-#[derive(Debug, Default)]
-struct Created {
-    lock: Option<PathBuf>,
-    bridge: Option<String>,
-    /// The bridge whose `FORWARD` rule was inserted.
-    forward_rule: Option<String>,
-    netns: Vec<String>,
-    etc_dirs: Vec<PathBuf>,
-    host_veths: Vec<String>,
-}
-
 /// A running cluster; dropping it tears everything down (see the module doc).
 #[derive(Debug)]
 pub struct Cluster {
@@ -598,15 +595,14 @@ impl Cluster {
         if !valid {
             return Err(ClusterError::Invalid(format!("host name {name:?}")));
         }
-        let text = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            if ips.is_empty() {
-                hosts.remove(name);
-            } else {
-                hosts.insert(name.to_owned(), ips.to_vec());
-            }
-            render_hosts(&hosts)
-        };
+        // Held while writing, so concurrent callers cannot leave an older text behind.
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if ips.is_empty() {
+            hosts.remove(name);
+        } else {
+            hosts.insert(name.to_owned(), ips.to_vec());
+        }
+        let text = render_hosts(&hosts);
         for dir in &self.created.etc_dirs {
             let path = dir.join("hosts");
             // In place, one write: the bind mount in running processes pins this inode.
@@ -641,201 +637,4 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         teardown(&self.created);
     }
-}
-
-/// Removes what `created` lists. Order matters: processes first (they pin namespaces), then
-/// links (deleting a veth end deletes its peer at once, instead of whenever the kernel
-/// gets round to freeing the namespace), then namespaces, files, rule, and last the lock.
-fn teardown(created: &Created) {
-    for ns in &created.netns {
-        kill_namespace_processes(ns);
-    }
-    for veth in &created.host_veths {
-        run_logged("ip", &["link", "del", "dev", veth]);
-    }
-    if let Some(bridge) = &created.bridge {
-        run_logged("ip", &["link", "del", "dev", bridge]);
-    }
-    if let Some(bridge) = &created.forward_rule {
-        let mut args = vec!["-D"];
-        args.extend(forward_rule(bridge));
-        run_logged("iptables", &args);
-    }
-    for ns in &created.netns {
-        run_logged("ip", &["netns", "del", ns]);
-    }
-    for dir in &created.etc_dirs {
-        if let Err(e) = fs::remove_dir_all(dir) {
-            eprintln!("cluster teardown: removing {}: {e}", dir.display());
-        }
-    }
-    if let Some(lock) = &created.lock {
-        let _ = fs::remove_file(lock);
-    }
-}
-
-/// SIGKILLs, by pid, the processes inside namespace `ns` (only ones the cluster's user started).
-fn kill_namespace_processes(ns: &str) {
-    let Ok(pids) = run("ip", &["netns", "pids", ns]) else {
-        return;
-    };
-    let pids: Vec<&str> = pids
-        .split_whitespace()
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        .collect();
-    if !pids.is_empty() {
-        let mut args = vec!["-KILL"];
-        args.extend(&pids);
-        // A process may exit on its own meanwhile; that is not worth a message.
-        let _ = run("kill", &args);
-    }
-}
-
-/// Candidate /24s overlapping an address or route of the root namespace are skipped.
-fn used_networks() -> Result<Vec<(u32, u32)>, ClusterError> {
-    let mut text = run("ip", &["-4", "-o", "addr", "show"])?;
-    text.push_str(&run("ip", &["-4", "route", "show", "table", "all"])?);
-    let mut nets = Vec::new();
-    for token in text.split_whitespace() {
-        let (addr, len) = token.split_once('/').unwrap_or((token, "32"));
-        let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
-            continue;
-        };
-        if (1..=32).contains(&len) {
-            let mask = u32::MAX << (32 - len);
-            nets.push((u32::from(addr) & mask, mask));
-        }
-    }
-    Ok(nets)
-}
-
-fn overlaps(candidate: [u8; 3], used: &[(u32, u32)]) -> bool {
-    let [a, b, c] = candidate;
-    let ours = u32::from(Ipv4Addr::new(a, b, c, 0));
-    let our_mask = u32::MAX << 8;
-    used.iter().any(|&(net, mask)| {
-        let common = mask & our_mask;
-        net & common == ours & common
-    })
-}
-
-fn write_lock(path: &Path, tag: &str) -> Result<(), ClusterError> {
-    fs::write(path, format!("{} {tag}\n", std::process::id()))
-        .map_err(io_err(format!("writing {}", path.display())))
-}
-
-/// Picks a free random /24 and claims it with an exclusive lock file holding pid and tag.
-fn claim_subnet(tag: &str) -> Result<([u8; 3], PathBuf), ClusterError> {
-    fs::create_dir_all(LOCK_DIR).map_err(io_err(format!("creating {LOCK_DIR}")))?;
-    let used = used_networks()?;
-    for _ in 0..256 {
-        let pick = rand::random::<u32>();
-        let subnet = [10, 77 + (pick % 23) as u8, (pick >> 8) as u8];
-        if overlaps(subnet, &used) {
-            continue;
-        }
-        let [a, b, c] = subnet;
-        let path = Path::new(LOCK_DIR).join(format!("{a}.{b}.{c}"));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                let line = format!("{} {tag}\n", std::process::id());
-                if let Err(e) = file.write_all(line.as_bytes()) {
-                    let _ = fs::remove_file(&path);
-                    return Err(io_err(format!("writing {}", path.display()))(e));
-                }
-                return Ok((subnet, path));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err(format!("creating {}", path.display()))(e)),
-        }
-    }
-    Err(ClusterError::NoFreeSubnet)
-}
-
-/// Tears down clusters whose owning process is gone (see the module doc).
-fn sweep_stale_clusters() {
-    let Ok(entries) = fs::read_dir(LOCK_DIR) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "sweep") {
-            continue;
-        }
-        let Some((pid, tag)) = read_lock(&path) else {
-            continue; // being written, or not ours
-        };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue;
-        }
-        // Renaming first makes one sweeper the owner of the leftovers; the re-read guards
-        // against a lock that was re-created for the same subnet in between.
-        let claimed = path.with_extension(format!("{}.sweep", std::process::id()));
-        if fs::rename(&path, &claimed).is_err() {
-            continue;
-        }
-        if read_lock(&claimed) != Some((pid, tag.clone())) {
-            let _ = fs::rename(&claimed, &path);
-            continue;
-        }
-        eprintln!("cluster: removing leftovers of dead pid {pid} (tag {tag})");
-        teardown(&leftovers(&tag));
-        let _ = fs::remove_file(&claimed);
-    }
-}
-
-fn read_lock(path: &Path) -> Option<(u32, String)> {
-    let text = fs::read_to_string(path).ok()?;
-    let (pid, tag) = text.trim().split_once(' ')?;
-    if tag.len() != 6 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((pid.parse().ok()?, tag.to_owned()))
-}
-
-/// What a dead cluster with `tag` may have left, found by name.
-fn leftovers(tag: &str) -> Created {
-    let prefix = format!("iw{tag}");
-    let mut created = Created::default();
-    if let Ok(list) = run("ip", &["netns", "list"]) {
-        created.netns = list
-            .split_whitespace()
-            .filter(|n| n.starts_with(&format!("{prefix}-")))
-            .map(str::to_owned)
-            .collect();
-    }
-    let bridge = format!("{prefix}br");
-    if let Ok(links) = run("ip", &["-o", "link", "show"]) {
-        for name in links.lines().filter_map(|l| l.split(": ").nth(1)) {
-            let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(&format!("{prefix}h")) {
-                created.host_veths.push(name.to_owned());
-            } else if name == bridge {
-                created.bridge = Some(bridge.clone());
-            }
-        }
-    }
-    if iptables_present() {
-        let mut args = vec!["-C"];
-        args.extend(forward_rule(&bridge));
-        if run("iptables", &args).is_ok() {
-            created.forward_rule = Some(bridge);
-        }
-    }
-    if let Ok(dirs) = fs::read_dir("/etc/netns") {
-        created.etc_dirs = dirs
-            .flatten()
-            .map(|d| d.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
-            })
-            .collect();
-    }
-    created
 }

@@ -74,7 +74,9 @@ fn require_root(what: &str) -> io::Result<()> {
         Some(uid) => Err(other(format!(
             "{what} needs root (running as uid {uid}); run the tests as root"
         ))),
-        None => Err(other(format!("{what}: cannot read the effective uid from /proc"))),
+        None => Err(other(format!(
+            "{what}: cannot read the effective uid from /proc"
+        ))),
     }
 }
 
@@ -206,7 +208,11 @@ impl Dockerd {
         require_root("dockerd")?;
         let dockerd = require_binary("dockerd", "docker.io")?;
         require_binary("docker", "docker.io")?;
-        let short: String = name.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+        let short: String = name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(12)
+            .collect();
         let dir = TempDir::new(&format!("d{short}"))?;
         if dir.path().as_os_str().len() > MAX_DIR_LEN {
             return Err(other(format!(
@@ -528,12 +534,16 @@ impl Registry {
                 None => Ok(()),
             },
             || {
-                TcpStream::connect_timeout(&sock_addr, Duration::from_secs(1))
-                    .and_then(|s| {
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        http_get(s, addr, "/v2/")
-                    })
-                    .is_ok_and(|(status, _)| status == 200)
+                // Our own log must say we bound the port: with parallel tests, another
+                // registry may hold it and answer the probe while ours failed to bind.
+                let bound = fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"));
+                bound
+                    && TcpStream::connect_timeout(&sock_addr, Duration::from_secs(1))
+                        .and_then(|s| {
+                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            http_get(s, addr, "/v2/")
+                        })
+                        .is_ok_and(|(status, _)| status == 200)
             },
         )?;
         r.startup = startup;
@@ -640,9 +650,13 @@ pub fn build_test_image(
     layer_mib: usize,
 ) -> io::Result<String> {
     if layers == 0 {
-        return Err(other("build_test_image: an image needs at least one layer".into()));
+        return Err(other(
+            "build_test_image: an image needs at least one layer".into(),
+        ));
     }
-    let ctx = dockerd.dir().join(format!("build-{:08x}", rand::random::<u32>()));
+    let ctx = dockerd
+        .dir()
+        .join(format!("build-{:08x}", rand::random::<u32>()));
     let result = build_in(dockerd, &ctx, name, layers, layer_mib);
     let _ = fs::remove_dir_all(&ctx);
     result

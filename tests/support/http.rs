@@ -47,12 +47,20 @@ pub async fn request(
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} {path} timed out")))?
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{method} {path} timed out"),
+            )
+        })?
 }
 
 fn parse(raw: &[u8]) -> std::io::Result<Reply> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let status = head
         .split_whitespace()
@@ -60,7 +68,10 @@ fn parse(raw: &[u8]) -> std::io::Result<Reply> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no status"))?;
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
     Ok(Reply { status, body })

@@ -5,7 +5,9 @@
 pub mod cluster;
 pub mod docker;
 
+pub mod generated_image;
 pub mod http;
+pub mod local_agents;
 
 use std::io;
 use std::path::{Path, PathBuf};

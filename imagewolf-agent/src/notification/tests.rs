@@ -292,7 +292,8 @@ fn invalid_fields_skip_only_that_event() {
     let good = format!(
         r#"{{"id":"ok","action":"push","target":{{"mediaType":"{V2}","repository":"a","tag":"t"}},"request":{{"host":"r:5000"}}}}"#
     );
-    let cases: &[(&str, fn(&NotificationError) -> bool)] = &[
+    type Check = fn(&NotificationError) -> bool;
+    let cases: &[(&str, Check)] = &[
         (r#""repository":"Team/App","tag":"t""#, |e| {
             matches!(e, NotificationError::InvalidRepository(_))
         }),

@@ -1,0 +1,261 @@
+//! The agent's flow end to end with real agents (in one process, on loopback, `--runtime
+//! none`): a registry push reaches every node, repeated events do nothing twice, a Docker Hub
+//! webhook works, a late agent catches up, and a tampered announcement never gets loaded.
+//! The same flow against real dockerd instances in network namespaces is `tests/cluster.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use imagewolf::generated_image::GeneratedImage;
+use imagewolf::http::{self, Reply};
+use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
+use imagewolf::{random_payload, TempDir};
+use imagewolf_agent::image::{Distribution, ImageRef};
+use imagewolf_agent::source::ImageSource;
+use imagewolf_bt::metainfo::TorrentBuilder;
+use imagewolf_bt::storage::MemoryStorage;
+use imagewolf_bt::{AddTorrent, PeerId, Session, SessionConfig, StartFrom};
+
+const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
+
+async fn post(api: std::net::SocketAddr, path: &str, content_type: &str, body: &str) -> Reply {
+    http::request(
+        api,
+        "POST",
+        path,
+        &[("Content-Type", content_type)],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn images(api: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let reply = http::request(api, "GET", "/stats", &[], b"").await.unwrap();
+    assert_eq!(reply.status, 200);
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// Waits (polling /stats, bounded) until `api` reports `reference` in `state`.
+async fn wait_for_state(
+    api: std::net::SocketAddr,
+    reference: &str,
+    state: &str,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = images(api).await;
+        if let Some(img) = all.iter().find(|i| {
+            i["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(reference))
+        }) {
+            if img["state"] == state {
+                return img.clone();
+            }
+            assert!(
+                img["state"] != "failed" || state == "failed",
+                "{api}: {reference} failed: {}",
+                img["error"]
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{api}: {reference} not {state} in 60 s: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn loaded_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    std::fs::read_dir(dir.join("loaded"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| std::fs::read(e.path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_reaches_every_node_once_and_late_agents_catch_up() {
+    let dir = TempDir::new("agent-flow").unwrap();
+    let reference = "10.1.2.3:5000/team/app:v1";
+    let image = Arc::new(GeneratedImage::build(dir.path(), reference, 16 << 20).unwrap());
+    let tarball = std::fs::read(&image.path).unwrap();
+    let sources: Vec<Option<Arc<dyn ImageSource>>> = vec![Some(image.clone()), None, None, None];
+    let (mut cluster, mut late) = LocalAgents::start(dir.path().join("agents"), sources, 1)
+        .await
+        .unwrap();
+    let apis: Vec<_> = cluster.agents.iter().map(|a| a.api).collect();
+
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let envelope =
+        registry_push_envelope("10.1.2.3:5000", "team/app", Some("v1"), &digest, "event-1");
+    let reply = post(apis[0], "/registryNotifications", EVENTS, &envelope).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("\"accepted\":1"), "{}", reply.text());
+
+    for api in &apis {
+        let img = wait_for_state(*api, reference, "loaded").await;
+        assert_eq!(img["image_id"], image.image_id.as_str());
+    }
+    for agent in &cluster.agents[1..] {
+        let files = loaded_files(&agent.data_dir);
+        assert_eq!(files.len(), 1, "{}", agent.data_dir.display());
+        assert!(files[0] == tarball, "a node loaded different bytes");
+        let img = &agent.distributor.images()[0];
+        assert!(!img.origin && img.bytes_down >= tarball.len() as u64);
+    }
+    let origin = &cluster.agents[0].distributor.images()[0];
+    assert!(origin.origin && origin.attempts == 1, "{origin:?}");
+
+    // The registry retries the same event, and the same image is pushed again: nothing twice.
+    let again = post(apis[0], "/registryNotifications", EVENTS, &envelope).await;
+    assert!(
+        again.text().contains("\"duplicates\":1"),
+        "{}",
+        again.text()
+    );
+    let repush =
+        registry_push_envelope("10.1.2.3:5000", "team/app", Some("v1"), &digest, "event-2");
+    let again = post(apis[0], "/registryNotifications", EVENTS, &repush).await;
+    assert!(
+        again.text().contains("\"duplicates\":1"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(
+        cluster.agents[0].distributor.images()[0].attempts,
+        1,
+        "pulled twice"
+    );
+
+    // /metrics counts the loaded images in Prometheus text format.
+    let metrics = http::request(apis[2], "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("imagewolf_images{state=\"loaded\"} 1"),
+        "{}",
+        metrics.text()
+    );
+
+    // An agent that starts late asks the others what it missed and gets it.
+    let listener = late.pop().unwrap();
+    let late_agent = cluster.start_late(listener, None).await.unwrap();
+    let (late_api, late_dir) = (late_agent.api, late_agent.data_dir.clone());
+    wait_for_state(late_api, reference, "loaded").await;
+    assert!(loaded_files(&late_dir)[0] == tarball);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_hub_webhook_distributes_the_tag() {
+    let dir = TempDir::new("agent-hub").unwrap();
+    let image =
+        Arc::new(GeneratedImage::build(dir.path(), "docker.io/team/web:2.0", 4 << 20).unwrap());
+    let sources: Vec<Option<Arc<dyn ImageSource>>> = vec![Some(image), None, None];
+    let (cluster, _) = LocalAgents::start(dir.path().join("agents"), sources, 0)
+        .await
+        .unwrap();
+    let hook = serde_json::json!({
+        "callback_url": "https://registry.hub.docker.com/u/team/web/hook/abc/",
+        "push_data": {"pushed_at": 1764201600, "pusher": "team", "tag": "2.0"},
+        "repository": {"repo_name": "team/web", "namespace": "team", "name": "web", "status": "Active"},
+    });
+    let reply = post(
+        cluster.agents[0].api,
+        "/hubNotifications",
+        "application/json",
+        &hook.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for agent in &cluster.agents {
+        wait_for_state(agent.api, "docker.io/team/web:2.0", "loaded").await;
+    }
+    // Garbage gets a clear 4xx and the agent keeps serving.
+    let bad = post(
+        cluster.agents[0].api,
+        "/hubNotifications",
+        "application/json",
+        "{not json",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("error"));
+    assert_eq!(
+        http::request(cluster.agents[0].api, "GET", "/healthz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
+    let dir = TempDir::new("agent-tamper").unwrap();
+    let (cluster, _) = LocalAgents::start(dir.path().join("agents"), vec![None, None], 0)
+        .await
+        .unwrap();
+
+    // Someone seeds a tarball and announces it with a SHA-256 of other bytes.
+    let payload = random_payload(2 << 20, 99);
+    let meta = TorrentBuilder::new("image.tar")
+        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
+        .unwrap();
+    let seeder = Session::new(SessionConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        peer_id: PeerId::generate(),
+        ..SessionConfig::default()
+    })
+    .await
+    .unwrap();
+    seeder
+        .add_torrent(AddTorrent::new(
+            meta.clone(),
+            Arc::new(MemoryStorage::from_vec(payload)),
+            StartFrom::Complete,
+        ))
+        .await
+        .unwrap();
+    let d = Distribution {
+        image: ImageRef {
+            registry: "evil:5000".into(),
+            repository: "x".into(),
+            tag: Some("latest".into()),
+            digest: None,
+        },
+        image_id: format!("sha256:{}", "00".repeat(32)),
+        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
+        info_hash: meta.info_hash().to_hex(),
+        size: meta.total_len(),
+        sha256: "11".repeat(32),
+        seeders: vec![seeder.listen_addr().to_string()],
+        created: 0,
+    };
+    let api = cluster.agents[1].api;
+    let reply = post(
+        api,
+        "/v1/distributions",
+        "application/json",
+        &serde_json::to_string(&d).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let img = wait_for_state(api, "evil:5000/x:latest", "failed").await;
+    assert!(img["error"].as_str().unwrap().contains("SHA-256"), "{img}");
+    assert!(
+        loaded_files(&cluster.agents[1].data_dir).is_empty(),
+        "a tampered tarball was loaded"
+    );
+    seeder.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -1,0 +1,153 @@
+//! Several real agents in one process on loopback, each with its own HTTP API, BitTorrent
+//! port and data dir, finding each other through a static peer list (`--runtime none`: a
+//! loaded image is a verified tarball in `DATA_DIR/loaded/`). For the demo and the agent
+//! flow tests; the multi-node tests run agent processes in network namespaces instead.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imagewolf_agent::api::{self, AgentApi, ApiConfig};
+use imagewolf_agent::config::PeerSpec;
+use imagewolf_agent::discovery;
+use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig};
+use imagewolf_agent::loader::KeepTarball;
+use imagewolf_agent::source::{ImageSource, NoSource};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// One in-process agent.
+pub struct LocalAgent {
+    /// Its HTTP API address.
+    pub api: SocketAddr,
+    /// Its distributor.
+    pub distributor: Arc<Distributor>,
+    /// Its data dir (`loaded/` holds what it "loaded").
+    pub data_dir: PathBuf,
+}
+
+/// A set of in-process agents that know each other's API addresses.
+pub struct LocalAgents {
+    /// The agents, in order.
+    pub agents: Vec<LocalAgent>,
+    peers: PeerSpec,
+    shutdown: watch::Sender<bool>,
+    root: PathBuf,
+}
+
+impl LocalAgents {
+    /// Starts `sources.len()` agents under `root` (one data dir each); agent `i` pulls with
+    /// `sources[i]` (None: it cannot pull, it only receives). `extra_api_ports` reserves API
+    /// addresses for agents started later with [`LocalAgents::start_late`], so the early
+    /// ones list them as peers from the start, as DNS would.
+    pub async fn start(
+        root: PathBuf,
+        sources: Vec<Option<Arc<dyn ImageSource>>>,
+        extra: usize,
+    ) -> std::io::Result<(Self, Vec<TcpListener>)> {
+        let mut listeners = Vec::new();
+        for _ in 0..sources.len() + extra {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+        }
+        let apis: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<_, _>>()?;
+        let peers = PeerSpec::Static(apis.iter().map(|a| a.to_string()).collect());
+        let (shutdown, _) = watch::channel(false);
+        let mut this = Self {
+            agents: Vec::new(),
+            peers,
+            shutdown,
+            root,
+        };
+        let late = listeners.split_off(sources.len());
+        for (listener, source) in listeners.into_iter().zip(sources) {
+            this.start_late(listener, source).await?;
+        }
+        Ok((this, late))
+    }
+
+    /// Starts one more agent on a listener reserved by [`LocalAgents::start`].
+    pub async fn start_late(
+        &mut self,
+        listener: TcpListener,
+        source: Option<Arc<dyn ImageSource>>,
+    ) -> std::io::Result<&LocalAgent> {
+        let api_addr = listener.local_addr()?;
+        let data_dir = self.root.join(format!("agent-{}", api_addr.port()));
+        let agents = discovery::spawn(
+            self.peers.clone(),
+            Duration::from_secs(5),
+            self.shutdown.subscribe(),
+        )
+        .await;
+        let loader = Arc::new(KeepTarball::new(data_dir.join("loaded"))?);
+        let distributor = Distributor::start(
+            DistributorConfig {
+                data_dir: data_dir.clone(),
+                advertise: api_addr.ip(),
+                api_port: api_addr.port(),
+                bt_listen: SocketAddr::new(api_addr.ip(), 0),
+                seed_time: Duration::from_secs(600),
+            },
+            source.unwrap_or_else(|| Arc::new(NoSource)),
+            loader,
+            agents,
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        tokio::spawn(api::serve(
+            listener,
+            Arc::new(DistributorApi(Arc::clone(&distributor))) as Arc<dyn AgentApi>,
+            ApiConfig {
+                registry_override: None,
+                hub_registry: "docker.io".into(),
+                max_body: api::DEFAULT_MAX_BODY,
+            },
+            self.shutdown.subscribe(),
+        ));
+        self.agents.push(LocalAgent {
+            api: api_addr,
+            distributor,
+            data_dir,
+        });
+        Ok(self.agents.last().expect("just pushed"))
+    }
+
+    /// Stops every agent's API and BitTorrent session.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for agent in self.agents {
+            agent.distributor.shutdown().await;
+        }
+    }
+}
+
+/// A registry (distribution 2.8) notification envelope for a manifest push, as the real
+/// registry sends it.
+pub fn registry_push_envelope(
+    registry: &str,
+    repository: &str,
+    tag: Option<&str>,
+    digest: &str,
+    event_id: &str,
+) -> String {
+    let mut target = serde_json::json!({
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "digest": digest, "size": 1234, "length": 1234,
+        "repository": repository,
+        "url": format!("http://{registry}/v2/{repository}/manifests/{digest}"),
+    });
+    if let Some(tag) = tag {
+        target["tag"] = serde_json::Value::from(tag);
+    }
+    serde_json::json!({"events": [{
+        "id": event_id, "timestamp": "2026-11-27T00:00:00Z", "action": "push",
+        "target": target,
+        "request": {"id": "r1", "addr": "127.0.0.1:40000", "host": registry, "method": "PUT", "useragent": "docker/28"},
+        "actor": {}, "source": {"addr": "registry:5000", "instanceID": "test"},
+    }]})
+    .to_string()
+}
