@@ -59,6 +59,25 @@ pub async fn spawn(
     rx
 }
 
+/// The local address other agents can reach us at: the source address the kernel picks for
+/// a route to the first known agent, else for a route into 10.0.0.0/8, else loopback. Uses
+/// an unconnected-then-connected UDP socket: `connect` on UDP sends no packet.
+pub fn detect_advertise_addr(agents: &[SocketAddr]) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+    let probe = |target: SocketAddr| -> Option<IpAddr> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        socket.connect(target).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
+    agents
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .find_map(|a| probe(*a))
+        .or_else(|| probe(SocketAddr::from(([10, 255, 255, 254], 9))))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,23 +109,4 @@ mod tests {
         };
         assert!(resolve(&missing).await.is_empty());
     }
-}
-
-/// The local address other agents can reach us at: the source address the kernel picks for
-/// a route to the first known agent, else for a route into 10.0.0.0/8, else loopback. Uses
-/// an unconnected-then-connected UDP socket: `connect` on UDP sends no packet.
-pub fn detect_advertise_addr(agents: &[SocketAddr]) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-    let probe = |target: SocketAddr| -> Option<IpAddr> {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-        socket.connect(target).ok()?;
-        let ip = socket.local_addr().ok()?.ip();
-        (!ip.is_unspecified()).then_some(ip)
-    };
-    agents
-        .iter()
-        .filter(|a| !a.ip().is_loopback())
-        .find_map(|a| probe(*a))
-        .or_else(|| probe(SocketAddr::from(([10, 255, 255, 254], 9))))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }

@@ -780,3 +780,31 @@ async fn dropping_the_shutdown_sender_also_stops_the_server() {
     let result = tokio::time::timeout(Duration::from_secs(3), server.task).await;
     assert!(matches!(result, Ok(Ok(Ok(())))));
 }
+
+#[tokio::test]
+async fn tmp_probe_idle_keepalive() {
+    let server = start_with(ApiConfig::default(), short_limits()).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = client::handshake(TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = Request::get("/healthz")
+        .header("host", "x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = sender.send_request(request).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    let t = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    eprintln!("closed after {:?}: {res:?}", t.elapsed());
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(silent);
+    let text = String::from_utf8(get(server.addr, "/metrics").await.body.to_vec()).unwrap();
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("imagewolf_http_rej"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

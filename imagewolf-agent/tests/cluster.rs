@@ -1,0 +1,270 @@
+//! ImageWolf on a real cluster, all started by this test: one network namespace per node on a
+//! bridge, one dockerd per node (Debian's docker.io), Debian's docker-registry with its push
+//! notifications pointed at an agent, and the agent binary running inside every namespace,
+//! finding the others through `--peers dns:imagewolf`. Fails loudly, never skips, when root,
+//! dockerd or the registry are missing (`scripts/test` installs them).
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder};
+use imagewolf::docker::{
+    build_test_image, free_port, Dockerd, NotificationEndpoint, Registry, RegistryOptions,
+};
+use imagewolf::{http, ChildGuard, TempDir};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
+const API_PORT: u16 = 8000;
+const LAYERS: usize = 3;
+
+/// Starts the agent in `node`'s namespace, logging to `logs/agentN.log`.
+fn start_agent(
+    cluster: &Cluster,
+    i: usize,
+    dockerd: &Dockerd,
+    dir: &Path,
+    extra: &[&str],
+) -> ChildGuard {
+    let node = cluster.node(i);
+    let log = File::create(dir.join(format!("agent{i}.log"))).unwrap();
+    let mut cmd = node.command(AGENT);
+    cmd.args(["--peers", &format!("dns:imagewolf:{API_PORT}")])
+        .args(["--listen", &format!("{}:{API_PORT}", node.ip)])
+        .args(["--bt-listen", &format!("{}:6000", node.ip)])
+        .args(["--advertise-addr", &node.ip.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join(format!("data{i}")))
+        .args(["--docker-host", &dockerd.docker_host()])
+        .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info,imagewolf_bt=info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null());
+    let agent = ChildGuard::spawn(&format!("agent{i}"), &mut cmd).unwrap();
+    node.wait_listening(API_PORT, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("agent{i} did not listen: {e}\n{}", logs(dir)));
+    agent
+}
+
+fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().ends_with(".log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            out.push_str(&format!("--- {}\n", entry.path().display()));
+            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+        }
+    }
+    out
+}
+
+async fn stats(ip: Ipv4Addr) -> Vec<serde_json::Value> {
+    let reply = http::request(SocketAddr::from((ip, API_PORT)), "GET", "/stats", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// Waits until every listed node's dockerd has `reference` and its agent says loaded.
+async fn wait_loaded_everywhere(
+    nodes: &[(Ipv4Addr, &Dockerd)],
+    reference: &str,
+    bound: Duration,
+    dir: &Path,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for (ip, dockerd) in nodes {
+            let loaded = stats(*ip).await.iter().any(|i| {
+                i["reference"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(reference))
+                    && i["state"] == "loaded"
+            });
+            if !(loaded && dockerd.has_image(reference)) {
+                missing.push(ip.to_string());
+            }
+        }
+        if missing.is_empty() {
+            return started.elapsed();
+        }
+        if started.elapsed() > bound {
+            let mut detail = String::new();
+            for (ip, _) in nodes {
+                detail.push_str(&format!("{ip}: {:?}\n", stats(*ip).await));
+            }
+            panic!(
+                "{reference} not loaded on {missing:?} within {bound:?}\n{detail}\n{}",
+                logs(dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_image_reaches_every_node_from_one_registry_pull() {
+    require_root_and_tools().unwrap_or_else(|e| panic!("{e}"));
+    const NODES: usize = 4;
+    let dir = TempDir::new("cluster").unwrap();
+    let cluster = ClusterBuilder::new(NODES).build().unwrap();
+    let ips = cluster.node_ips();
+    cluster.write_hosts("imagewolf", &ips).unwrap();
+    let bridge = cluster.bridge_ip();
+
+    // The registry notifies node 0's agent; a second registry (no notifications) plays
+    // Docker Hub for the webhook part.
+    let registry_addr = format!("{bridge}:{}", free_port().unwrap());
+    let hub_addr = format!("{bridge}:{}", free_port().unwrap());
+    let registry = Registry::start_with(
+        &registry_addr,
+        &RegistryOptions {
+            notifications: vec![NotificationEndpoint {
+                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
+                headers: Vec::new(),
+            }],
+        },
+    )
+    .unwrap();
+    let hub = Registry::start(&hub_addr).unwrap();
+    let insecure = [registry_addr.as_str(), hub_addr.as_str()];
+    let builder = Dockerd::start("builder", &insecure).unwrap();
+    let dockerds: Vec<Dockerd> = (0..NODES)
+        .map(|i| Dockerd::start(&format!("node{i}"), &insecure).unwrap())
+        .collect();
+
+    // The last agent starts late, after the first image is everywhere else.
+    let hub_flag = ["--hub-registry", hub_addr.as_str()];
+    let mut agents: Vec<ChildGuard> = (0..NODES - 1)
+        .map(|i| start_agent(&cluster, i, &dockerds[i], dir.path(), &hub_flag))
+        .collect();
+
+    // 1. docker push -> every node has the image, and the registry served it once.
+    let reference = format!("{registry_addr}/test/app:v1");
+    let image_id = build_test_image(&builder, &reference, LAYERS, 8).unwrap();
+    let pushed = Instant::now();
+    builder.run_cli(&["push", &reference]).unwrap();
+    let early: Vec<(Ipv4Addr, &Dockerd)> = ips[..NODES - 1]
+        .iter()
+        .copied()
+        .zip(dockerds.iter())
+        .collect();
+    let took =
+        wait_loaded_everywhere(&early, &reference, Duration::from_secs(120), dir.path()).await;
+    eprintln!(
+        "push -> loaded on {} nodes in {:.2} s",
+        NODES - 1,
+        pushed.elapsed().as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(120));
+    for d in &dockerds[..NODES - 1] {
+        assert_eq!(
+            d.image_id(&reference).unwrap(),
+            image_id,
+            "a node has a different image"
+        );
+    }
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1,
+        "the registry served blobs {:?} (layers + config once expected)",
+        registry.blob_gets()
+    );
+    let origin = stats(ips[0]).await;
+    assert_eq!(origin.len(), 1);
+    assert_eq!(origin[0]["origin"], true);
+    assert_eq!(origin[0]["image_id"], image_id.as_str());
+
+    // 2. The same push again: the registry notifies again; nothing is pulled twice.
+    builder.run_cli(&["push", &reference]).unwrap();
+    let metrics_addr = SocketAddr::from((ips[0], API_PORT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The repeated notification has arrived once the HTTP counters show a second POST.
+        let m = http::request(metrics_addr, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap()
+            .text();
+        let posts: u64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("imagewolf_http_requests_total")
+                    && l.contains("registryNotifications")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if posts >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second notification:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1,
+        "a repeated push was pulled again"
+    );
+    assert_eq!(stats(ips[0]).await[0]["attempts"], 1);
+
+    // 3. A late agent catches up on what it missed.
+    let last = NODES - 1;
+    agents.push(start_agent(
+        &cluster,
+        last,
+        &dockerds[last],
+        dir.path(),
+        &hub_flag,
+    ));
+    wait_loaded_everywhere(
+        &[(ips[last], &dockerds[last])],
+        &reference,
+        Duration::from_secs(90),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(dockerds[last].image_id(&reference).unwrap(), image_id);
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1,
+        "the late agent pulled from the registry"
+    );
+
+    // 4. A Docker Hub webhook for an image on "the hub" reaches every node too.
+    let hub_ref = format!("{hub_addr}/team/web:2.0");
+    let hub_id = build_test_image(&builder, &hub_ref, 2, 4).unwrap();
+    builder.run_cli(&["push", &hub_ref]).unwrap();
+    let hook = serde_json::json!({
+        "push_data": {"pushed_at": 1764201600, "pusher": "team", "tag": "2.0"},
+        "repository": {"repo_name": "team/web", "namespace": "team", "name": "web"},
+    });
+    let reply = http::request(
+        SocketAddr::from((ips[1], API_PORT)),
+        "POST",
+        "/hubNotifications",
+        &[("Content-Type", "application/json")],
+        hook.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let all: Vec<(Ipv4Addr, &Dockerd)> = ips.iter().copied().zip(dockerds.iter()).collect();
+    wait_loaded_everywhere(&all, &hub_ref, Duration::from_secs(120), dir.path()).await;
+    for d in &dockerds {
+        assert_eq!(d.image_id(&hub_ref).unwrap(), hub_id);
+    }
+    assert_eq!(
+        hub.blob_get_count(),
+        2 + 1,
+        "the hub registry served the image more than once"
+    );
+
+    drop(agents);
+    drop(dockerds);
+}
