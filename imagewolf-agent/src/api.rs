@@ -39,6 +39,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,8 +259,11 @@ async fn connection(
     // Listening on `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
     let ip = remote.ip().to_canonical();
     let service_ctx = Arc::clone(&ctx);
+    let served = Arc::new(AtomicBool::new(false));
+    let service_served = Arc::clone(&served);
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&service_ctx);
+        service_served.store(true, Ordering::Relaxed);
         async move { Ok::<_, Infallible>(handle(&ctx, req, ip).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -279,13 +283,19 @@ async fn connection(
                 .unwrap_or(Ok(()))
         }
     };
-    if let Err(e) = result {
-        if e.is_parse() || e.is_timeout() || e.is_parse_too_large() {
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_parse() || e.is_parse_too_large() => {
             ctx.counters.record_rejected();
             tracing::warn!(%remote, "API connection refused: {e}");
-        } else {
-            tracing::debug!(%remote, "API connection ended: {e}");
         }
+        // The header timeout also ends idle keep-alive connections: only a connection that
+        // never got a request in is a slow or silent client.
+        Err(e) if e.is_timeout() && !served.load(Ordering::Relaxed) => {
+            ctx.counters.record_rejected();
+            tracing::debug!(%remote, "API connection timed out before a request: {e}");
+        }
+        Err(e) => tracing::debug!(%remote, "API connection ended: {e}"),
     }
 }
 
