@@ -279,14 +279,24 @@ impl Distributor {
         Accepted::Started
     }
 
-    /// Recent distributions this node knows (for late joiners).
+    /// Recent distributions this node knows (for late joiners). Where this node still
+    /// seeds the tarball it lists itself among the seeders, so a late joiner finds peers even
+    /// if the origin (and its tracker) is gone.
     pub fn distributions(&self) -> Vec<Distribution> {
         let horizon = now_secs() - CATCH_UP_WINDOW.as_secs_f64();
+        let me =
+            SocketAddr::new(self.config.advertise, self.session.listen_addr().port()).to_string();
         self.records()
             .by_key
             .values()
             .filter(|r| r.stats.state != ImageState::Failed)
-            .filter_map(|r| r.distribution.clone())
+            .filter_map(|r| {
+                let mut d = r.distribution.clone()?;
+                if r.torrent.is_some() && !d.seeders.contains(&me) {
+                    d.seeders.push(me.clone());
+                }
+                Some(d)
+            })
             .filter(|d| d.created as f64 >= horizon)
             .collect()
     }

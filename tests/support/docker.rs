@@ -354,6 +354,30 @@ impl Dockerd {
     pub fn has_image(&self, reference: &str) -> bool {
         self.image_id(reference).is_ok()
     }
+
+    /// `GET path` on the daemon's API socket (e.g. `/v1.41/images/REF/json`); returns the
+    /// status and body. Far cheaper than a `docker` CLI run, for polling many daemons often.
+    pub fn api_get(&self, path: &str) -> io::Result<(u16, String)> {
+        let stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        http_get(stream, "docker", path)
+    }
+
+    /// Whether the daemon has an image by this reference or id, asked over the API socket
+    /// (API 1.41: what Debian's dockerd 20.10 speaks). Errors only when the daemon does not
+    /// answer.
+    pub fn has_image_api(&self, reference: &str) -> io::Result<bool> {
+        let (status, body) = self.api_get(&format!("/v1.41/images/{reference}/json"))?;
+        match status {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(other(format!(
+                "dockerd {}: image inspect answered {status}: {}",
+                self.name,
+                body.trim()
+            ))),
+        }
+    }
 }
 
 /// `GET /_ping` on a docker socket answers 200 "OK".
@@ -474,6 +498,27 @@ impl Registry {
 
     /// Starts a registry on `addr` with `options`, and waits until `GET /v2/` answers 200.
     pub fn start_with(addr: &str, options: &RegistryOptions) -> io::Result<Self> {
+        Self::spawn(None, addr, options)
+    }
+
+    /// Starts a registry inside `node`'s network namespace (so its traffic goes through the
+    /// node's shaped veth, like a registry host's NIC), listening on `addr`, which must be
+    /// the node's address (`IP:PORT`). Readiness is probed from the root namespace over the
+    /// cluster bridge. `ip netns exec` execs the registry, so the pid stopped on drop is the
+    /// registry's own.
+    pub fn start_in(
+        node: &crate::cluster::Node,
+        addr: &str,
+        options: &RegistryOptions,
+    ) -> io::Result<Self> {
+        Self::spawn(Some(node), addr, options)
+    }
+
+    fn spawn(
+        node: Option<&crate::cluster::Node>,
+        addr: &str,
+        options: &RegistryOptions,
+    ) -> io::Result<Self> {
         let bin = require_binary("docker-registry", "docker-registry")?;
         let sock_addr: SocketAddr = addr
             .parse()
@@ -506,7 +551,11 @@ impl Registry {
         }
         fs::write(&config, yaml)?;
         let log_file = File::create(&log)?;
-        let child = Command::new(bin)
+        let mut cmd = match node {
+            Some(node) => node.command(&bin),
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())

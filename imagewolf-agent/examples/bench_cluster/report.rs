@@ -1,0 +1,178 @@
+//! Results of the runs and the markdown table made from them.
+//!
+//! The lower bound `S/U` is the time one node needs to receive `S` MiB through a `U` Mbit/s
+//! link with nothing else in the way: `S * 2^20 * 8 / (U * 10^6)` seconds (tc's `mbit` is
+//! 10^6 bit/s). Every run is reported as a multiple of it, so the numbers mean the same on
+//! any machine that can drive the links at line rate.
+
+use std::fmt::Write as _;
+
+use crate::measure::CpuUse;
+
+/// One run's outcome.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// Short name in the table and plot (e.g. "imagewolf-bt").
+    pub name: String,
+    /// Nodes in the run (receivers plus the seed, or pulling daemons).
+    pub nodes: usize,
+    /// Link rate, Mbit/s.
+    pub rate_mbit: u32,
+    /// Payload per node, MiB.
+    pub size_mib: u64,
+    /// Per receiving node, seconds from the common start to its completion, sorted.
+    pub times: Vec<f64>,
+    /// Receivers that did not complete (timed out or failed).
+    pub failed: usize,
+    /// CPU use over the run.
+    pub cpu: CpuUse,
+    /// Peak RSS of the agents, MiB (end-to-end runs).
+    pub peak_rss_mib: Option<f64>,
+    /// Free-form observations (upload counts, phases, waste).
+    pub notes: Vec<String>,
+}
+
+impl RunResult {
+    /// The lower bound `S/U` in seconds.
+    pub fn bound(&self) -> f64 {
+        lower_bound(self.size_mib, self.rate_mbit)
+    }
+
+    /// The `q`-quantile of completion times (nearest rank), if any node completed.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.times, q)
+    }
+
+    /// The slowest node's completion, or `None` if some node failed.
+    pub fn max(&self) -> Option<f64> {
+        if self.failed > 0 {
+            None
+        } else {
+            self.times.last().copied()
+        }
+    }
+
+    /// GiB received in all (completed receivers x payload).
+    pub fn gib_received(&self) -> f64 {
+        self.times.len() as f64 * self.size_mib as f64 / 1024.0
+    }
+
+    /// CPU seconds per GiB received.
+    pub fn cpu_per_gib(&self) -> Option<f64> {
+        let gib = self.gib_received();
+        (gib > 0.0).then(|| self.cpu.process_seconds / gib)
+    }
+
+    /// Whether the machine was close to saturated (>= 90 % of its cores busy) during the run.
+    pub fn cpu_bound(&self) -> bool {
+        self.cpu.machine_cores >= 0.9 * crate::measure::cpu_count() as f64
+    }
+}
+
+/// `S/U` in seconds for `size_mib` MiB at `rate_mbit` Mbit/s.
+pub fn lower_bound(size_mib: u64, rate_mbit: u32) -> f64 {
+    size_mib as f64 * 1_048_576.0 * 8.0 / (f64::from(rate_mbit) * 1e6)
+}
+
+/// Nearest-rank quantile of sorted `times`.
+pub fn quantile(times: &[f64], q: f64) -> Option<f64> {
+    if times.is_empty() {
+        return None;
+    }
+    let rank = (q * times.len() as f64).ceil() as usize;
+    times.get(rank.clamp(1, times.len()) - 1).copied()
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+fn ratio(v: Option<f64>, bound: f64) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}", v / bound))
+}
+
+/// Everything the report needs besides the runs.
+pub struct Context {
+    /// The exact command line.
+    pub command: String,
+    /// One line describing the machine.
+    pub machine: String,
+    /// Per-node TCP goodput measured with iperf3 on the same links (Mbit/s), if measured.
+    pub goodput_mbit: Option<f64>,
+    /// Extra notes for below the table.
+    pub notes: Vec<String>,
+}
+
+/// The markdown table, ratios and notes.
+pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| run | nodes | U Mbit/s | S MiB | S/U s | p50 s | p90 s | max s | p50 / (S/U) | max / (S/U) | CPU s per GiB | cores busy: run / machine | agent peak RSS |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in runs {
+        let bound = r.bound();
+        let max = match (r.max(), r.failed) {
+            (Some(m), _) => format!("{m:.1}"),
+            (None, f) => format!("{f} failed"),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2}{} | {} |",
+            r.name,
+            r.nodes,
+            r.rate_mbit,
+            r.size_mib,
+            bound,
+            secs(r.quantile(0.5)),
+            secs(r.quantile(0.9)),
+            max,
+            ratio(r.quantile(0.5), bound),
+            ratio(r.max(), bound),
+            r.cpu_per_gib().map_or("-".into(), |v| format!("{v:.1}")),
+            if r.cpu.wall > 0.0 {
+                r.cpu.process_seconds / r.cpu.wall
+            } else {
+                0.0
+            },
+            r.cpu.machine_cores,
+            if r.cpu_bound() { " (CPU-bound)" } else { "" },
+            r.peak_rss_mib
+                .map_or("-".into(), |v| format!("{v:.0} MiB")),
+        );
+    }
+    let _ = writeln!(out);
+    if let Some(g) = ctx.goodput_mbit {
+        let _ = writeln!(
+            out,
+            "TCP goodput per node measured on the same links (iperf3, every node sending to the next at once): {g:.1} Mbit/s; so the practical floor for one node is {:.3} x S/U.",
+            runs.first().map_or(1.0, |r| f64::from(r.rate_mbit)) / g
+        );
+        let _ = writeln!(out);
+    }
+    for line in &ctx.notes {
+        let _ = writeln!(out, "- {line}");
+    }
+    for r in runs {
+        for line in &r.notes {
+            let _ = writeln!(out, "- {}: {line}", r.name);
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Machine: {}", ctx.machine);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Command: `{}`", ctx.command);
+    out
+}
+
+/// `a / b` of two runs' slowest nodes, as text ("-" when either failed).
+pub fn max_ratio(a: &RunResult, b: &RunResult) -> String {
+    match (a.max(), b.max()) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "-".into(),
+    }
+}
