@@ -240,6 +240,7 @@ async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
         sha256: "11".repeat(32),
         seeders: vec![seeder.listen_addr().to_string()],
         created: 0,
+        signature: None,
     };
     let api = cluster.agents[1].api;
     let reply = post(
@@ -257,5 +258,95 @@ async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
         "a tampered tarball was loaded"
     );
     seeder.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_secret_only_signed_announcements_and_authorised_webhooks_count() {
+    let dir = TempDir::new("agent-secure").unwrap();
+    let reference = "10.1.2.3:5000/team/secure:v1";
+    let image = Arc::new(GeneratedImage::build(dir.path(), reference, 2 << 20).unwrap());
+    let sources: Vec<Option<Arc<dyn ImageSource>>> = vec![Some(image), None];
+    let cluster = LocalAgents::start_secured(
+        dir.path().join("agents"),
+        sources,
+        b"cluster secret",
+        "hook token",
+    )
+    .await
+    .unwrap();
+    let (origin, node) = (cluster.agents[0].api, cluster.agents[1].api);
+    let digest = format!("sha256:{}", "ef".repeat(32));
+    let envelope =
+        registry_push_envelope("10.1.2.3:5000", "team/secure", Some("v1"), &digest, "e1");
+
+    // Without the token, or with a wrong one: 401, nothing starts.
+    assert_eq!(
+        post(origin, "/registryNotifications", EVENTS, &envelope)
+            .await
+            .status,
+        401
+    );
+    let wrong = http::request(
+        origin,
+        "POST",
+        "/registryNotifications",
+        &[("Content-Type", EVENTS), ("Authorization", "Bearer nope")],
+        envelope.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    assert!(images(origin).await.is_empty());
+
+    // With it, the push is signed by the origin and accepted by the other agent.
+    let ok = http::request(
+        origin,
+        "POST",
+        "/registryNotifications",
+        &[
+            ("Content-Type", EVENTS),
+            ("Authorization", "Bearer hook token"),
+        ],
+        envelope.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    wait_for_state(node, reference, "loaded").await;
+
+    // A forged announcement (unsigned, then signed with another secret) is refused.
+    let listed = http::request(origin, "GET", "/v1/distributions", &[], b"")
+        .await
+        .unwrap();
+    let mut forged: Vec<Distribution> = serde_json::from_slice(&listed.body).unwrap();
+    let mut forged = forged.remove(0);
+    forged.image.tag = Some("evil".into());
+    forged.sha256 = "44".repeat(32);
+    forged.signature = None;
+    let reply = post(
+        node,
+        "/v1/distributions",
+        "application/json",
+        &serde_json::to_string(&forged).unwrap(),
+    )
+    .await;
+    assert!(reply.text().contains("signature"), "{}", reply.text());
+    forged.sign(b"not the cluster secret");
+    let reply = post(
+        node,
+        "/v1/distributions",
+        "application/json",
+        &serde_json::to_string(&forged).unwrap(),
+    )
+    .await;
+    assert!(reply.text().contains("signature"), "{}", reply.text());
+    assert!(
+        images(node)
+            .await
+            .iter()
+            .all(|i| !i["reference"].as_str().unwrap().contains("evil")),
+        "a forged announcement was acted on"
+    );
     cluster.shutdown().await;
 }

@@ -129,6 +129,10 @@ pub struct ApiConfig {
     pub hub_registry: String,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// When set, the webhook endpoints require this token, as `Authorization: Bearer TOKEN`
+    /// (the registry's notification endpoint can send headers) or as `?token=TOKEN` (Docker
+    /// Hub webhooks cannot); anything else is answered 401.
+    pub webhook_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -137,8 +141,48 @@ impl Default for ApiConfig {
             registry_override: None,
             hub_registry: "docker.io".to_owned(),
             max_body: DEFAULT_MAX_BODY,
+            webhook_token: None,
         }
     }
+}
+
+/// Checks a webhook request's token against the configured one, in time independent of
+/// where they differ (both sides are hashed first, then compared with no early exit).
+fn check_webhook_token(config: &ApiConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(expected) = &config.webhook_token else {
+        return Ok(());
+    };
+    let from_header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_owned)
+    });
+    let given = from_header.or(from_query).unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong webhook token".to_owned(),
+        ))
+    }
+}
+
+/// Equality of two secrets without an early exit: compares their SHA-256 digests byte by
+/// byte, folding the differences.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Serves the API on `listener` until `shutdown` becomes `true` (or its sender is dropped).
@@ -425,6 +469,12 @@ async fn dispatch(
             message: format!("{} is {} only", route.label(), route.allow()),
             allow: Some(route.allow()),
         });
+    }
+    if matches!(
+        route,
+        Route::RegistryNotifications | Route::HubNotifications
+    ) {
+        check_webhook_token(&ctx.config, &req)?;
     }
     let api = &ctx.api;
     match route {

@@ -148,6 +148,17 @@ pub struct AgentConfig {
     /// Log format.
     #[arg(long, env = "IMAGEWOLF_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Require this token on the webhook endpoints (`Authorization: Bearer TOKEN`, or
+    /// `?token=TOKEN` for Docker Hub). Prefer the environment variable to keep it out of `ps`.
+    #[arg(long, env = "IMAGEWOLF_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub webhook_token: Option<String>,
+
+    /// Secret shared by every agent of the cluster: announcements are signed with it
+    /// (HMAC-SHA256) and unsigned or wrongly signed ones are refused, so nobody else on the
+    /// network can make nodes load an image. Without it any agent's announcement is trusted.
+    #[arg(long, env = "IMAGEWOLF_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 }
 
 impl AgentConfig {

@@ -55,6 +55,9 @@ pub struct DistributorConfig {
     pub bt_listen: SocketAddr,
     /// How long to keep seeding after the image is loaded here.
     pub seed_time: Duration,
+    /// The cluster secret: sign our announcements, refuse unsigned ones. `None` trusts any
+    /// agent (a closed network).
+    pub cluster_secret: Option<Vec<u8>>,
 }
 
 /// One image on this node.
@@ -236,6 +239,12 @@ impl Distributor {
         if let Err(e) = check_distribution(&d) {
             return Accepted::Refused(e);
         }
+        if let Some(secret) = &self.config.cluster_secret {
+            if !d.verify(secret) {
+                tracing::warn!(image = %d.image, "refused an announcement without a valid cluster signature");
+                return Accepted::Refused("missing or invalid cluster signature".into());
+            }
+        }
         let key = d.image.dedup_key();
         {
             let mut records = self.records();
@@ -398,7 +407,12 @@ impl Distributor {
             sha256,
             seeders: vec![bt_addr.to_string()],
             created: now_secs() as u64,
+            signature: None,
         };
+        let mut d = d;
+        if let Some(secret) = &self.config.cluster_secret {
+            d.sign(secret);
+        }
         {
             let mut records = self.records();
             records

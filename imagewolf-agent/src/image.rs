@@ -68,4 +68,119 @@ pub struct Distribution {
     pub seeders: Vec<String>,
     /// When the origin created it, seconds since the Unix epoch.
     pub created: u64,
+    /// HMAC-SHA256 (hex) of everything above under the cluster secret, when the cluster
+    /// has one (see [`Distribution::sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl Distribution {
+    /// The bytes the signature covers: every field but `seeders` (agents add themselves to
+    /// that list as they start seeding) and the signature itself, each length-prefixed so
+    /// no two different distributions share a message.
+    fn signed_message(&self) -> Vec<u8> {
+        let image = &self.image;
+        let fields: [&[u8]; 10] = [
+            image.registry.as_bytes(),
+            image.repository.as_bytes(),
+            image.tag.as_deref().unwrap_or("\0").as_bytes(),
+            image.digest.as_deref().unwrap_or("\0").as_bytes(),
+            self.image_id.as_bytes(),
+            self.torrent.as_bytes(),
+            self.info_hash.as_bytes(),
+            self.sha256.as_bytes(),
+            &self.size.to_be_bytes(),
+            &self.created.to_be_bytes(),
+        ];
+        let mut out = Vec::new();
+        for field in fields {
+            out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out
+    }
+
+    fn mac(&self, secret: &[u8]) -> HmacSha256 {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(&self.signed_message());
+        mac
+    }
+
+    /// Signs it with the cluster secret.
+    pub fn sign(&mut self, secret: &[u8]) {
+        use hmac::Mac;
+        let tag = self.mac(secret).finalize().into_bytes();
+        self.signature = Some(tag.iter().map(|b| format!("{b:02x}")).collect());
+    }
+
+    /// Checks the signature in constant time.
+    pub fn verify(&self, secret: &[u8]) -> bool {
+        use hmac::Mac;
+        let Some(sig) = &self.signature else {
+            return false;
+        };
+        let Some(bytes) = decode_hex(sig) else {
+            return false;
+        };
+        self.mac(secret).verify_slice(&bytes).is_ok()
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Distribution {
+        Distribution {
+            image: ImageRef {
+                registry: "r:5000".into(),
+                repository: "a/b".into(),
+                tag: Some("v1".into()),
+                digest: None,
+            },
+            image_id: "sha256:00".into(),
+            torrent: "dG9ycmVudA==".into(),
+            info_hash: "11".repeat(20),
+            size: 42,
+            sha256: "22".repeat(32),
+            seeders: vec!["10.0.0.1:6000".into()],
+            created: 7,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn signatures_verify_and_tampering_is_caught() {
+        let mut d = sample();
+        assert!(!d.verify(b"secret"), "unsigned accepted");
+        d.sign(b"secret");
+        assert!(d.verify(b"secret"));
+        assert!(!d.verify(b"other secret"));
+        // Seeders may change as agents join; nothing else may.
+        d.seeders.push("10.0.0.2:6000".into());
+        assert!(d.verify(b"secret"));
+        let mut tampered = d.clone();
+        tampered.sha256 = "33".repeat(32);
+        assert!(!tampered.verify(b"secret"));
+        let mut tampered = d.clone();
+        tampered.image.tag = Some("v2".into());
+        assert!(!tampered.verify(b"secret"));
+        let mut tampered = d;
+        tampered.signature = Some("zz".into());
+        assert!(!tampered.verify(b"secret"));
+    }
 }

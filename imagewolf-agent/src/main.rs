@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             api_port: listener.local_addr()?.port(),
             bt_listen: config.bt_listen,
             seed_time: config.seed_time(),
+            cluster_secret: config.cluster_secret.clone().map(String::into_bytes),
         },
         source,
         loader,
@@ -69,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         registry_override: config.registry.clone(),
         hub_registry: config.hub_registry.clone(),
         max_body: api::DEFAULT_MAX_BODY,
+        webhook_token: config.webhook_token.clone(),
     };
     let server = tokio::spawn(api::serve(
         listener,

@@ -518,22 +518,29 @@ impl Cluster {
         } else {
             run("ip", &["-n", ns, "route", "add", "unreachable", "default"])?;
         }
-        if let Some(mbit) = rate_mbit {
-            let rate = format!("{mbit}mbit");
-            // tbf needs a bucket of at least one timer tick's worth of bytes.
-            let burst_bytes = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
-            let burst = format!("{burst_bytes}b");
-            let tbf = [
-                "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
-            ];
-            let mut args = vec!["qdisc", "replace", "dev", host];
-            args.extend(tbf);
-            run("tc", &args)?;
-            let mut args = vec!["-n", ns, "qdisc", "replace", "dev", inner];
-            args.extend(tbf);
-            run("tc", &args)?;
+        if rate_mbit.is_some() {
+            shape(&node, rate_mbit)?;
         }
         Ok(node)
+    }
+
+    /// Changes the NIC speed of every node to `nodes` and of every extra namespace to
+    /// `extras` (Mbit/s, both directions; `None` removes the shaping), as if the cluster had
+    /// been built with those rates. Running processes keep their connections; the new rate
+    /// applies from the next packet. Lets one topology be measured at several rates.
+    pub fn set_rate(&self, nodes: Option<u32>, extras: Option<u32>) -> Result<(), ClusterError> {
+        for rate in [nodes, extras].into_iter().flatten() {
+            if rate == 0 {
+                return Err(ClusterError::Invalid("a rate of 0 Mbit/s".into()));
+            }
+        }
+        for node in &self.nodes {
+            shape(node, nodes)?;
+        }
+        for node in &self.extras {
+            shape(node, extras)?;
+        }
+        Ok(())
     }
 
     /// Node `i` (0-based). Panics if there is no such node, like slice indexing.
@@ -620,6 +627,35 @@ impl Cluster {
     fn hosts_file(&self) -> String {
         render_hosts(&self.hosts.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// Shapes both ends of `node`'s veth to `rate_mbit` with tbf, or removes the shaping.
+fn shape(node: &Node, rate_mbit: Option<u32>) -> Result<(), ClusterError> {
+    let (host, inner, ns) = (
+        node.host_veth.as_str(),
+        node.ns_veth.as_str(),
+        node.name.as_str(),
+    );
+    let Some(mbit) = rate_mbit else {
+        // Deleting a root qdisc that is already the default fails; that is "unshaped" too.
+        let _ = run("tc", &["qdisc", "del", "dev", host, "root"]);
+        let _ = run("tc", &["-n", ns, "qdisc", "del", "dev", inner, "root"]);
+        return Ok(());
+    };
+    let rate = format!("{mbit}mbit");
+    // tbf needs a bucket of at least one timer tick's worth of bytes.
+    let burst_bytes = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
+    let burst = format!("{burst_bytes}b");
+    let tbf = [
+        "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+    ];
+    let mut args = vec!["qdisc", "replace", "dev", host];
+    args.extend(tbf);
+    run("tc", &args)?;
+    let mut args = vec!["-n", ns, "qdisc", "replace", "dev", inner];
+    args.extend(tbf);
+    run("tc", &args)?;
+    Ok(())
 }
 
 fn render_hosts(names: &BTreeMap<String, Vec<Ipv4Addr>>) -> String {

@@ -34,6 +34,10 @@ pub struct LocalAgents {
     peers: PeerSpec,
     shutdown: watch::Sender<bool>,
     root: PathBuf,
+    /// Cluster secret given to agents started from now on (signed announcements).
+    pub cluster_secret: Option<Vec<u8>>,
+    /// Webhook token required by agents started from now on.
+    pub webhook_token: Option<String>,
 }
 
 impl LocalAgents {
@@ -61,12 +65,33 @@ impl LocalAgents {
             peers,
             shutdown,
             root,
+            cluster_secret: None,
+            webhook_token: None,
         };
         let late = listeners.split_off(sources.len());
         for (listener, source) in listeners.into_iter().zip(sources) {
             this.start_late(listener, source).await?;
         }
         Ok((this, late))
+    }
+
+    /// Like [`LocalAgents::start`], every agent sharing `secret` and requiring `token` on
+    /// its webhooks.
+    pub async fn start_secured(
+        root: PathBuf,
+        sources: Vec<Option<Arc<dyn ImageSource>>>,
+        secret: &[u8],
+        token: &str,
+    ) -> std::io::Result<Self> {
+        let (mut this, mut listeners) = Self::start(root, Vec::new(), sources.len()).await?;
+        this.cluster_secret = Some(secret.to_vec());
+        this.webhook_token = Some(token.to_owned());
+        listeners.reverse();
+        for source in sources {
+            let listener = listeners.pop().expect("one listener per source");
+            this.start_late(listener, source).await?;
+        }
+        Ok(this)
     }
 
     /// Starts one more agent on a listener reserved by [`LocalAgents::start`].
@@ -91,6 +116,7 @@ impl LocalAgents {
                 api_port: api_addr.port(),
                 bt_listen: SocketAddr::new(api_addr.ip(), 0),
                 seed_time: Duration::from_secs(600),
+                cluster_secret: self.cluster_secret.clone(),
             },
             source.unwrap_or_else(|| Arc::new(NoSource)),
             loader,
@@ -105,6 +131,7 @@ impl LocalAgents {
                 registry_override: None,
                 hub_registry: "docker.io".into(),
                 max_body: api::DEFAULT_MAX_BODY,
+                webhook_token: self.webhook_token.clone(),
             },
             self.shutdown.subscribe(),
         ));

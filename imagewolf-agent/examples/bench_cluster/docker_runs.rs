@@ -20,7 +20,7 @@ use imagewolf::{http, ChildGuard};
 
 use crate::measure::{peak_rss_mib, CpuMeter};
 use crate::report::{quantile, RunResult};
-use crate::swarm::tail;
+use crate::swarm::{tail, QUIET_CORES, QUIET_WAIT};
 use crate::{interrupted, Tools};
 
 /// The agents' HTTP API port.
@@ -41,6 +41,7 @@ pub fn herd(
     let gets_before = registry.blob_get_count();
     let mut pids: Vec<u32> = dockerds.iter().map(|d| d.pid()).collect();
     pids.push(registry.pid());
+    let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let meter = CpuMeter::start(&pids);
     let t0 = Instant::now();
     let mut pulls = Vec::with_capacity(n);
@@ -119,10 +120,10 @@ pub fn herd(
         failed,
         cpu,
         peak_rss_mib: None,
-        notes: vec![format!(
+        notes: busy_note(background).into_iter().chain([format!(
             "the registry served {served} blob downloads ({n} x the image's blobs); its shaped upload is the bottleneck, so the ideal herd finishes at N x S/U = {:.0} s",
             n as f64 * crate::report::lower_bound(size_mib, rate_mbit)
-        )],
+        )]).collect(),
     };
     eprintln!(
         "   done: p50 {:.1} s, max {} ({:.2} x S/U)",
@@ -180,7 +181,9 @@ pub struct E2eSetup<'a> {
 
 fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
     let node = setup.cluster.node(i);
-    let log_path = setup.logs.join(format!("{}-agent{i}.log", setup.name.replace(' ', "_")));
+    let log_path = setup
+        .logs
+        .join(format!("{}-agent{i}.log", setup.name.replace(' ', "_")));
     let log = File::create(&log_path)?;
     let data = setup.scratch.join(format!("agent{i}"));
     let mut cmd = node.command(&setup.tools.agent);
@@ -235,6 +238,7 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
     let mut pids: Vec<u32> = setup.dockerds.iter().map(|d| d.pid()).collect();
     pids.push(registry.pid());
     pids.extend(agents.iter().map(ChildGuard::id));
+    let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let meter = CpuMeter::start(&pids);
     let pushed_at = Instant::now();
     setup
@@ -290,9 +294,12 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         setup.blobs
     )];
     notes.push(phases(&stats, t0_unix));
-    let peak = rss.iter().flatten().copied().fold(None, |m: Option<f64>, v| {
-        Some(m.map_or(v, |m| m.max(v)))
-    });
+    notes.extend(busy_note(background));
+    let peak = rss
+        .iter()
+        .flatten()
+        .copied()
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     if let Some(origin) = rss.first().copied().flatten() {
         let others: Vec<f64> = rss.iter().skip(1).flatten().copied().collect();
         notes.push(format!(
@@ -357,12 +364,20 @@ fn phases(stats: &[serde_json::Value], t0_unix: f64) -> String {
             ));
         }
         if let Some(l) = rel(o, "loaded_at") {
-            parts.push(format!("origin loaded (already in its dockerd) at {l:.1} s"));
+            parts.push(format!(
+                "origin loaded (already in its dockerd) at {l:.1} s"
+            ));
         }
     }
     let others: Vec<&serde_json::Value> = stats.iter().filter(|s| s["origin"] != true).collect();
-    let mut downloaded: Vec<f64> = others.iter().filter_map(|s| rel(s, "completed_at")).collect();
-    let mut loads: Vec<f64> = others.iter().filter_map(|s| s["load_seconds"].as_f64()).collect();
+    let mut downloaded: Vec<f64> = others
+        .iter()
+        .filter_map(|s| rel(s, "completed_at"))
+        .collect();
+    let mut loads: Vec<f64> = others
+        .iter()
+        .filter_map(|s| s["load_seconds"].as_f64())
+        .collect();
     downloaded.sort_by(f64::total_cmp);
     loads.sort_by(f64::total_cmp);
     if let (Some(first), Some(last)) = (downloaded.first(), downloaded.last()) {
@@ -388,4 +403,11 @@ pub fn scratch_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = base.join(name);
     fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A note when other work was running as a run started.
+fn busy_note(background: f64) -> Option<String> {
+    (background >= QUIET_CORES).then(|| {
+        format!("other work kept {background:.2} cores busy just before the start (shared machine)")
+    })
 }

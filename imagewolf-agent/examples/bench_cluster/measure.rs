@@ -129,11 +129,6 @@ impl CpuMeter {
         }
     }
 
-    /// Adds a long-lived process started after [`CpuMeter::start`] (counted from zero).
-    pub fn add_pid(&mut self, pid: u32) {
-        self.pids.push(pid);
-    }
-
     /// The measurement so far. Children count only once reaped.
     pub fn read(&self) -> CpuUse {
         let (busy, total) = machine_jiffies();
@@ -149,6 +144,34 @@ impl CpuMeter {
             process_seconds: (children_cpu_seconds() - self.children)
                 + (pids_cpu_seconds(&self.pids) - self.pids_cpu),
             machine_cores,
+        }
+    }
+}
+
+/// Waits (up to `max_wait`) until the machine is nearly idle (under `cores` busy over one
+/// second), so a run does not start inside someone else's burst of work; returns the busy
+/// cores seen last.
+pub fn wait_quiet(cores: f64, max_wait: std::time::Duration) -> f64 {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let (b0, t0) = machine_jiffies();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (b1, t1) = machine_jiffies();
+        let busy = if t1 > t0 {
+            cpu_count() as f64 * b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
+        } else {
+            0.0
+        };
+        if busy < cores || started.elapsed() >= max_wait || crate::interrupted() {
+            if said {
+                eprintln!("   machine at {busy:.2} cores busy; starting");
+            }
+            return busy;
+        }
+        if !said {
+            eprintln!("   machine busy ({busy:.2} cores, other work); waiting up to {max_wait:?} for it to quiet down");
+            said = true;
         }
     }
 }

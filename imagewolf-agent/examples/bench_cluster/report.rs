@@ -141,8 +141,7 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
             },
             r.cpu.machine_cores,
             if r.cpu_bound() { " (CPU-bound)" } else { "" },
-            r.peak_rss_mib
-                .map_or("-".into(), |v| format!("{v:.0} MiB")),
+            r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.0} MiB")),
         );
     }
     let _ = writeln!(out);

@@ -44,6 +44,11 @@ impl Client {
     }
 }
 
+/// Runs start once the machine has fewer cores busy than this (other work)...
+pub const QUIET_CORES: f64 = 0.4;
+/// ...or after this long anyway.
+pub const QUIET_WAIT: Duration = Duration::from_secs(120);
+
 /// The BitTorrent port every peer listens on (each in its own namespace).
 const BT_PORT: u16 = 6881;
 
@@ -85,7 +90,12 @@ struct Downloader {
 /// Runs one swarm and returns its result; `label` distinguishes repeated runs in logs.
 pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Result<RunResult> {
     let cluster = setup.cluster;
-    let tag = format!("{}-{label}", client.name());
+    let safe: String = label.chars().filter(char::is_ascii_alphanumeric).collect();
+    let tag = if safe.is_empty() {
+        client.name().to_owned()
+    } else {
+        format!("{}-{safe}", client.name())
+    };
     eprintln!(
         "== {tag}: 1 seed + {} downloaders, {} MiB at {} Mbit/s",
         setup.nodes - 1,
@@ -94,7 +104,10 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
     );
     let tracker = setup
         .rt
-        .block_on(TrackerServer::bind(setup.tracker_addr, TrackerConfig::default()))
+        .block_on(TrackerServer::bind(
+            setup.tracker_addr,
+            TrackerConfig::default(),
+        ))
         .with_context(|| format!("binding the tracker on {}", setup.tracker_addr))?;
     let announce = format!("http://{}/announce", setup.tracker_addr);
     let seed_node = cluster.node(0);
@@ -129,7 +142,7 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
     // The seed is ready once it is listed by the tracker (it has hashed or loaded the
     // torrent, listens, and announced).
     let ready_by = Instant::now() + Duration::from_secs(120);
-    let info_hash = loop {
+    loop {
         if interrupted() {
             bail!("interrupted");
         }
@@ -146,14 +159,15 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
         };
         if let Some(meta) = parsed {
             if tracker.peer_count(&meta.info_hash()) >= 1 {
-                break meta.info_hash();
+                break;
             }
         }
         if Instant::now() > ready_by {
             bail!("{tag} seed not announced after 120 s: {}", tail(&seed_log));
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let seed_cpu_before = process_cpu_seconds(seed.id());
 
     let out_dir = setup.scratch.join(&tag);
@@ -282,13 +296,22 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
 
     times.sort_by(f64::total_cmp);
     let mut notes = Vec::new();
+    if background >= QUIET_CORES {
+        notes.push(format!(
+            "other work kept {background:.2} cores busy just before the start (shared machine)"
+        ));
+    }
     if let Some(up) = seed_uploaded {
         let last = times.last().copied().unwrap_or(0.0);
         let line_mib = f64::from(setup.rate_mbit) * 1e6 / 8.0 / 1_048_576.0 * last;
         notes.push(format!(
             "seed uploaded {up:.0} MiB = {:.2} x S ({:.0} % of its link over the run)",
             up / setup.size_mib as f64,
-            if line_mib > 0.0 { 100.0 * up / line_mib } else { 0.0 }
+            if line_mib > 0.0 {
+                100.0 * up / line_mib
+            } else {
+                0.0
+            }
         ));
     }
     let total_mib = (setup.nodes - 1) as f64 * setup.size_mib as f64;
@@ -388,7 +411,8 @@ fn parse_completion(client: Client, log: &str) -> Option<(f64, u64)> {
             if v.get("event")?.as_str()? != "complete" {
                 return None;
             }
-            let wasted = v.get("wasted")?.as_u64().unwrap_or(0) + v.get("failed")?.as_u64().unwrap_or(0);
+            let wasted =
+                v.get("wasted")?.as_u64().unwrap_or(0) + v.get("failed")?.as_u64().unwrap_or(0);
             Some((v.get("seconds")?.as_f64()?, wasted))
         }),
     }

@@ -585,6 +585,7 @@ fn distribution(info_hash: &str) -> Distribution {
         sha256: "00".repeat(32),
         seeders: vec!["10.77.0.2:6000".into()],
         created: 1_700_000_000,
+        signature: None,
     }
 }
 

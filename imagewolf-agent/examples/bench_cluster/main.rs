@@ -1,0 +1,603 @@
+//! The cluster benchmark: N nodes on this one machine, each a network namespace whose veth
+//! is shaped to U Mbit/s in both directions (a node's NIC), and in one invocation:
+//!
+//! 1. an imagewolf-bt swarm (one seed, N-1 downloaders started at once),
+//! 2. the same with libtorrent 2.0 (same torrent, same tracker implementation and URL),
+//! 3. the registry herd: N dockerds `docker pull` one S MiB image at once from a registry
+//!    whose namespace is shaped to U like a node, and again with N_e2e dockerds,
+//! 4. ImageWolf end to end with N_e2e nodes: `docker push` -> loaded in every node's dockerd,
+//!
+//! then a markdown table (p50/p90/max completion, as multiples of the lower bound S/U, CPU
+//! seconds per GiB, cores busy, agents' peak RSS) and an SVG plot in `--out-dir`.
+//!
+//! Run it with `scripts/bench-cluster` (builds the release binaries it needs first). Needs
+//! root, iproute2, iperf3, docker.io, docker-registry and python3-libtorrent.
+//!
+//! Design decisions:
+//! - Everything started here is owned by a guard that stops it by pid on drop (ChildGuard,
+//!   Dockerd, Registry, Cluster), and errors propagate with `?`, so a failed or interrupted
+//!   run (Ctrl-C / SIGTERM set a flag the wait loops check) unwinds and cleans up. Locals are
+//!   declared cluster first, so processes inside the namespaces are stopped before it goes.
+//! - CPU-bound detection looks at the whole machine (this machine is 2 cores, shared): a run
+//!   during which >= 90 % of the cores were busy is flagged, and the two swarms are then also
+//!   run at a lower rate, where bandwidth rather than CPU is what is measured.
+
+mod docker_runs;
+mod measure;
+mod plot;
+mod report;
+mod swarm;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use imagewolf::cluster::{require_root_and_tools, ClusterBuilder};
+use imagewolf::docker::{build_test_image, Dockerd, Registry};
+use imagewolf::{ChildGuard, TempDir};
+
+use report::{Context, RunResult};
+
+/// Bandwidth-shaped cluster benchmark: imagewolf-bt vs libtorrent vs a registry herd, and
+/// ImageWolf end to end.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Nodes for the swarms and the big herd.
+    #[arg(long, default_value_t = 16)]
+    nodes: usize,
+    /// Each node's NIC speed (and the registry's), Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    rate_mbit: u32,
+    /// Payload / image size, MiB.
+    #[arg(long, default_value_t = 128)]
+    size_mib: u64,
+    /// Nodes for the end-to-end run (and the herd it is compared with).
+    #[arg(long, default_value_t = 8)]
+    e2e_nodes: usize,
+    /// Also run the swarms at this rate. Default: at half the rate if a swarm run at the main
+    /// rate was CPU-bound; 0 disables.
+    #[arg(long)]
+    low_rate_mbit: Option<u32>,
+    /// Which runs: any of bt, lt, herd, e2e (comma-separated).
+    #[arg(long, default_value = "bt,lt,herd,e2e")]
+    runs: String,
+    /// Also measure agent memory while distributing an image of this many MiB (unshaped
+    /// links, `--rss-nodes` nodes); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    rss_mib: u64,
+    /// Nodes for the memory run.
+    #[arg(long, default_value_t = 3)]
+    rss_nodes: usize,
+    /// Where the table (cluster.md), raw results (cluster.json) and plot (cluster.svg) go.
+    #[arg(long, default_value = "docs/bench")]
+    out_dir: PathBuf,
+    /// Where process logs go (kept for diagnosis).
+    #[arg(long, default_value = "target/bench-cluster")]
+    logs: PathBuf,
+    /// Skip the iperf3 goodput measurement.
+    #[arg(long)]
+    no_iperf: bool,
+}
+
+/// Paths of the programs the runs start.
+pub struct Tools {
+    seed: PathBuf,
+    download: PathBuf,
+    agent: PathBuf,
+    lt_client: PathBuf,
+}
+
+impl Tools {
+    fn find() -> anyhow::Result<Self> {
+        // This example lives in target/release/examples; the root package's examples are
+        // next to it and the agent binary one level up.
+        let exe = std::env::current_exe()?;
+        let examples = exe.parent().context("executable has no directory")?;
+        let profile = examples.parent().context("no profile directory")?;
+        let tools = Tools {
+            seed: examples.join("seed"),
+            download: examples.join("download"),
+            agent: profile.join("imagewolf-agent"),
+            lt_client: imagewolf::test_asset("lt_client.py"),
+        };
+        for p in [&tools.seed, &tools.download, &tools.agent, &tools.lt_client] {
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: build with `cargo build --release -p imagewolf --example seed --example download` and `cargo build --release -p imagewolf-agent --bins` (scripts/bench-cluster does both)",
+                    p.display()
+                );
+            }
+        }
+        Ok(tools)
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C or SIGTERM arrived (wait loops then bail out, and guards clean up).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Sends SIGTERM to `pid` (by pid, with the `kill` utility).
+pub fn signal_term(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench-cluster failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wanted: Vec<&str> = args.runs.split(',').map(str::trim).collect();
+    for w in &wanted {
+        if !["bt", "lt", "herd", "e2e"].contains(w) {
+            bail!("--runs: unknown run {w:?} (bt, lt, herd, e2e)");
+        }
+    }
+    if args.nodes < 2 || args.e2e_nodes < 2 || args.size_mib < 4 || args.rate_mbit == 0 {
+        bail!("need --nodes >= 2, --e2e-nodes >= 2, --size-mib >= 4, --rate-mbit > 0");
+    }
+    require_root_and_tools().map_err(anyhow::Error::msg)?;
+    imagewolf::require_libtorrent().map_err(anyhow::Error::msg)?;
+    let tools = Tools::find()?;
+    fs::create_dir_all(&args.logs)?;
+    fs::create_dir_all(&args.out_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.spawn(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        eprintln!("interrupted: stopping and cleaning up");
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    });
+    let scratch = TempDir::new("bench")?;
+    let bound = report::lower_bound(args.size_mib, args.rate_mbit);
+    eprintln!(
+        "bench-cluster: N={} U={} Mbit/s S={} MiB (S/U = {bound:.2} s), end to end at N={}",
+        args.nodes, args.rate_mbit, args.size_mib, args.e2e_nodes
+    );
+
+    let total_nodes = args.nodes.max(args.e2e_nodes).max(args.rss_nodes);
+    let cluster = ClusterBuilder {
+        nodes: total_nodes,
+        rate_mbit: Some(args.rate_mbit),
+        extras: 1,
+        extra_rate_mbit: Some(args.rate_mbit),
+        default_route: false,
+    }
+    .build()?;
+    eprintln!(
+        "cluster {}: {} nodes + registry namespace on {}",
+        cluster.tag(),
+        total_nodes,
+        cluster.subnet()
+    );
+    let mut ctx = Context {
+        command: std::env::var("BENCH_COMMAND")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        machine: machine_description(),
+        goodput_mbit: None,
+        notes: Vec::new(),
+    };
+    if !args.no_iperf {
+        let g = goodput(&cluster, args.nodes)?;
+        eprintln!(
+            "iperf3 goodput per node with all {} sending at once: {g:.1} Mbit/s",
+            args.nodes
+        );
+        ctx.goodput_mbit = Some(g);
+    }
+
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut e2e_pair: Option<(usize, usize)> = None;
+
+    // Runs 1 and 2.
+    if wanted.contains(&"bt") || wanted.contains(&"lt") {
+        let payload_dir = scratch.path().join("payload");
+        fs::create_dir_all(&payload_dir)?;
+        let payload = payload_dir.join(format!("payload-{}mib.bin", args.size_mib));
+        write_payload(&payload, args.size_mib)?;
+        let torrent = scratch.path().join("payload.torrent");
+        let tracker_addr =
+            SocketAddr::from((cluster.bridge_ip(), free_port_on(cluster.bridge_ip())?));
+        let mut setup = swarm::SwarmSetup {
+            cluster: &cluster,
+            nodes: args.nodes,
+            rate_mbit: args.rate_mbit,
+            payload,
+            size_mib: args.size_mib,
+            torrent,
+            tracker_addr,
+            scratch: scratch.path().to_owned(),
+            logs: args.logs.clone(),
+            rt: &rt,
+            tools: &tools,
+            timeout: Duration::from_secs_f64(60.0 + 20.0 * bound),
+        };
+        let mut cpu_bound = false;
+        // The imagewolf-bt seed writes the torrent file both runs use.
+        let r = swarm::run(&setup, swarm::Client::ImageWolf, "")?;
+        cpu_bound |= r.cpu_bound();
+        results.push(r);
+        if wanted.contains(&"lt") {
+            let r = swarm::run(&setup, swarm::Client::Libtorrent, "")?;
+            cpu_bound |= r.cpu_bound();
+            results.push(r);
+        }
+        let low = match args.low_rate_mbit {
+            Some(0) => None,
+            Some(r) => Some(r),
+            None if cpu_bound => Some((args.rate_mbit / 2).max(1)),
+            None => None,
+        };
+        if let Some(low) = low {
+            if cpu_bound {
+                ctx.notes.push(format!(
+                    "At {} Mbit/s the machine's {} cores were >= 90 % busy during a swarm run (CPU-bound), so the swarms were also run at {low} Mbit/s, where bandwidth is what is measured.",
+                    args.rate_mbit,
+                    measure::cpu_count()
+                ));
+            }
+            cluster.set_rate(Some(low), Some(args.rate_mbit))?;
+            setup.rate_mbit = low;
+            setup.timeout =
+                Duration::from_secs_f64(60.0 + 20.0 * report::lower_bound(args.size_mib, low));
+            let label = format!("{low} Mbit/s");
+            results.push(swarm::run(&setup, swarm::Client::ImageWolf, &label)?);
+            if wanted.contains(&"lt") {
+                results.push(swarm::run(&setup, swarm::Client::Libtorrent, &label)?);
+            }
+            cluster.set_rate(Some(args.rate_mbit), Some(args.rate_mbit))?;
+        }
+        let _ = fs::remove_dir_all(scratch.path().join("payload"));
+    }
+
+    // Runs 3 and 4.
+    if wanted.contains(&"herd") || wanted.contains(&"e2e") || args.rss_mib > 0 {
+        let registry_node = cluster.extra(0);
+        let registry_addr = format!("{}:5000", registry_node.ip);
+        let insecure = [registry_addr.as_str()];
+        eprintln!(
+            "starting {} dockerds (one per node) and a builder",
+            total_nodes
+        );
+        let daemons = start_dockerds(total_nodes + 1, &insecure)?;
+        let (builder, nodes) = daemons.split_first().context("no dockerd")?;
+        let layers = 4;
+        let layer_mib = (args.size_mib / layers as u64).max(1) as usize;
+        let refs: Vec<&Dockerd> = nodes.iter().collect();
+
+        if wanted.contains(&"herd") {
+            let registry = Registry::start_in(registry_node, &registry_addr, &Default::default())?;
+            let reference = format!("{registry_addr}/bench/herd:v1");
+            eprintln!("building and pushing {reference} ({layers} x {layer_mib} MiB)");
+            build_test_image(builder, &reference, layers, layer_mib)?;
+            let pushed = std::time::Instant::now();
+            builder.run_cli(&["push", &reference])?;
+            let push_secs = pushed.elapsed().as_secs_f64();
+            eprintln!("   push took {push_secs:.1} s");
+            let timeout = Duration::from_secs_f64(120.0 + 4.0 * args.nodes as f64 * bound);
+            let mut big = docker_runs::herd(
+                &refs[..args.nodes],
+                &registry,
+                &reference,
+                args.rate_mbit,
+                args.size_mib,
+                &args.logs,
+                timeout,
+            )?;
+            big.notes.push(format!(
+                "the push into the registry (through its shaped link) took {push_secs:.1} s before the pulls"
+            ));
+            results.push(big);
+            docker_runs::remove_image(&refs[..args.nodes], &reference);
+            // When N_e2e = N the big herd already is the end-to-end comparison.
+            if args.e2e_nodes != args.nodes && wanted.contains(&"e2e") {
+                let small = docker_runs::herd(
+                    &refs[..args.e2e_nodes],
+                    &registry,
+                    &reference,
+                    args.rate_mbit,
+                    args.size_mib,
+                    &args.logs,
+                    timeout,
+                )?;
+                results.push(small);
+                docker_runs::remove_image(&refs[..args.e2e_nodes], &reference);
+            }
+            drop(registry);
+        }
+        if wanted.contains(&"e2e") {
+            let herd_index = results
+                .iter()
+                .position(|r| r.name.starts_with("registry herd") && r.nodes == args.e2e_nodes);
+            let reference = format!("{registry_addr}/bench/app:v1");
+            eprintln!("building {reference} ({layers} x {layer_mib} MiB)");
+            build_test_image(builder, &reference, layers, layer_mib)?;
+            let e2e_scratch = docker_runs::scratch_dir(scratch.path(), "e2e")?;
+            let setup = docker_runs::E2eSetup {
+                cluster: &cluster,
+                dockerds: &refs[..args.e2e_nodes],
+                builder,
+                registry_node,
+                registry_addr: &registry_addr,
+                tools: &tools,
+                logs: &args.logs,
+                scratch: &e2e_scratch,
+                rate_mbit: args.rate_mbit,
+                size_mib: args.size_mib,
+                blobs: layers + 1,
+                timeout: Duration::from_secs_f64(180.0 + 10.0 * bound),
+                rt: &rt,
+                name: format!("ImageWolf end to end (N={})", args.e2e_nodes),
+            };
+            results.push(docker_runs::end_to_end(&setup, &reference)?);
+            let _ = fs::remove_dir_all(&e2e_scratch);
+            if let Some(h) = herd_index {
+                e2e_pair = Some((h, results.len() - 1));
+            }
+        }
+        if args.rss_mib > 0 {
+            cluster.set_rate(None, None)?;
+            let reference = format!("{registry_addr}/bench/big:v1");
+            let layer_mib = (args.rss_mib / layers as u64).max(1) as usize;
+            eprintln!("building {reference} ({layers} x {layer_mib} MiB) for the memory run");
+            build_test_image(builder, &reference, layers, layer_mib)?;
+            let rss_scratch = docker_runs::scratch_dir(scratch.path(), "rss")?;
+            let setup = docker_runs::E2eSetup {
+                cluster: &cluster,
+                dockerds: &refs[..args.rss_nodes],
+                builder,
+                registry_node,
+                registry_addr: &registry_addr,
+                tools: &tools,
+                logs: &args.logs,
+                scratch: &rss_scratch,
+                rate_mbit: 10_000,
+                size_mib: args.rss_mib,
+                blobs: layers + 1,
+                timeout: Duration::from_secs(900),
+                rt: &rt,
+                name: format!("ImageWolf memory run (N={}, unshaped)", args.rss_nodes),
+            };
+            let mut r = docker_runs::end_to_end(&setup, &reference)?;
+            r.notes.push(
+                "links unshaped (the rate column is nominal); this run is for the agents' peak RSS, not for time".into(),
+            );
+            results.push(r);
+            let _ = fs::remove_dir_all(&rss_scratch);
+        }
+    }
+
+    // Ratios between runs.
+    let find = |prefix: &str, rate: u32| {
+        results
+            .iter()
+            .find(|r| r.name.starts_with(prefix) && r.rate_mbit == rate)
+    };
+    let rates: Vec<u32> = {
+        let mut v: Vec<u32> = results.iter().map(|r| r.rate_mbit).collect();
+        v.dedup();
+        v
+    };
+    for rate in rates {
+        if let (Some(bt), Some(lt)) = (find("imagewolf-bt", rate), find("libtorrent", rate)) {
+            ctx.notes.push(format!(
+                "At {rate} Mbit/s, libtorrent's slowest node / imagewolf-bt's slowest node = {} (above 1: imagewolf-bt ahead); medians: {:.2}",
+                report::max_ratio(lt, bt),
+                lt.quantile(0.5).unwrap_or(f64::NAN) / bt.quantile(0.5).unwrap_or(f64::NAN)
+            ));
+        }
+    }
+    if let Some((h, e)) = e2e_pair {
+        ctx.notes.push(format!(
+            "End to end at N={}: registry herd slowest node / ImageWolf slowest node = {} (target >= 5)",
+            args.e2e_nodes,
+            report::max_ratio(&results[h], &results[e])
+        ));
+    }
+    ctx.notes.push(
+        "S/U = S x 2^20 x 8 / (U x 10^6) s: the time one node needs to receive S MiB through a U Mbit/s link; no distribution scheme can deliver the whole payload to a node faster. Every node's completion is measured from the common start (process start-up included).".into(),
+    );
+
+    let table = report::markdown(&results, &ctx);
+    println!("\n{table}");
+    fs::write(args.out_dir.join("cluster.md"), &table)?;
+    fs::write(
+        args.out_dir.join("cluster.json"),
+        serde_json::to_string_pretty(&raw_json(&results, &ctx))?,
+    )?;
+    let title = format!(
+        "Per-node completion, N={} (end to end N={}), U={} Mbit/s, S={} MiB",
+        args.nodes, args.e2e_nodes, args.rate_mbit, args.size_mib
+    );
+    fs::write(
+        args.out_dir.join("cluster.svg"),
+        plot::svg(&results, &title),
+    )?;
+    eprintln!(
+        "wrote {}/cluster.md, cluster.json, cluster.svg; logs in {}",
+        args.out_dir.display(),
+        args.logs.display()
+    );
+    Ok(())
+}
+
+fn raw_json(results: &[RunResult], ctx: &Context) -> serde_json::Value {
+    serde_json::json!({
+        "command": ctx.command,
+        "machine": ctx.machine,
+        "goodput_mbit": ctx.goodput_mbit,
+        "runs": results.iter().map(|r| serde_json::json!({
+            "name": r.name,
+            "nodes": r.nodes,
+            "rate_mbit": r.rate_mbit,
+            "size_mib": r.size_mib,
+            "lower_bound_s": r.bound(),
+            "times_s": r.times,
+            "failed": r.failed,
+            "cpu_process_s": r.cpu.process_seconds,
+            "wall_s": r.cpu.wall,
+            "machine_cores_busy": r.cpu.machine_cores,
+            "peak_rss_mib": r.peak_rss_mib,
+            "notes": r.notes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes `mib` MiB of reproducible random bytes.
+fn write_payload(path: &Path, mib: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    for i in 0..mib {
+        f.write_all(&imagewolf::random_payload(1 << 20, 0xbe4c_0000 + i))?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A TCP port free on `ip` right now.
+fn free_port_on(ip: std::net::Ipv4Addr) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Starts `n` dockerds in parallel (each takes seconds to come up).
+fn start_dockerds(n: usize, insecure: &[&str]) -> anyhow::Result<Vec<Dockerd>> {
+    let started: Vec<std::io::Result<Dockerd>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                s.spawn(move || {
+                    let name = if i == 0 {
+                        "builder".to_owned()
+                    } else {
+                        format!("bn{}", i - 1)
+                    };
+                    Dockerd::start(&name, insecure)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("dockerd start panicked")))
+            })
+            .collect()
+    });
+    // Keep the ones that started (so they are stopped on drop) and report the first error.
+    let mut daemons = Vec::with_capacity(n);
+    let mut first_err = None;
+    for r in started {
+        match r {
+            Ok(d) => daemons.push(d),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e.into());
+    }
+    Ok(daemons)
+}
+
+/// Per-node TCP goodput with every node sending to the next at once (iperf3, 5 s), Mbit/s,
+/// the median over nodes.
+fn goodput(cluster: &imagewolf::cluster::Cluster, n: usize) -> anyhow::Result<f64> {
+    let mut servers = Vec::with_capacity(n);
+    for i in 0..n {
+        let node = cluster.node(i);
+        let mut cmd = node.command("iperf3");
+        cmd.args(["-s", "-1", "-B", &node.ip.to_string(), "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        servers.push(ChildGuard::spawn(&format!("iperf3 server {i}"), &mut cmd)?);
+    }
+    for i in 0..n {
+        cluster
+            .node(i)
+            .wait_listening(5201, Duration::from_secs(10))?;
+    }
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let to = cluster.node((i + 1) % n).ip.to_string();
+        let mut cmd = cluster.node(i).command("iperf3");
+        cmd.args(["-c", &to, "-p", "5201", "-t", "5", "-J"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        clients.push(ChildGuard::spawn(&format!("iperf3 client {i}"), &mut cmd)?);
+    }
+    let mut rates = Vec::with_capacity(n);
+    for mut c in clients {
+        let mut out = String::new();
+        if let Some(mut stdout) = c.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out)?;
+        }
+        c.wait_timeout(Duration::from_secs(30))?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            rates.push(bps / 1e6);
+        }
+    }
+    drop(servers);
+    rates.sort_by(f64::total_cmp);
+    report::quantile(&rates, 0.5).context("no iperf3 result")
+}
+
+fn machine_description() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1_048_576.0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let os = fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|s| s.trim_matches('"').to_owned())
+        .unwrap_or_default();
+    let lt = imagewolf::require_libtorrent().unwrap_or_default();
+    format!(
+        "{} vCPU ({model}), {mem_gib:.0} GiB RAM, {os}, Linux {}, libtorrent {lt}, links emulated with tc tbf on veth pairs (burst max(256 KiB, 10 ms), latency 100 ms)",
+        measure::cpu_count(),
+        kernel.trim()
+    )
+}
