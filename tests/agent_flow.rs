@@ -350,3 +350,98 @@ async fn with_a_cluster_secret_only_signed_announcements_and_authorised_webhooks
     );
     cluster.shutdown().await;
 }
+
+/// A source whose registry is "down" for the first `failures` pulls.
+struct FlakySource {
+    inner: Arc<GeneratedImage>,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl ImageSource for FlakySource {
+    fn pull<'a>(
+        &'a self,
+        image: &'a ImageRef,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<imagewolf_agent::source::PulledImage, imagewolf_agent::source::SourceError>,
+    > {
+        use std::sync::atomic::Ordering;
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Box::pin(async {
+                Err(imagewolf_agent::source::SourceError {
+                    message: "registry unavailable: connection refused".into(),
+                    retryable: true,
+                })
+            });
+        }
+        self.inner.pull(image)
+    }
+
+    fn export<'a>(
+        &'a self,
+        image: &'a imagewolf_agent::source::PulledImage,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<imagewolf_agent::source::Tarball, imagewolf_agent::source::SourceError>,
+    > {
+        self.inner.export(image)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_is_retried_with_backoff_and_visible_in_stats() {
+    let dir = TempDir::new("agent-retry").unwrap();
+    let reference = "10.1.2.3:5000/team/flaky:v1";
+    let image = Arc::new(GeneratedImage::build(dir.path(), reference, 2 << 20).unwrap());
+    let flaky = Arc::new(FlakySource {
+        inner: image,
+        failures: std::sync::atomic::AtomicU32::new(2),
+    });
+    let sources: Vec<Option<Arc<dyn ImageSource>>> = vec![Some(flaky), None];
+    let (cluster, _) = LocalAgents::start(dir.path().join("agents"), sources, 0)
+        .await
+        .unwrap();
+    let origin = cluster.agents[0].api;
+    let envelope = registry_push_envelope(
+        "10.1.2.3:5000",
+        "team/flaky",
+        Some("v1"),
+        &format!("sha256:{}", "aa".repeat(32)),
+        "f1",
+    );
+    assert_eq!(
+        post(origin, "/registryNotifications", EVENTS, &envelope)
+            .await
+            .status,
+        200
+    );
+    // While the registry is down the origin says so, and keeps trying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = images(origin).await;
+        if let Some(img) = all.first() {
+            if img["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("registry unavailable") && e.contains("retrying"))
+            {
+                assert_eq!(img["state"], "pulling");
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry visible in /stats: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // When it is back, the distribution completes everywhere.
+    let img = wait_for_state(origin, reference, "loaded").await;
+    assert_eq!(img["attempts"], 3);
+    assert!(img["error"].is_null(), "{img}");
+    wait_for_state(cluster.agents[1].api, reference, "loaded").await;
+    cluster.shutdown().await;
+}
