@@ -41,6 +41,9 @@ pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
 const EVENT_IDS_KEPT: usize = 4096;
 /// Pull and load attempts before a distribution is marked failed.
 const MAX_ATTEMPTS: u32 = 8;
+/// Times a failed distribution is started again before this node gives up on it (so a
+/// tarball that never verifies is not downloaded forever by the catch-up loop).
+const MAX_RUNS: u32 = 3;
 
 /// What the distributor needs to know about this node.
 #[derive(Debug, Clone)]
@@ -65,6 +68,9 @@ struct Record {
     stats: ImageStats,
     distribution: Option<Distribution>,
     torrent: Option<TorrentHandle>,
+    /// Times this image's flow was started here; a failed one is restarted (by a new
+    /// announcement or catch-up) at most [`MAX_RUNS`] times.
+    runs: u32,
 }
 
 #[derive(Default)]
@@ -220,6 +226,7 @@ impl Distributor {
                     stats: new_stats(&image, true, ImageState::Pulling),
                     distribution: None,
                     torrent: None,
+                    runs: 1,
                 },
             );
         }
@@ -252,14 +259,12 @@ impl Distributor {
                 .by_info_hash
                 .get(&d.info_hash)
                 .or_else(|| records.by_key.get(&key).map(|_| &key));
-            if let Some(k) = known.cloned() {
-                if records
-                    .by_key
-                    .get(&k)
-                    .is_some_and(|r| r.stats.state != ImageState::Failed)
-                {
+            let mut runs = 1;
+            if let Some(previous) = known.cloned().and_then(|k| records.by_key.get(&k)) {
+                if previous.stats.state != ImageState::Failed || previous.runs >= MAX_RUNS {
                     return Accepted::Duplicate;
                 }
+                runs = previous.runs + 1;
             }
             let mut stats = new_stats(&d.image, false, ImageState::Downloading);
             stats.image_id = Some(d.image_id.clone());
@@ -274,6 +279,7 @@ impl Distributor {
                     stats,
                     distribution: Some(d.clone()),
                     torrent: None,
+                    runs,
                 },
             );
         }
@@ -477,11 +483,15 @@ impl Distributor {
         } else {
             StartFrom::Empty
         };
-        let handle = self
-            .session
-            .add_torrent(AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders))
-            .await
-            .map_err(|e| format!("adding the torrent: {e}"))?;
+        // A previous run that failed at the load keeps its torrent (and verified data): reuse it.
+        let handle = match self.session.torrent(&meta.info_hash()) {
+            Some(existing) => existing,
+            None => self
+                .session
+                .add_torrent(AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders))
+                .await
+                .map_err(|e| format!("adding the torrent: {e}"))?,
+        };
         self.update(key, |r| r.torrent = Some(handle.clone()));
         handle
             .wait_complete()
