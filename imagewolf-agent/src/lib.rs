@@ -17,6 +17,7 @@ pub mod notification;
 pub mod peers;
 pub mod source;
 pub mod stats;
+mod tarball;
 
 pub use config::AgentConfig;
 pub use distributor::Distributor;
