@@ -75,6 +75,9 @@ pub const DEFAULT_API_PORT: u16 = 8000;
 pub enum Runtime {
     /// Docker Engine, through its API (`DOCKER_HOST`).
     Docker,
+    /// containerd (Kubernetes nodes), through its `ctr` client: this node receives and
+    /// imports images; it cannot pull (the push must reach an agent with Docker).
+    Containerd,
     /// No runtime: verified tarballs are kept in `DATA_DIR/loaded/` (demos, tests).
     None,
 }
@@ -128,6 +131,32 @@ pub struct AgentConfig {
     #[arg(long, env = "IMAGEWOLF_RUNTIME", value_enum, default_value = "docker")]
     pub runtime: Runtime,
 
+    /// containerd's socket (for --runtime containerd).
+    #[arg(
+        long,
+        env = "IMAGEWOLF_CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_address: PathBuf,
+
+    /// containerd namespace images are imported into (the kubelet uses k8s.io).
+    #[arg(long, env = "IMAGEWOLF_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+
+    /// containerd's `ctr` client, a name on PATH or a path (for --runtime containerd).
+    #[arg(long, env = "IMAGEWOLF_CONTAINERD_CTR", default_value = "ctr")]
+    pub containerd_ctr: PathBuf,
+
+    /// Watch these repositories and spread every new digest, for registries that cannot send
+    /// webhooks: http://HOST[:PORT]/REPO (every tag) or http://HOST[:PORT]/REPO:TAG,
+    /// comma-separated. Only the agent with the lowest address polls.
+    #[arg(long, env = "IMAGEWOLF_POLL", value_delimiter = ',')]
+    pub poll: Vec<crate::poll::PollTarget>,
+
+    /// Seconds between two polling rounds.
+    #[arg(long, env = "IMAGEWOLF_POLL_SECONDS", default_value_t = 30)]
+    pub poll_seconds: u64,
+
     /// Registry to pull from for Docker Hub webhooks (point it at a mirror or a test registry).
     #[arg(long, env = "IMAGEWOLF_HUB_REGISTRY", default_value = "docker.io")]
     pub hub_registry: String,
@@ -165,6 +194,11 @@ impl AgentConfig {
     /// How long to keep seeding after a local load.
     pub fn seed_time(&self) -> Duration {
         Duration::from_secs(self.seed_seconds)
+    }
+
+    /// Time between two polling rounds.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_seconds.max(1))
     }
 
     /// How often to re-resolve `dns:` peers.

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod containerd;
 pub mod discovery;
 pub mod distributor;
 pub mod docker;
@@ -15,6 +16,7 @@ pub mod image;
 pub mod loader;
 pub mod notification;
 pub mod peers;
+pub mod poll;
 pub mod source;
 pub mod stats;
 mod tarball;

@@ -8,8 +8,9 @@ use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
 use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig};
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
+use imagewolf_agent::notification::PushEvent;
 use imagewolf_agent::source::{ImageSource, NoSource};
-use imagewolf_agent::{discovery, docker};
+use imagewolf_agent::{containerd, discovery, docker, poll};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,6 +37,21 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("connecting to Docker at {}", config.docker_host))?,
             );
             (docker.clone(), docker)
+        }
+        Runtime::Containerd => {
+            let containerd = containerd::Containerd::connect(containerd::ContainerdConfig {
+                ctr: config.containerd_ctr.clone(),
+                address: config.containerd_address.clone(),
+                namespace: config.containerd_namespace.clone(),
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to containerd at {}",
+                    config.containerd_address.display()
+                )
+            })?;
+            (Arc::new(containerd::ReceiveOnly), Arc::new(containerd))
         }
         Runtime::None => (
             Arc::new(NoSource),
@@ -72,6 +88,15 @@ async fn main() -> anyhow::Result<()> {
         max_body: api::DEFAULT_MAX_BODY,
         webhook_token: config.webhook_token.clone(),
     };
+    if !config.poll.is_empty() {
+        spawn_poller(
+            &config,
+            advertise,
+            agents.clone(),
+            Arc::clone(&distributor),
+            shutdown_rx.clone(),
+        );
+    }
     let server = tokio::spawn(api::serve(
         listener,
         Arc::new(DistributorApi(Arc::clone(&distributor))) as Arc<dyn AgentApi>,
@@ -89,6 +114,38 @@ async fn main() -> anyhow::Result<()> {
     let _ = server.await;
     distributor.shutdown().await;
     Ok(())
+}
+
+/// `--poll`: new digests go through the same path as registry notifications. Only the agent
+/// with the lowest address among those it knows polls (see [`poll`]).
+fn spawn_poller(
+    config: &AgentConfig,
+    advertise: std::net::IpAddr,
+    agents: tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>,
+    distributor: Arc<Distributor>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let targets: Vec<String> = config.poll.iter().map(ToString::to_string).collect();
+    tracing::info!(?targets, every = ?config.poll_interval(), "polling mode");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let should_poll = move || agents.borrow().iter().all(|a| advertise <= a.ip());
+    tokio::spawn(poll::run(
+        poll::Poller::new(config.poll.clone()),
+        config.poll_interval(),
+        should_poll,
+        tx,
+        shutdown,
+    ));
+    let api = DistributorApi(distributor);
+    tokio::spawn(async move {
+        while let Some(image) = rx.recv().await {
+            let outcome = api.on_push(PushEvent {
+                image: image.clone(),
+                event_id: None,
+            });
+            tracing::info!(%image, ?outcome, "polled push");
+        }
+    });
 }
 
 fn init_logging(format: LogFormat) {
