@@ -18,7 +18,7 @@ use imagewolf::cluster::{Cluster, Node};
 use imagewolf::docker::{Dockerd, NotificationEndpoint, Registry, RegistryOptions};
 use imagewolf::{http, ChildGuard};
 
-use crate::measure::{peak_rss_mib, CpuMeter};
+use crate::measure::{peak_rss_mib, rss_mib, CpuMeter};
 use crate::report::{quantile, RunResult};
 use crate::swarm::{tail, QUIET_CORES, QUIET_WAIT};
 use crate::{interrupted, Tools};
@@ -120,6 +120,7 @@ pub fn herd(
         failed,
         cpu,
         peak_rss_mib: None,
+        memory_only: false,
         notes: busy_note(background).into_iter().chain([format!(
             "the registry served {served} blob downloads ({n} x the image's blobs); its shaped upload is the bottleneck, so the ideal herd finishes at N x S/U = {:.0} s",
             n as f64 * crate::report::lower_bound(size_mib, rate_mbit)
@@ -181,9 +182,12 @@ pub struct E2eSetup<'a> {
 
 fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
     let node = setup.cluster.node(i);
-    let log_path = setup
-        .logs
-        .join(format!("{}-agent{i}.log", setup.name.replace(' ', "_")));
+    let tag: String = setup
+        .name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let log_path = setup.logs.join(format!("{tag}-agent{i}.log"));
     let log = File::create(&log_path)?;
     let data = setup.scratch.join(format!("agent{i}"));
     let mut cmd = node.command(&setup.tools.agent);
@@ -250,12 +254,21 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
     let t0_unix = unix_now();
     eprintln!("   push took {push_secs:.1} s; waiting for every node's dockerd to have it");
     let mut done: Vec<Option<f64>> = vec![None; n];
+    // Each agent's largest sampled VmRSS and when, to tell which phase the peak belongs to.
+    let mut rss_peak: Vec<(f64, f64)> = vec![(0.0, 0.0); n];
     let deadline = t0 + setup.timeout;
     let mut last_progress = Instant::now();
     while done.iter().any(Option::is_none) {
         for (i, d) in setup.dockerds.iter().enumerate() {
             if done[i].is_none() && d.has_image_api(reference).unwrap_or(false) {
                 done[i] = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        for (i, a) in agents.iter().enumerate() {
+            if let Some(mib) = rss_mib(a.id()) {
+                if mib > rss_peak[i].0 {
+                    rss_peak[i] = (mib, t0.elapsed().as_secs_f64());
+                }
             }
         }
         if interrupted() {
@@ -302,8 +315,14 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     if let Some(origin) = rss.first().copied().flatten() {
         let others: Vec<f64> = rss.iter().skip(1).flatten().copied().collect();
+        let (sampled, at) =
+            rss_peak
+                .iter()
+                .skip(1)
+                .copied()
+                .fold((0.0, 0.0), |m, v| if v.0 > m.0 { v } else { m });
         notes.push(format!(
-            "agent peak RSS (VmHWM): origin {origin:.1} MiB, others max {:.1} MiB",
+            "agent peak RSS (VmHWM): origin {origin:.1} MiB, others max {:.1} MiB; largest VmRSS sampled every 0.1 s on a non-origin agent: {sampled:.1} MiB at t = {at:.1} s",
             others.iter().copied().fold(0.0, f64::max)
         ));
     }
@@ -317,6 +336,7 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         cpu,
         peak_rss_mib: peak,
         notes,
+        memory_only: false,
     };
     eprintln!(
         "   done: p50 {:.1} s, max {} ({:.2} x S/U), agent peak RSS {:.1} MiB",
@@ -384,6 +404,11 @@ fn phases(stats: &[serde_json::Value], t0_unix: f64) -> String {
         parts.push(format!(
             "swarm downloads complete between {first:.1} s and {last:.1} s"
         ));
+    }
+    let mut loaded: Vec<f64> = others.iter().filter_map(|s| rel(s, "loaded_at")).collect();
+    loaded.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (loaded.first(), loaded.last()) {
+        parts.push(format!("loaded between {first:.1} s and {last:.1} s"));
     }
     if let Some(p50) = quantile(&loads, 0.5) {
         parts.push(format!(

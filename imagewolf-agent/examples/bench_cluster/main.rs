@@ -26,6 +26,7 @@ mod docker_runs;
 mod measure;
 mod plot;
 mod report;
+mod seed_stats;
 mod swarm;
 
 use std::fs;
@@ -63,12 +64,12 @@ struct Args {
     /// rate was CPU-bound; 0 disables.
     #[arg(long)]
     low_rate_mbit: Option<u32>,
-    /// Which runs: any of bt, lt, herd, e2e (comma-separated).
+    /// Which runs: any of bt, lt, herd, e2e, rss (comma-separated). `rss` measures the
+    /// agents' memory while distributing a `--rss-mib` image over unshaped links.
     #[arg(long, default_value = "bt,lt,herd,e2e")]
     runs: String,
-    /// Also measure agent memory while distributing an image of this many MiB (unshaped
-    /// links, `--rss-nodes` nodes); 0 skips it.
-    #[arg(long, default_value_t = 0)]
+    /// Image size for the `rss` run, MiB.
+    #[arg(long, default_value_t = 1024)]
     rss_mib: u64,
     /// Nodes for the memory run.
     #[arg(long, default_value_t = 3)]
@@ -82,10 +83,16 @@ struct Args {
     /// Skip the iperf3 goodput measurement.
     #[arg(long)]
     no_iperf: bool,
+    /// Diagnosis: seed the imagewolf-bt swarm with a counting seed (same engine and defaults)
+    /// that reports how many copies of each piece it uploaded and when each first left.
+    #[arg(long)]
+    seed_stats: bool,
 }
 
 /// Paths of the programs the runs start.
 pub struct Tools {
+    /// This program (for `seed-stats`).
+    this: PathBuf,
     seed: PathBuf,
     download: PathBuf,
     agent: PathBuf,
@@ -100,6 +107,7 @@ impl Tools {
         let examples = exe.parent().context("executable has no directory")?;
         let profile = examples.parent().context("no profile directory")?;
         let tools = Tools {
+            this: exe.clone(),
             seed: examples.join("seed"),
             download: examples.join("download"),
             agent: profile.join("imagewolf-agent"),
@@ -134,6 +142,14 @@ pub fn signal_term(pid: u32) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("seed-stats") {
+        if let Err(e) = seed_stats::main(&argv[2..]) {
+            eprintln!("seed-stats failed: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("bench-cluster failed: {e:#}");
         std::process::exit(1);
@@ -144,8 +160,8 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let wanted: Vec<&str> = args.runs.split(',').map(str::trim).collect();
     for w in &wanted {
-        if !["bt", "lt", "herd", "e2e"].contains(w) {
-            bail!("--runs: unknown run {w:?} (bt, lt, herd, e2e)");
+        if !["bt", "lt", "herd", "e2e", "rss"].contains(w) {
+            bail!("--runs: unknown run {w:?} (bt, lt, herd, e2e, rss)");
         }
     }
     if args.nodes < 2 || args.e2e_nodes < 2 || args.size_mib < 4 || args.rate_mbit == 0 {
@@ -185,7 +201,12 @@ fn run() -> anyhow::Result<()> {
         args.nodes, args.rate_mbit, args.size_mib, args.e2e_nodes
     );
 
-    let total_nodes = args.nodes.max(args.e2e_nodes).max(args.rss_nodes);
+    let has = |run: &str| wanted.contains(&run);
+    let pick = |on: bool, n: usize| if on { n } else { 0 };
+    let daemons_needed = pick(has("herd"), args.nodes)
+        .max(pick(has("e2e"), args.e2e_nodes))
+        .max(pick(has("rss"), args.rss_nodes));
+    let total_nodes = pick(has("bt") || has("lt"), args.nodes).max(daemons_needed);
     let cluster = ClusterBuilder {
         nodes: total_nodes,
         rate_mbit: Some(args.rate_mbit),
@@ -241,6 +262,7 @@ fn run() -> anyhow::Result<()> {
             rt: &rt,
             tools: &tools,
             timeout: Duration::from_secs_f64(60.0 + 20.0 * bound),
+            seed_stats: args.seed_stats,
         };
         let mut cpu_bound = false;
         // The imagewolf-bt seed writes the torrent file both runs use.
@@ -281,15 +303,13 @@ fn run() -> anyhow::Result<()> {
     }
 
     // Runs 3 and 4.
-    if wanted.contains(&"herd") || wanted.contains(&"e2e") || args.rss_mib > 0 {
+    let rss = has("rss");
+    if daemons_needed > 0 {
         let registry_node = cluster.extra(0);
         let registry_addr = format!("{}:5000", registry_node.ip);
         let insecure = [registry_addr.as_str()];
-        eprintln!(
-            "starting {} dockerds (one per node) and a builder",
-            total_nodes
-        );
-        let daemons = start_dockerds(total_nodes + 1, &insecure)?;
+        eprintln!("starting {daemons_needed} dockerds (one per node) and a builder");
+        let daemons = start_dockerds(daemons_needed + 1, &insecure)?;
         let (builder, nodes) = daemons.split_first().context("no dockerd")?;
         let layers = 4;
         let layer_mib = (args.size_mib / layers as u64).max(1) as usize;
@@ -365,7 +385,7 @@ fn run() -> anyhow::Result<()> {
                 e2e_pair = Some((h, results.len() - 1));
             }
         }
-        if args.rss_mib > 0 {
+        if rss {
             cluster.set_rate(None, None)?;
             let reference = format!("{registry_addr}/bench/big:v1");
             let layer_mib = (args.rss_mib / layers as u64).max(1) as usize;
@@ -389,9 +409,7 @@ fn run() -> anyhow::Result<()> {
                 name: format!("ImageWolf memory run (N={}, unshaped)", args.rss_nodes),
             };
             let mut r = docker_runs::end_to_end(&setup, &reference)?;
-            r.notes.push(
-                "links unshaped (the rate column is nominal); this run is for the agents' peak RSS, not for time".into(),
-            );
+            r.memory_only = true;
             results.push(r);
             let _ = fs::remove_dir_all(&rss_scratch);
         }
@@ -405,6 +423,7 @@ fn run() -> anyhow::Result<()> {
     };
     let rates: Vec<u32> = {
         let mut v: Vec<u32> = results.iter().map(|r| r.rate_mbit).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
         v.dedup();
         v
     };
@@ -439,10 +458,9 @@ fn run() -> anyhow::Result<()> {
         "Per-node completion, N={} (end to end N={}), U={} Mbit/s, S={} MiB",
         args.nodes, args.e2e_nodes, args.rate_mbit, args.size_mib
     );
-    fs::write(
-        args.out_dir.join("cluster.svg"),
-        plot::svg(&results, &title),
-    )?;
+    if let Some(svg) = plot::svg(&results, &title) {
+        fs::write(args.out_dir.join("cluster.svg"), svg)?;
+    }
     eprintln!(
         "wrote {}/cluster.md, cluster.json, cluster.svg; logs in {}",
         args.out_dir.display(),

@@ -61,12 +61,22 @@ pub fn pids_cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().map(|p| process_cpu_seconds(*p)).sum()
 }
 
-/// Peak resident set size (`VmHWM`) of `pid` in MiB, if it is alive.
-pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A `/proc/PID/status` field in KiB (e.g. `VmHWM`), as MiB.
+fn status_mib(pid: u32, key: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.split(':').next() == Some(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Peak resident set size (`VmHWM`) of `pid` in MiB, if it is alive.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM")
+}
+
+/// Current resident set size (`VmRSS`) of `pid` in MiB, if it is alive.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS")
 }
 
 /// Busy and total jiffies of the whole machine (all CPUs) from /proc/stat.

@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 
 use crate::report::RunResult;
 
-const W: f64 = 960.0;
+const W: f64 = 1060.0;
 const H: f64 = 540.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 300.0;
+const RIGHT: f64 = 400.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 const PALETTE: [&str; 8] = [
@@ -24,14 +24,19 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Renders the SVG for `runs` with `title`.
-pub fn svg(runs: &[RunResult], title: &str) -> String {
+/// Renders the SVG for `runs` with `title`; `None` when no run has a time to plot.
+pub fn svg(runs: &[RunResult], title: &str) -> Option<String> {
+    let runs: Vec<RunResult> = runs.iter().filter(|r| !r.memory_only).cloned().collect();
+    let runs = runs.as_slice();
     let all: Vec<f64> = runs
         .iter()
         .flat_map(|r| r.times.iter().copied())
         .chain(runs.iter().map(RunResult::bound))
-        .filter(|t| *t > 0.0)
+        .filter(|t| t.is_finite() && *t > 0.0)
         .collect();
+    if all.is_empty() {
+        return None;
+    }
     let lo = all.iter().copied().fold(f64::INFINITY, f64::min).max(0.1) * 0.8;
     let hi = all.iter().copied().fold(0.0, f64::max).max(lo * 2.0) * 1.15;
     let (lx, hx) = (lo.log10(), hi.log10());
@@ -55,7 +60,12 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
     // Grid and axes.
     let mut decade = 10f64.powf(lx.floor());
     while decade <= hi {
-        for m in [1.0, 2.0, 5.0] {
+        let steps: &[f64] = if hx - lx < 1.5 {
+            &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0]
+        } else {
+            &[1.0, 2.0, 5.0]
+        };
+        for &m in steps {
             let t = decade * m;
             if t < lo || t > hi {
                 continue;
@@ -66,7 +76,7 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
                 r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/>"##,
                 TOP + ph
             );
-            let label = if t >= 1.0 {
+            let label = if t >= 1.0 && t.fract() == 0.0 {
                 format!("{t:.0}")
             } else {
                 format!("{t}")
@@ -130,7 +140,7 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
     }
     // Series.
     for (k, r) in runs.iter().enumerate() {
-        let color = PALETTE[k % PALETTE.len()];
+        let (color, dash) = style(r, k, runs);
         let total = (r.times.len() + r.failed).max(1) as f64;
         let mut path = String::new();
         let mut prev = 0.0;
@@ -147,7 +157,7 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
         }
         let _ = writeln!(
             s,
-            r#"<path d="{path}" fill="none" stroke="{color}" stroke-width="2"/>"#
+            r#"<path d="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#
         );
         for (i, t) in r.times.iter().enumerate() {
             let f = (i + 1) as f64 / total;
@@ -162,7 +172,7 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
         let lx0 = LEFT + pw + 16.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{lx0:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
+            r#"<line x1="{lx0:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"{dash}/>"#,
             lx0 + 24.0
         );
         let _ = writeln!(
@@ -174,10 +184,9 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
         );
         let detail = match r.max() {
             Some(m) => format!(
-                "N={} U={} S={}: max {m:.1} s = {:.2} x S/U",
+                "N={}, U={} Mbit/s: slowest {m:.1} s = {:.2} x S/U",
                 r.nodes,
                 r.rate_mbit,
-                r.size_mib,
                 m / r.bound()
             ),
             None => format!("N={}: {} failed", r.nodes, r.failed),
@@ -191,5 +200,27 @@ pub fn svg(runs: &[RunResult], title: &str) -> String {
         );
     }
     let _ = writeln!(s, "</svg>");
-    s
+    Some(s)
+}
+
+/// Colour by kind of run (so a run and its lower-rate or smaller repeat match), dashed for
+/// the variants.
+fn style(r: &RunResult, k: usize, runs: &[RunResult]) -> (&'static str, &'static str) {
+    const DASH: &str = r#" stroke-dasharray="7 3""#;
+    let kind = |name: &str| -> Option<usize> {
+        [
+            "imagewolf-bt",
+            "libtorrent",
+            "registry herd",
+            "ImageWolf end to end",
+        ]
+        .iter()
+        .position(|p| name.starts_with(p))
+    };
+    let Some(kr) = kind(&r.name) else {
+        return (PALETTE[(4 + k) % PALETTE.len()], "");
+    };
+    // The first run of a kind is solid; later ones (other rate, other N) dashed.
+    let first = runs.iter().position(|o| kind(&o.name) == Some(kr)) == Some(k);
+    (PALETTE[kr], if first { "" } else { DASH })
 }

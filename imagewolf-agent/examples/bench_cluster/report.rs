@@ -30,6 +30,8 @@ pub struct RunResult {
     pub peak_rss_mib: Option<f64>,
     /// Free-form observations (upload counts, phases, waste).
     pub notes: Vec<String>,
+    /// A run for memory only (unshaped links): reported apart, not plotted.
+    pub memory_only: bool,
 }
 
 impl RunResult {
@@ -114,7 +116,7 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
         out,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for r in runs {
+    for r in runs.iter().filter(|r| !r.memory_only) {
         let bound = r.bound();
         let max = match (r.max(), r.failed) {
             (Some(m), _) => format!("{m:.1}"),
@@ -145,6 +147,26 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
         );
     }
     let _ = writeln!(out);
+    let memory: Vec<&RunResult> = runs.iter().filter(|r| r.memory_only).collect();
+    if !memory.is_empty() {
+        let _ = writeln!(
+            out,
+            "| memory run (unshaped links) | nodes | image MiB | push end -> loaded everywhere, s | agent peak RSS (max over agents) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+        for r in memory {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.name,
+                r.nodes,
+                r.size_mib,
+                secs(r.max()),
+                r.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1} MiB"))
+            );
+        }
+        let _ = writeln!(out);
+    }
     if let Some(g) = ctx.goodput_mbit {
         let _ = writeln!(
             out,

@@ -78,6 +78,8 @@ pub struct SwarmSetup<'a> {
     pub tools: &'a Tools,
     /// Give up on a run after this long.
     pub timeout: Duration,
+    /// Seed imagewolf-bt runs with the counting seed (`seed_stats.rs`).
+    pub seed_stats: bool,
 }
 
 struct Downloader {
@@ -115,6 +117,14 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
     let seed_log = setup.logs.join(format!("{tag}-seed.log"));
     let log_file = File::create(&seed_log)?;
     let mut cmd = match client {
+        Client::ImageWolf if setup.seed_stats => {
+            let mut cmd = seed_node.command(&setup.tools.this);
+            cmd.arg("seed-stats")
+                .arg(&setup.payload)
+                .arg(&setup.torrent)
+                .args([&seed_listen, &announce]);
+            cmd
+        }
         Client::ImageWolf => {
             let mut cmd = seed_node.command(&setup.tools.seed);
             cmd.arg(&setup.payload)
@@ -266,6 +276,11 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
         let _ = seed.child.kill();
         let _ = seed.child.wait();
     }
+    let seed_summary = fs::read_to_string(&seed_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("\"seed_stats\""))
+        .map(str::to_owned);
     let mut times = Vec::new();
     let mut failed = 0;
     let mut wasted = 0u64;
@@ -314,6 +329,9 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
             }
         ));
     }
+    if let Some(summary) = seed_summary {
+        notes.push(format!("counting seed: {summary}"));
+    }
     let total_mib = (setup.nodes - 1) as f64 * setup.size_mib as f64;
     notes.push(format!(
         "{wasted} bytes received twice or discarded ({:.3} % of {total_mib:.0} MiB); spawning the {} downloaders took {spawned:.2} s",
@@ -341,6 +359,7 @@ pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Resul
         failed,
         cpu,
         peak_rss_mib: None,
+        memory_only: false,
         notes,
     };
     eprintln!(
