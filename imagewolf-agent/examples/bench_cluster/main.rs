@@ -83,6 +83,10 @@ struct Args {
     /// Skip the iperf3 goodput measurement.
     #[arg(long)]
     no_iperf: bool,
+    /// Repeat each swarm run this many times (alternating the clients) and report the
+    /// median repetition.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Diagnosis: seed the imagewolf-bt swarm with a counting seed (same engine and defaults)
     /// that reports how many copies of each piece it uploaded and when each first left.
     #[arg(long)]
@@ -264,16 +268,11 @@ fn run() -> anyhow::Result<()> {
             timeout: Duration::from_secs_f64(60.0 + 20.0 * bound),
             seed_stats: args.seed_stats,
         };
-        let mut cpu_bound = false;
-        // The imagewolf-bt seed writes the torrent file both runs use.
-        let r = swarm::run(&setup, swarm::Client::ImageWolf, "")?;
-        cpu_bound |= r.cpu_bound();
-        results.push(r);
-        if wanted.contains(&"lt") {
-            let r = swarm::run(&setup, swarm::Client::Libtorrent, "")?;
-            cpu_bound |= r.cpu_bound();
-            results.push(r);
-        }
+        // The imagewolf-bt seed writes the torrent file both clients use, so it runs first.
+        let with_lt = wanted.contains(&"lt");
+        let main_runs = swarm_pair(&setup, "", args.repeat, with_lt)?;
+        let cpu_bound = main_runs.iter().any(RunResult::cpu_bound);
+        results.extend(main_runs);
         let low = match args.low_rate_mbit {
             Some(0) => None,
             Some(r) => Some(r),
@@ -293,10 +292,7 @@ fn run() -> anyhow::Result<()> {
             setup.timeout =
                 Duration::from_secs_f64(60.0 + 20.0 * report::lower_bound(args.size_mib, low));
             let label = format!("{low} Mbit/s");
-            results.push(swarm::run(&setup, swarm::Client::ImageWolf, &label)?);
-            if wanted.contains(&"lt") {
-                results.push(swarm::run(&setup, swarm::Client::Libtorrent, &label)?);
-            }
+            results.extend(swarm_pair(&setup, &label, args.repeat, with_lt)?);
             cluster.set_rate(Some(args.rate_mbit), Some(args.rate_mbit))?;
         }
         let _ = fs::remove_dir_all(scratch.path().join("payload"));
@@ -467,6 +463,67 @@ fn run() -> anyhow::Result<()> {
         args.logs.display()
     );
     Ok(())
+}
+
+/// Runs the imagewolf-bt swarm (and libtorrent's, if `with_lt`) `repeat` times, alternating
+/// so background noise falls on both alike, and returns for each client the repetition with
+/// the median slowest node, noting every repetition's figures.
+fn swarm_pair(
+    setup: &swarm::SwarmSetup<'_>,
+    label: &str,
+    repeat: usize,
+    with_lt: bool,
+) -> anyhow::Result<Vec<RunResult>> {
+    let repeat = repeat.max(1);
+    let mut bt = Vec::with_capacity(repeat);
+    let mut lt = Vec::with_capacity(repeat);
+    for rep in 0..repeat {
+        bt.push(swarm::run(setup, swarm::Client::ImageWolf, label, rep)?);
+        if with_lt {
+            lt.push(swarm::run(setup, swarm::Client::Libtorrent, label, rep)?);
+        }
+    }
+    Ok([bt, lt]
+        .into_iter()
+        .filter(|runs| !runs.is_empty())
+        .map(median_run)
+        .collect())
+}
+
+/// The repetition whose slowest node is the median (failed runs count as slowest), with a
+/// note listing all of them.
+fn median_run(mut runs: Vec<RunResult>) -> RunResult {
+    let key = |r: &RunResult| r.max().unwrap_or(f64::INFINITY);
+    let all: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r.quantile(0.5).map_or("-".into(), |v| format!("{v:.1}")),
+                r.max()
+                    .map_or(format!("{} failed", r.failed), |v| format!("{v:.1}"))
+            )
+        })
+        .collect();
+    let cpu_bound = runs.iter().any(RunResult::cpu_bound);
+    let n = runs.len();
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mut chosen = runs.swap_remove((n - 1) / 2);
+    if n > 1 {
+        chosen.notes.insert(
+            0,
+            format!(
+                "{n} repetitions, p50/max s in run order: {}; the row shows the median one{}",
+                all.join(", "),
+                if cpu_bound && !chosen.cpu_bound() {
+                    " (another repetition was CPU-bound)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    chosen
 }
 
 fn raw_json(results: &[RunResult], ctx: &Context) -> serde_json::Value {

@@ -89,15 +89,24 @@ struct Downloader {
     done: Option<(f64, bool)>,
 }
 
-/// Runs one swarm and returns its result; `label` distinguishes repeated runs in logs.
-pub fn run(setup: &SwarmSetup<'_>, client: Client, label: &str) -> anyhow::Result<RunResult> {
+/// Runs one swarm and returns its result; `label` names a variant (e.g. another rate) in
+/// the report and logs, `rep` the repetition (in log names only).
+pub fn run(
+    setup: &SwarmSetup<'_>,
+    client: Client,
+    label: &str,
+    rep: usize,
+) -> anyhow::Result<RunResult> {
     let cluster = setup.cluster;
     let safe: String = label.chars().filter(char::is_ascii_alphanumeric).collect();
-    let tag = if safe.is_empty() {
+    let mut tag = if safe.is_empty() {
         client.name().to_owned()
     } else {
         format!("{}-{safe}", client.name())
     };
+    if rep > 0 {
+        tag.push_str(&format!("-rep{}", rep + 1));
+    }
     eprintln!(
         "== {tag}: 1 seed + {} downloaders, {} MiB at {} Mbit/s",
         setup.nodes - 1,
