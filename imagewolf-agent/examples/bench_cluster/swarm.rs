@@ -113,6 +113,9 @@ pub fn run(
         setup.size_mib,
         setup.rate_mbit
     );
+    // Wait out other work before the seed starts, not after: a seed left waiting longer than
+    // the tracker's peer lifetime (120 s) may be forgotten before the downloaders announce.
+    let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let tracker = setup
         .rt
         .block_on(TrackerServer::bind(
@@ -186,7 +189,6 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let seed_cpu_before = process_cpu_seconds(seed.id());
 
     let out_dir = setup.scratch.join(&tag);
