@@ -524,6 +524,19 @@ impl Cluster {
         Ok(node)
     }
 
+    /// Changes node `i`'s NIC speed (Mbit/s, both directions; `None` removes the shaping),
+    /// e.g. to give one node a faster link than the rest. Errors if there is no such node.
+    pub fn set_node_rate(&self, i: usize, rate_mbit: Option<u32>) -> Result<(), ClusterError> {
+        if rate_mbit == Some(0) {
+            return Err(ClusterError::Invalid("a rate of 0 Mbit/s".into()));
+        }
+        let node = self
+            .nodes
+            .get(i)
+            .ok_or_else(|| ClusterError::Invalid(format!("no node {i}")))?;
+        shape(node, rate_mbit)
+    }
+
     /// Changes the NIC speed of every node to `nodes` and of every extra namespace to
     /// `extras` (Mbit/s, both directions; `None` removes the shaping), as if the cluster had
     /// been built with those rates. Running processes keep their connections; the new rate

@@ -87,6 +87,11 @@ struct Args {
     /// median repetition.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Diagnosis: give the seed's node (node 0) this NIC speed in the swarm runs instead of
+    /// the common rate. If the swarm is limited by how fast the seed injects distinct
+    /// pieces, a faster seed link brings the others close to S/U.
+    #[arg(long)]
+    seed_rate_mbit: Option<u32>,
     /// Diagnosis: seed the imagewolf-bt swarm with a counting seed (same engine and defaults)
     /// that reports how many copies of each piece it uploaded and when each first left.
     #[arg(long)]
@@ -268,6 +273,13 @@ fn run() -> anyhow::Result<()> {
             timeout: Duration::from_secs_f64(60.0 + 20.0 * bound),
             seed_stats: args.seed_stats,
         };
+        if let Some(rate) = args.seed_rate_mbit {
+            cluster.set_node_rate(0, Some(rate))?;
+            ctx.notes.push(format!(
+                "Diagnostic setting: the seed's node had a {rate} Mbit/s link in the swarm runs (the others {} Mbit/s).",
+                args.rate_mbit
+            ));
+        }
         // The imagewolf-bt seed writes the torrent file both clients use, so it runs first.
         let with_lt = wanted.contains(&"lt");
         let main_runs = swarm_pair(&setup, "", args.repeat, with_lt)?;
@@ -288,12 +300,18 @@ fn run() -> anyhow::Result<()> {
                 ));
             }
             cluster.set_rate(Some(low), Some(args.rate_mbit))?;
+            if let Some(rate) = args.seed_rate_mbit {
+                cluster.set_node_rate(0, Some(rate))?;
+            }
             setup.rate_mbit = low;
             setup.timeout =
                 Duration::from_secs_f64(60.0 + 20.0 * report::lower_bound(args.size_mib, low));
             let label = format!("{low} Mbit/s");
             results.extend(swarm_pair(&setup, &label, args.repeat, with_lt)?);
             cluster.set_rate(Some(args.rate_mbit), Some(args.rate_mbit))?;
+        }
+        if args.seed_rate_mbit.is_some() {
+            cluster.set_node_rate(0, Some(args.rate_mbit))?;
         }
         let _ = fs::remove_dir_all(scratch.path().join("payload"));
     }
