@@ -474,23 +474,26 @@ impl Distributor {
             .data_dir
             .join("images")
             .join(format!("{}.tar", d.info_hash));
-        let resume = path.exists();
-        let storage = FileStorage::create_file(&path, d.size)
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let seeders: Vec<SocketAddr> = d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
-        let start = if resume {
-            StartFrom::Check
-        } else {
-            StartFrom::Empty
-        };
         // A previous run that failed at the load keeps its torrent (and verified data): reuse it.
         let handle = match self.session.torrent(&meta.info_hash()) {
             Some(existing) => existing,
-            None => self
-                .session
-                .add_torrent(AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders))
-                .await
-                .map_err(|e| format!("adding the torrent: {e}"))?,
+            None => {
+                let start = if path.exists() {
+                    StartFrom::Check
+                } else {
+                    StartFrom::Empty
+                };
+                let storage = FileStorage::create_file(&path, d.size)
+                    .map_err(|e| format!("creating {}: {e}", path.display()))?;
+                let seeders: Vec<SocketAddr> =
+                    d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
+                self.session
+                    .add_torrent(
+                        AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders),
+                    )
+                    .await
+                    .map_err(|e| format!("adding the torrent: {e}"))?
+            }
         };
         self.update(key, |r| r.torrent = Some(handle.clone()));
         handle
