@@ -1,15 +1,16 @@
 //! The public entry point: a [`Session`] listens for peers and runs any number of torrents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitvec::prelude::*;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::SessionConfig;
 use crate::picker::Picker;
@@ -21,9 +22,21 @@ use crate::torrent::{
 use crate::wire::Handshake;
 use crate::InfoHash;
 
-/// Incoming connections allowed to sit in the handshake at once; more wait in the kernel's
-/// backlog. Bounds what a flood of idle connections can cost us.
+/// Incoming connections allowed to sit in the handshake at once. When one more arrives, the
+/// oldest of them is closed to make room, once it has had [`MIN_PENDING_AGE`] to send its
+/// handshake: an honest peer sends it at once, so it needs its slot only for a round trip,
+/// while connections that never send one can neither pile up (their cost is bounded) nor
+/// keep honest peers out for long (they are not queued behind them for the handshake timeout).
 const MAX_PENDING_HANDSHAKES: usize = 64;
+/// A pending handshake is never closed to make room before this age (its peer may not have
+/// been scheduled yet); while all are younger, accepting waits. So under a flood of idle
+/// connections the listener still accepts `MAX_PENDING_HANDSHAKES / MIN_PENDING_AGE`
+/// (256) connections a second.
+const MIN_PENDING_AGE: Duration = Duration::from_millis(250);
+/// Connections the kernel queues for us to accept. While we accept slowly (a flood keeps
+/// every pending slot young), a burst beyond this is dropped by the kernel: new connections
+/// retry their SYN later, and ones caught mid-setup may never reach us at all.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// A BitTorrent session: one listening socket, one peer id, many torrents.
 ///
@@ -85,9 +98,7 @@ impl Session {
     /// Binds the listen socket and starts accepting peers.
     pub async fn new(config: SessionConfig) -> Result<Session, SessionError> {
         let addr = config.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| SessionError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| SessionError::Bind { addr, source })?;
         let listen_addr = listener
             .local_addr()
             .map_err(|source| SessionError::Bind { addr, source })?;
@@ -252,12 +263,23 @@ impl Inner {
     }
 }
 
+/// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] (tokio's default is 128).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // Handshake tasks still running, with when they started, oldest first.
+    let mut pending: VecDeque<(Instant, JoinHandle<()>)> =
+        VecDeque::with_capacity(MAX_PENDING_HANDSHAKES);
     loop {
-        let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
-            return;
-        };
         let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -267,10 +289,25 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
+        pending.retain(|(_, task)| !task.is_finished());
+        while pending.len() >= MAX_PENDING_HANDSHAKES {
+            let age = pending[0].0.elapsed();
+            if age >= MIN_PENDING_AGE {
+                // Dropping its stream closes the connection. A task past its handshake has no
+                // await left before it hands the stream on, so this never cuts a peer.
+                if let Some((_, oldest)) = pending.pop_front() {
+                    oldest.abort();
+                }
+                tracing::debug!("too many pending handshakes: closed the oldest");
+                break;
+            }
+            tokio::time::sleep(MIN_PENDING_AGE - age).await;
+            pending.retain(|(_, task)| !task.is_finished());
+        }
         let inner = Arc::clone(&inner);
-        tokio::spawn(async move {
+        let started = Instant::now();
+        pending.push_back((started, tokio::spawn(async move {
             let handshake = read_handshake(stream, inner.config.handshake_timeout).await;
-            drop(permit);
             let (stream, theirs) = match handshake {
                 Ok(ok) => ok,
                 Err(e) => {
@@ -288,7 +325,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                     tracing::debug!(%addr, "incoming connection for unknown torrent {}", theirs.info_hash)
                 }
             }
-        });
+        })));
     }
 }
 
