@@ -39,6 +39,8 @@ pub(super) struct Reader {
     /// HaveNone is only allowed then).
     at_start: bool,
     last_received: Instant,
+    /// The peer has sent at least one byte since the handshake.
+    heard: bool,
     last_block: Instant,
     snubbed: bool,
     /// Scratch space for picks, reused.
@@ -67,6 +69,7 @@ impl Reader {
             pipeline,
             at_start: true,
             last_received: now,
+            heard: false,
             last_block: now,
             snubbed: false,
             picks: Vec::new(),
@@ -87,6 +90,7 @@ impl Reader {
                         return Err(PeerError::Closed("peer closed the connection".into()));
                     }
                     self.last_received = Instant::now();
+                    self.heard = true;
                     self.drain()?;
                 }
                 _ = tick.tick() => self.on_tick()?,
@@ -416,6 +420,12 @@ impl Reader {
     fn on_tick(&mut self) -> Result<(), PeerError> {
         let now = Instant::now();
         let config = &self.torrent.config;
+        // A peer speaks as soon as it is connected (an extension handshake, what it has, or
+        // that it is interested); one that stays silent after its handshake only holds one of
+        // the torrent's peer slots, so it gets the handshake's time, not the idle timeout.
+        if !self.heard && now.duration_since(self.last_received) > config.handshake_timeout {
+            return Err(PeerError::Timeout("peer sent nothing after its handshake"));
+        }
         if now.duration_since(self.last_received) > config.idle_timeout {
             return Err(PeerError::Timeout("peer sent nothing"));
         }
