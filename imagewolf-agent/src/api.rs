@@ -23,8 +23,12 @@
 //!   refuses before routing gets hyper's own bare 400 and is counted as rejected.
 //! - **Bounded.** Request heads by hyper's read buffer ([`MAX_HEAD_LEN`], [`MAX_HEADERS`]),
 //!   bodies by `max_body` enforced *while reading* (`http_body_util::Limited`; a declared
-//!   `Content-Length` over the limit is refused before reading a byte), connections by a
-//!   semaphore ([`MAX_CONNECTIONS`]; accepting pauses while it is exhausted), time by a
+//!   `Content-Length` over the limit is refused before reading a byte), the bodies of all
+//!   connections together by a byte budget ([`MAX_BODY_BYTES_IN_FLIGHT`]; a request whose
+//!   body does not fit in what is left is answered 503 at once), connections by a
+//!   semaphore ([`MAX_CONNECTIONS`]; when all are taken, the oldest connection that has not
+//!   sent a request head within [`MIN_IDLE_AGE`] is closed to make room, else accepting
+//!   pauses), time by a
 //!   header-read timeout (which also ends idle keep-alive connections), a body-read timeout,
 //!   and a maximum connection age after which the connection is closed gracefully.
 //! - **Metrics label routes, not paths**: unknown paths count as `other` (see
@@ -36,6 +40,7 @@
 //! A missing `Content-Type` is accepted as JSON (curl users forget it; the body is parsed as
 //! JSON either way); a present one must name a JSON media type.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -55,7 +60,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::image::Distribution;
 use crate::notification::{
@@ -66,8 +71,17 @@ use crate::stats::{render_prometheus, HttpCounters, ImageStats};
 
 /// Default request body limit (the notification parsers' own limit).
 pub const DEFAULT_MAX_BODY: usize = MAX_BODY;
-/// Most connections served at once; further clients wait in the listen backlog.
+/// Most connections open at once. Past it, a newcomer closes the oldest connection that has
+/// not sent a request head for [`MIN_IDLE_AGE`]; when there is none, newcomers wait in the
+/// listen backlog.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Request body bytes all connections together may be reading at once (each request reserves
+/// its declared length, or `max_body` when it declares none). Without it, every connection
+/// could hold a body of `max_body` bytes for [`BODY_READ_TIMEOUT`].
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 16 * DEFAULT_MAX_BODY;
+/// When every connection slot is taken, a connection that has sent no whole request head for
+/// this long is closed to make room for a newcomer (younger ones may just be slow to start).
+pub const MIN_IDLE_AGE: Duration = Duration::from_millis(500);
 /// Time a client has to send a request head, and the longest a keep-alive connection idles.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request body.
@@ -185,6 +199,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
+/// Connections the kernel queues for the API to accept (tokio's default is 128): a burst of
+/// clients past it is dropped by the kernel before the connection limits can sort it out.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the API's listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the API on `listener` until `shutdown` becomes `true` (or its sender is dropped).
 ///
 /// Returns after in-flight requests finished or [`SHUTDOWN_GRACE`] passed. Accept errors
@@ -202,6 +232,7 @@ pub async fn serve(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) max_connections: usize,
+    pub(crate) body_bytes_in_flight: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) max_connection_age: Duration,
@@ -212,6 +243,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: MAX_CONNECTIONS,
+            body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             body_read_timeout: BODY_READ_TIMEOUT,
             max_connection_age: MAX_CONNECTION_AGE,
@@ -225,6 +257,8 @@ struct Ctx {
     config: ApiConfig,
     limits: Limits,
     counters: HttpCounters,
+    /// Permits are bytes of request bodies being read (see [`MAX_BODY_BYTES_IN_FLIGHT`]).
+    body_budget: Semaphore,
 }
 
 pub(crate) async fn serve_with_limits(
@@ -234,11 +268,19 @@ pub(crate) async fn serve_with_limits(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    // Never smaller than one largest body, or such a body could never be read.
+    let body_budget = Semaphore::new(
+        limits
+            .body_bytes_in_flight
+            .max(config.max_body)
+            .min(Semaphore::MAX_PERMITS),
+    );
     let ctx = Arc::new(Ctx {
         api,
         config,
         limits,
         counters: HttpCounters::new(),
+        body_budget,
     });
     let mut builder = http1::Builder::new();
     builder
@@ -247,17 +289,14 @@ pub(crate) async fn serve_with_limits(
         .max_buf_size(MAX_HEAD_LEN)
         .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
+    // Connections that have not sent a whole request head yet, oldest first (finished ones
+    // are purged lazily).
+    let mut waiting: VecDeque<Unserved> = VecDeque::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // never closed; leaving is the only sane reaction
-            },
-            () = shutdown_requested(&mut shutdown) => break,
-        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -269,14 +308,38 @@ pub(crate) async fn serve_with_limits(
             },
             () = shutdown_requested(&mut shutdown) => break,
         };
-        connections.spawn(connection(
+        if waiting.len() >= max_connections {
+            waiting.retain(Unserved::still);
+        }
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let permit = tokio::select! {
+                    permit = make_room(&mut waiting, &permits, &ctx) => permit,
+                    () = shutdown_requested(&mut shutdown) => break,
+                };
+                match permit {
+                    Some(permit) => permit,
+                    None => break, // never closed; leaving is the only sane reaction
+                }
+            }
+        };
+        let since = tokio::time::Instant::now();
+        let served = Arc::new(AtomicBool::new(false));
+        let task = connections.spawn(connection(
             Arc::clone(&builder),
             stream,
             remote,
             Arc::clone(&ctx),
             shutdown.clone(),
+            Arc::clone(&served),
             permit,
         ));
+        waiting.push_back(Unserved {
+            since,
+            task,
+            served,
+        });
     }
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
@@ -285,6 +348,55 @@ pub(crate) async fn serve_with_limits(
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// A connection that had not sent a whole request head when last looked at.
+struct Unserved {
+    since: tokio::time::Instant,
+    task: AbortHandle,
+    served: Arc<AtomicBool>,
+}
+
+impl Unserved {
+    fn still(&self) -> bool {
+        !self.task.is_finished() && !self.served.load(Ordering::Relaxed)
+    }
+}
+
+/// Every connection slot is taken: waits for one, meanwhile closing the oldest connection
+/// that has had [`MIN_IDLE_AGE`] to send a request head and has not (so idle and slow-loris
+/// clients cannot keep others out). When every connection is busy with a request, that is
+/// simply waiting for one to finish. `None` if the semaphore was closed (it never is).
+async fn make_room(
+    waiting: &mut VecDeque<Unserved>,
+    permits: &Arc<Semaphore>,
+    ctx: &Ctx,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        waiting.retain(Unserved::still);
+        let wake = match waiting.front() {
+            Some(oldest) if oldest.since.elapsed() >= MIN_IDLE_AGE => {
+                oldest.task.abort();
+                waiting.pop_front();
+                ctx.counters.record_rejected();
+                tracing::debug!("API connections exhausted: closed the oldest without a request");
+                // Its permit comes back once the aborted task is dropped.
+                return Arc::clone(permits).acquire_owned().await.ok();
+            }
+            Some(oldest) => Some(oldest.since + MIN_IDLE_AGE),
+            None => None,
+        };
+        let wake = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            permit = Arc::clone(permits).acquire_owned() => return permit.ok(),
+            () = wake => {}
+        }
+    }
 }
 
 /// Resolves once shutdown is requested: the value is `true` or the sender is gone.
@@ -298,12 +410,12 @@ async fn connection(
     remote: SocketAddr,
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
+    served: Arc<AtomicBool>,
     _permit: OwnedSemaphorePermit,
 ) {
     // Listening on `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
     let ip = remote.ip().to_canonical();
     let service_ctx = Arc::clone(&ctx);
-    let served = Arc::new(AtomicBool::new(false));
     let service_served = Arc::clone(&served);
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&service_ctx);
@@ -619,6 +731,16 @@ async fn read_body(req: Request<Incoming>, ctx: &Ctx) -> Result<Bytes, ApiError>
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
+    let reserve = declared.map_or(max, |len| len as usize);
+    let _reserved = u32::try_from(reserve)
+        .ok()
+        .and_then(|n| ctx.body_budget.try_acquire_many(n).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies being received; retry shortly",
+            )
+        })?;
     let body = Limited::new(req.into_body(), max).collect();
     match tokio::time::timeout(ctx.limits.body_read_timeout, body).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

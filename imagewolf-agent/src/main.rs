@@ -58,9 +58,8 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(KeepTarball::new(config.data_dir.join("loaded"))?),
         ),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let listener =
+        api::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
     let distributor = Distributor::start(
         DistributorConfig {
             data_dir: config.data_dir.clone(),

@@ -474,6 +474,71 @@ async fn oversized_bodies_are_refused_while_reading() {
 }
 
 #[tokio::test]
+async fn request_bodies_being_read_share_a_byte_budget() {
+    let server = start_with(
+        ApiConfig {
+            max_body: 1000,
+            ..ApiConfig::default()
+        },
+        Limits {
+            body_bytes_in_flight: 2000,
+            body_read_timeout: Duration::from_secs(3),
+            ..Limits::default()
+        },
+    )
+    .await;
+    // Two clients declare the largest body and never finish it: together they hold the budget.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /registryNotifications HTTP/1.1\r\nhost: x\r\ncontent-type: {EVENTS}\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
+    // Once the server reads both, any other body is refused at once (polled: nothing tells us
+    // when the server got to them).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let reply = post(
+            server.addr,
+            "/registryNotifications",
+            EVENTS,
+            manifest_list_envelope(),
+        )
+        .await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            reply.assert_error(StatusCode::SERVICE_UNAVAILABLE);
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(Instant::now() < deadline, "the body budget never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests without a body are unaffected.
+    assert_eq!(get(server.addr, "/healthz").await.status, StatusCode::OK);
+    // The held bodies time out (408) and give their bytes back.
+    for mut stream in held {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("a held body was never timed out")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let reply = post(
+        server.addr,
+        "/registryNotifications",
+        EVENTS,
+        manifest_list_envelope(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn wrong_methods_and_unknown_paths() {
     let server = start().await;
     for (method, path, allow) in [
@@ -696,6 +761,7 @@ async fn garbage_does_not_stop_the_server() {
 fn short_limits() -> Limits {
     Limits {
         max_connections: 2,
+        body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
         max_connection_age: Duration::from_secs(30),
@@ -706,15 +772,38 @@ fn short_limits() -> Limits {
 #[tokio::test]
 async fn slow_clients_time_out_and_connections_are_bounded() {
     let server = start_with(ApiConfig::default(), short_limits()).await;
-    // Two silent connections hold both slots ...
-    let started = Instant::now();
+    // A silent and a slow-loris connection are closed at the header timeout.
     let mut idle_a = TcpStream::connect(server.addr).await.unwrap();
     let mut idle_b = TcpStream::connect(server.addr).await.unwrap();
     idle_b
         .write_all(b"POST /stats HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
-    // ... so a third client is only served once the header timeout frees one.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), idle_a.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "idle connection left open");
+    let read = tokio::time::timeout(Duration::from_secs(5), idle_b.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "slow-loris connection left open");
+
+    // Two kept-alive clients that were served hold both slots ...
+    let started = Instant::now();
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !complete_response(&answer) {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        kept.push(stream);
+    }
+    // ... so a third client is only served once the keep-alive (header) timeout frees one.
     let reply = get(server.addr, "/healthz").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
@@ -722,12 +811,7 @@ async fn slow_clients_time_out_and_connections_are_bounded() {
         "{:?}",
         started.elapsed()
     );
-    // The silent ones were closed.
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), idle_a.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "idle connection left open");
-    let read = tokio::time::timeout(Duration::from_secs(5), idle_b.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "slow-loris connection left open");
+    drop(kept);
 
     // A body that never completes gets 408.
     let head = format!(
@@ -743,6 +827,44 @@ async fn slow_clients_time_out_and_connections_are_bounded() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap();
     assert!(rejected >= 2, "{text}");
+}
+
+#[tokio::test]
+async fn connections_without_a_request_make_room_for_new_clients() {
+    let server = start_with(
+        ApiConfig::default(),
+        Limits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+    )
+    .await;
+    // Two silent connections take both slots; the header timeout is far away.
+    let mut oldest = TcpStream::connect(server.addr).await.unwrap();
+    let mut newer = TcpStream::connect(server.addr).await.unwrap();
+    newer.write_all(b"GET /stats HTTP/1.1\r\n").await.unwrap();
+    // A new client is served at once: the oldest silent connection made room.
+    let started = Instant::now();
+    let reply = get(server.addr, "/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), oldest.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the oldest silent connection was not closed"
+    );
+    // Only the oldest: the other one is still open.
+    let open = tokio::time::timeout(Duration::from_millis(300), newer.read(&mut [0u8; 64])).await;
+    assert!(
+        open.is_err(),
+        "the newer connection was closed too: {open:?}"
+    );
 }
 
 #[tokio::test]
