@@ -49,6 +49,12 @@ pub struct SessionConfig {
     pub snub_timeout: Duration,
     /// We send a keep-alive after this long without sending anything.
     pub keepalive_interval: Duration,
+    /// A torrent added complete ([`crate::StartFrom::Complete`]: the swarm's first seed)
+    /// shows each peer only a few pieces at a time, least-shown first, until every piece has
+    /// left it once (BEP 16-style super-seeding, see [`crate::picker::SeedSpreader`]). Its
+    /// upload then carries only distinct pieces while they exist nowhere else. Off: it
+    /// announces every piece at once, as a plain seed does.
+    pub spread_initial_seed: bool,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +73,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(120),
             snub_timeout: Duration::from_secs(15),
             keepalive_interval: Duration::from_secs(30),
+            spread_initial_seed: true,
         }
     }
 }

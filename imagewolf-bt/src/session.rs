@@ -144,6 +144,10 @@ impl Session {
         };
         let mut state = TorrentState::new(lengths, picker, status.clone());
         state.checking = start_from == StartFrom::Check;
+        let spreading = start_from == StartFrom::Complete && self.inner.config.spread_initial_seed;
+        if spreading {
+            state.spread = Some(crate::picker::SeedSpreader::new(lengths));
+        }
         let initial = TorrentStats {
             status,
             num_pieces: lengths.num_pieces(),
@@ -176,6 +180,7 @@ impl Session {
             wake_ticker: Notify::new(),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             announcer: Mutex::new(None),
+            spreading: spreading.into(),
         });
         {
             let mut table = self.inner.table();

@@ -26,7 +26,7 @@ pub use handle::{AddTorrent, StartFrom, TorrentEvent, TorrentHandle, TorrentStat
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
@@ -107,6 +107,9 @@ pub(crate) struct Torrent {
     pub tasks: Mutex<tokio::task::JoinSet<()>>,
     /// The tracker announce loop, when the torrent has trackers.
     pub announcer: Mutex<Option<crate::tracker::AnnouncerHandle>>,
+    /// Mirrors `state.spread.is_some()`, so peers of a torrent that is not spreading (almost
+    /// all of them) skip taking the lock for it.
+    pub spreading: AtomicBool,
 }
 
 impl Torrent {
@@ -131,6 +134,13 @@ impl Torrent {
         // Reap finished tasks so a long-lived seed does not accumulate them.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
+    }
+
+    /// One spreading step for peer `key` (see [`state::TorrentState::spread_step`]).
+    pub fn spread_step(&self, key: crate::picker::PeerKey) {
+        if self.spreading.load(Ordering::Relaxed) && !self.state().spread_step(key) {
+            self.spreading.store(false, Ordering::Relaxed);
+        }
     }
 
     pub fn emit(&self, event: TorrentEvent) {
