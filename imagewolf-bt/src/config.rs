@@ -38,6 +38,11 @@ pub struct SessionConfig {
     /// The most requests we queue from one peer (advertised to it as our `reqq`); more are
     /// rejected.
     pub max_queued_peer_requests: usize,
+    /// Bytes of piece buffers one torrent may hold (pieces being received plus pieces
+    /// waiting to be hashed and written), raised to four pieces if pieces are larger. No
+    /// new piece is started above it, and requests pause while the hashing backlog alone
+    /// exceeds it; this bounds a download's memory however many peers feed it.
+    pub piece_memory_per_torrent: u64,
     /// Pieces SHA-1-checked at once, each on tokio's blocking pool.
     pub hashing_threads: usize,
     /// Time allowed to connect and exchange handshakes.
@@ -68,6 +73,7 @@ impl Default for SessionConfig {
             unchoke_slots: 200,
             max_outstanding_requests: 500,
             max_queued_peer_requests: 2000,
+            piece_memory_per_torrent: 16 << 20,
             hashing_threads: 2,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),

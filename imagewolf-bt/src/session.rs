@@ -130,13 +130,17 @@ impl Session {
             });
         }
         let info_hash = metainfo.info_hash();
-        let picker = match start_from {
+        let mut picker = match start_from {
             StartFrom::Complete => Picker::with_have(
                 lengths,
                 &bitvec![u8, Msb0; 1; lengths.num_pieces() as usize],
             ),
             StartFrom::Empty | StartFrom::Check => Picker::new(lengths),
         };
+        let budget = crate::torrent::piece_memory_limit(&self.inner.config, lengths);
+        picker.set_max_active(
+            u32::try_from(budget / u64::from(lengths.piece_len())).unwrap_or(u32::MAX),
+        );
         let status = match start_from {
             StartFrom::Complete => TorrentStatus::Seeding,
             StartFrom::Empty => TorrentStatus::Downloading,

@@ -367,8 +367,7 @@ impl Reader {
         if self.peer_choking || !self.am_interested || self.link.is_closing() {
             return;
         }
-        if self.torrent.verifying_bytes.load(Ordering::Relaxed)
-            > self.torrent.verify_backlog_limit()
+        if self.torrent.verifying_bytes.load(Ordering::Relaxed) > self.torrent.piece_memory_limit()
         {
             return; // Hashing or the disk is behind; resume when it drains.
         }

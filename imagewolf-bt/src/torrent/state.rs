@@ -15,8 +15,8 @@ use crate::peer::PeerLink;
 use crate::picker::{PeerKey, Picker, Received, SeedSpreader};
 use crate::{BlockRef, Lengths, PeerId, PieceIndex};
 
-/// Piece buffers kept for reuse after their piece is stored.
-const MAX_SPARE_BUFFERS: usize = 8;
+/// Bytes of piece buffers kept for reuse after their piece is stored (at least one buffer).
+const SPARE_BUFFER_BYTES: usize = 4 << 20;
 
 /// One connected peer, as the torrent sees it.
 pub(crate) struct PeerEntry {
@@ -97,7 +97,7 @@ pub(crate) struct TorrentState {
     pub peers: HashMap<PeerKey, PeerEntry>,
     next_key: u64,
     buffers: HashMap<PieceIndex, PieceBuffer>,
-    /// Piece buffers kept for reuse (at most [`MAX_SPARE_BUFFERS`]).
+    /// Piece buffers kept for reuse (see [`SPARE_BUFFER_BYTES`]).
     spare_buffers: Vec<Vec<u8>>,
     pub ban: SmartBan,
     banned_ids: HashSet<PeerId>,
@@ -355,7 +355,8 @@ impl TorrentState {
     /// Keeps a finished piece buffer for the next piece: fresh allocations of this size are
     /// fresh pages from the kernel (a page fault and a zeroing per 4 KiB), reuse is free.
     pub fn recycle_buffer(&mut self, data: Vec<u8>) {
-        if self.spare_buffers.len() < MAX_SPARE_BUFFERS {
+        let max = (SPARE_BUFFER_BYTES / self.lengths.piece_len() as usize).max(1);
+        if self.spare_buffers.len() < max {
             self.spare_buffers.push(data);
         }
     }
