@@ -431,7 +431,9 @@ async fn a_failing_load_is_retried_past_the_old_cap_and_the_data_is_kept_until_i
 
     // It loads after 21 attempts, never marked failed, without downloading again.
     wait_until("loaded", || {
-        record(&d, &reference).is_some_and(|r| r.state == ImageState::Loaded)
+        let r = record(&d, &reference).expect("record");
+        assert_ne!(r.state, ImageState::Failed, "the node gave up: {r:?}");
+        r.state == ImageState::Loaded
     })
     .await;
     let after = record(&d, &reference).unwrap();
