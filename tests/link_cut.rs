@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, Node};
-use imagewolf::{example_bin, random_payload, ChildGuard, TempDir};
+use imagewolf::{build_examples, example_bin, random_payload, ChildGuard, TempDir};
 
 /// Downloaders (nodes 1..=DOWNLOADERS); node 0 seeds.
 const DOWNLOADERS: usize = 5;
@@ -54,18 +54,6 @@ const RESUME_WITHIN: Duration = Duration::from_secs(20);
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 const BT_PORT: u16 = 6881;
 const TRACKER_PORT: u16 = 6969;
-
-fn ensure_examples_built() {
-    if example_bin("seed").exists() && example_bin("download").exists() {
-        return;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--example", "seed", "--example", "download"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the examples failed");
-}
 
 /// A line one of the processes printed, and when.
 struct Line {
@@ -364,7 +352,7 @@ fn a_node_cut_off_for_10s_recovers_and_does_not_hold_up_the_others() {
     if let Err(e) = require_root_and_tools() {
         panic!("{e}");
     }
-    ensure_examples_built();
+    build_examples(&["seed", "download"]);
     let cluster = ClusterBuilder {
         nodes: DOWNLOADERS + 1,
         rate_mbit: Some(RATE_MBIT),
