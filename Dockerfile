@@ -57,11 +57,14 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
     IMAGEWOLF_SEED_SECONDS=600 \
     IMAGEWOLF_RESOLVE_SECONDS=5 \
     IMAGEWOLF_LOG_FORMAT=text \
+    IMAGEWOLF_MAX_TORRENTS=16 \
     RUST_LOG=info,imagewolf_bt=warn
 # Flags without a default, unset unless given (an empty value would be an invalid one):
 #   IMAGEWOLF_ADVERTISE_ADDR   IMAGEWOLF_REGISTRY   IMAGEWOLF_POLL
 #   IMAGEWOLF_WEBHOOK_TOKEN    (or IMAGEWOLF_WEBHOOK_TOKEN_FILE, read by the entrypoint)
 #   IMAGEWOLF_CLUSTER_SECRET   (or IMAGEWOLF_CLUSTER_SECRET_FILE, read by the entrypoint)
+#   IMAGEWOLF_ALLOW            (unset: every image is distributed; set it in production, e.g.
+#                               registry.example.com/team/**,*/library/nginx)
 
 VOLUME /var/lib/imagewolf
 # 8000: HTTP API (webhooks, /stats, /metrics, agent to agent). 6000: BitTorrent.

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example download -- IN.torrent --out PATH [--listen IP:PORT] [--peer IP:PORT]...
+//!     [--timeout SECS] [--progress-ms MS]
 //! ```
 //! Peers come from the torrent's trackers and from `--peer`. For a single-file torrent PATH
 //! is the file to write; for a multi-file torrent it is the directory to write into. An
@@ -35,6 +36,10 @@ struct Args {
     /// Give up after this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     timeout: u64,
+    /// Print a progress line at most this often, in milliseconds (tests that react to
+    /// progress use a short interval).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    progress_ms: u64,
 }
 
 #[tokio::main]
@@ -81,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let started = Instant::now();
     let mut progress = handle.progress();
-    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let every = Duration::from_millis(args.progress_ms);
+    let mut last_print = Instant::now() - every;
     let deadline = (args.timeout > 0).then(|| started + Duration::from_secs(args.timeout));
     loop {
         let s = progress.borrow_and_update().clone();
@@ -91,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         if let imagewolf_bt::TorrentStatus::Failed(e) = &s.status {
             bail!("download failed: {e}");
         }
-        if last_print.elapsed() >= Duration::from_secs(1) {
+        if last_print.elapsed() >= every {
             last_print = Instant::now();
             println!(
                 "download: {:>5.1} %  peers {:>3}  down {:>7.1} MiB/s",
@@ -100,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 s.download_rate / (1024.0 * 1024.0)
             );
         }
-        let wait = tokio::time::timeout(Duration::from_secs(1), progress.changed());
+        let wait = tokio::time::timeout(every.min(Duration::from_secs(1)), progress.changed());
         if let Ok(Err(_)) = wait.await {
             bail!("torrent stopped");
         }

@@ -445,3 +445,350 @@ async fn a_registry_that_is_down_is_retried_with_backoff_and_visible_in_stats() 
     wait_for_state(cluster.agents[1].api, reference, "loaded").await;
     cluster.shutdown().await;
 }
+
+/// Serves several generated images by repository; each pull first waits for a permit of
+/// `gate` (the test decides when the "registry" answers) and is counted.
+struct GatedImages {
+    images: std::collections::HashMap<String, Arc<GeneratedImage>>,
+    gate: tokio::sync::Semaphore,
+    pulls: std::sync::atomic::AtomicU32,
+}
+
+impl GatedImages {
+    fn new(dir: &std::path::Path, references: &[&str], open: usize) -> Self {
+        let images = references
+            .iter()
+            .enumerate()
+            .map(|(i, reference)| {
+                let sub = dir.join(format!("image-{i}"));
+                std::fs::create_dir_all(&sub).unwrap();
+                // Distinct sizes: distinct layers, image ids and tarballs.
+                let image = GeneratedImage::build(&sub, reference, (1 << 20) + i * 4096).unwrap();
+                let repository = reference.split_once('/').unwrap().1;
+                let repository = repository.rsplit_once(':').unwrap().0.to_owned();
+                (repository, Arc::new(image))
+            })
+            .collect();
+        GatedImages {
+            images,
+            gate: tokio::sync::Semaphore::new(open),
+            pulls: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    fn pulls(&self) -> u32 {
+        self.pulls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl ImageSource for GatedImages {
+    fn pull<'a>(
+        &'a self,
+        image: &'a ImageRef,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<imagewolf_agent::source::PulledImage, imagewolf_agent::source::SourceError>,
+    > {
+        Box::pin(async move {
+            self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.gate.acquire().await.expect("gate").forget();
+            match self.images.get(&image.repository) {
+                Some(generated) => generated.pull(image).await,
+                None => Err(imagewolf_agent::source::SourceError {
+                    message: format!("{image}: manifest unknown"),
+                    retryable: false,
+                }),
+            }
+        })
+    }
+
+    fn export<'a>(
+        &'a self,
+        pulled: &'a imagewolf_agent::source::PulledImage,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<imagewolf_agent::source::Tarball, imagewolf_agent::source::SourceError>,
+    > {
+        Box::pin(async move {
+            let generated = self
+                .images
+                .values()
+                .find(|g| g.reference == pulled.reference)
+                .expect("export of a pulled image");
+            generated.export(pulled).await
+        })
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `value` of a sample line `name{labels} value` in Prometheus text (labels as written).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn metrics(api: std::net::SocketAddr) -> String {
+    let reply = http::request(api, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    reply.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
+    let dir = TempDir::new("agent-allow").unwrap();
+    let allowed = "10.1.2.3:5000/team/app:v1";
+    let source = Arc::new(GatedImages::new(dir.path(), &[allowed], 100));
+    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 2)
+        .await
+        .unwrap();
+    cluster.cluster_secret = Some(b"cluster secret".to_vec());
+    cluster.allow = imagewolf_agent::allowlist::Allowlist::parse(["10.1.2.3:5000/team/*"]).unwrap();
+    listeners.reverse();
+    cluster
+        .start_late(listeners.pop().unwrap(), Some(source.clone()))
+        .await
+        .unwrap();
+    cluster
+        .start_late(listeners.pop().unwrap(), None)
+        .await
+        .unwrap();
+    let (origin, node) = (cluster.agents[0].api, cluster.agents[1].api);
+
+    // A registry push of another repository: answered 200 (a 4xx/5xx would make the
+    // registry re-send it, holding back every later event), counted as ignored.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let envelope = registry_push_envelope("10.1.2.3:5000", "other/app", Some("v1"), &digest, "x1");
+    let reply = post(origin, "/registryNotifications", EVENTS, &envelope).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.text().contains("\"accepted\":0") && reply.text().contains("\"ignored\":1"),
+        "{}",
+        reply.text()
+    );
+    // A Docker Hub webhook for an image outside the list: the same.
+    let hook = serde_json::json!({
+        "push_data": {"tag": "1.27"},
+        "repository": {"repo_name": "library/nginx", "namespace": "library", "name": "nginx"},
+    });
+    let reply = post(
+        origin,
+        "/hubNotifications",
+        "application/json",
+        &hook.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("\"ignored\":1"), "{}", reply.text());
+
+    let stats = images(origin).await;
+    let refused: Vec<&str> = stats
+        .iter()
+        .filter(|i| i["state"] == "refused")
+        .map(|i| i["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused.len(), 2, "{stats:?}");
+    assert!(refused
+        .iter()
+        .any(|r| r.starts_with("10.1.2.3:5000/other/app:v1")));
+    assert!(
+        refused.contains(&"docker.io/library/nginx:1.27"),
+        "{refused:?}"
+    );
+    assert!(stats
+        .iter()
+        .all(|i| i["error"].as_str().unwrap_or("").contains("--allow")));
+    let text = metrics(origin).await;
+    assert_eq!(
+        metric(&text, "imagewolf_refused_total{source=\"push\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "imagewolf_images{state=\"refused\"}"),
+        Some(2.0)
+    );
+    assert_eq!(source.pulls(), 0, "a refused image was pulled");
+
+    // A correctly signed announcement from "another agent" for a repository outside the
+    // list (its tarball really seeded) is refused too: nothing downloaded or loaded.
+    let payload = random_payload(1 << 20, 5);
+    let meta = TorrentBuilder::new("image.tar")
+        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
+        .unwrap();
+    let seeder = Session::new(SessionConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        peer_id: PeerId::generate(),
+        ..SessionConfig::default()
+    })
+    .await
+    .unwrap();
+    let seeding = seeder
+        .add_torrent(AddTorrent::new(
+            meta.clone(),
+            Arc::new(MemoryStorage::from_vec(payload.clone())),
+            StartFrom::Complete,
+        ))
+        .await
+        .unwrap();
+    let mut d = Distribution {
+        image: ImageRef {
+            registry: "10.1.2.3:5000".into(),
+            repository: "other/app".into(),
+            tag: Some("v2".into()),
+            digest: None,
+        },
+        image_id: format!("sha256:{}", "01".repeat(32)),
+        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
+        info_hash: meta.info_hash().to_hex(),
+        size: meta.total_len(),
+        sha256: sha256_hex(&payload),
+        seeders: vec![seeder.listen_addr().to_string()],
+        created: 0,
+        signature: None,
+    };
+    d.sign(b"cluster secret");
+    let reply = post(
+        node,
+        "/v1/distributions",
+        "application/json",
+        &serde_json::to_string(&d).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.text().contains("\"ignored\"") && reply.text().contains("--allow"),
+        "{}",
+        reply.text()
+    );
+    let node_stats = images(node).await;
+    assert!(
+        node_stats
+            .iter()
+            .any(|i| i["state"] == "refused" && i["info_hash"] == d.info_hash.as_str()),
+        "{node_stats:?}"
+    );
+    let text = metrics(node).await;
+    assert_eq!(
+        metric(&text, "imagewolf_refused_total{source=\"announcement\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The allowed image goes everywhere, as without the list.
+    let envelope = registry_push_envelope("10.1.2.3:5000", "team/app", Some("v1"), &digest, "a1");
+    let reply = post(origin, "/registryNotifications", EVENTS, &envelope).await;
+    assert!(reply.text().contains("\"accepted\":1"), "{}", reply.text());
+    wait_for_state(node, allowed, "loaded").await;
+    assert_eq!(source.pulls(), 1);
+    // Only the allowed tarball reached the node: the refused one was never fetched.
+    let loaded = loaded_files(&cluster.agents[1].data_dir);
+    assert_eq!(loaded.len(), 1);
+    assert!(loaded[0] != payload, "the refused tarball was loaded");
+    assert_eq!(
+        seeding.stats().uploaded,
+        0,
+        "the refused torrent was downloaded"
+    );
+    seeder.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_torrents_1_pushes_queue_and_all_arrive() {
+    let dir = TempDir::new("agent-slots").unwrap();
+    let references = [
+        "10.1.2.3:5000/team/one:v1",
+        "10.1.2.3:5000/team/two:v1",
+        "10.1.2.3:5000/team/three:v1",
+    ];
+    // The "registry" answers no pull until the test says so.
+    let source = Arc::new(GatedImages::new(dir.path(), &references, 0));
+    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 2)
+        .await
+        .unwrap();
+    cluster.max_torrents = 1;
+    listeners.reverse();
+    cluster
+        .start_late(listeners.pop().unwrap(), Some(source.clone()))
+        .await
+        .unwrap();
+    cluster
+        .start_late(listeners.pop().unwrap(), None)
+        .await
+        .unwrap();
+    let (origin, node) = (cluster.agents[0].api, cluster.agents[1].api);
+
+    for (i, reference) in references.iter().enumerate() {
+        let repository = reference
+            .split_once('/')
+            .unwrap()
+            .1
+            .split_once(':')
+            .unwrap()
+            .0;
+        let digest = format!("sha256:{}", format!("{i:02}").repeat(32));
+        let envelope = registry_push_envelope(
+            "10.1.2.3:5000",
+            repository,
+            Some("v1"),
+            &digest,
+            &format!("e{i}"),
+        );
+        let reply = post(origin, "/registryNotifications", EVENTS, &envelope).await;
+        assert!(reply.text().contains("\"accepted\":1"), "{}", reply.text());
+    }
+    // One pull holds the only slot; the other two pushes wait, visible in /stats and
+    // /metrics, and are not pulled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = images(origin).await;
+        let count = |state: &str| all.iter().filter(|i| i["state"] == state).count();
+        if count("pulling") == 1 && count("queued") == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected 1 pulling and 2 queued: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = metrics(origin).await;
+    assert_eq!(
+        metric(&text, "imagewolf_torrent_slots"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "imagewolf_torrent_slots_busy"), Some(1.0));
+    assert_eq!(metric(&text, "imagewolf_distributions_queued"), Some(2.0));
+    assert_eq!(source.pulls(), 1, "pulled past --max-torrents");
+
+    // The registry answers: every image reaches both nodes (the receiving node has one
+    // slot too, which each announcement takes in turn), and every slot is given back.
+    source.gate.add_permits(references.len());
+    for reference in references {
+        wait_for_state(origin, reference, "loaded").await;
+        wait_for_state(node, reference, "loaded").await;
+    }
+    assert_eq!(source.pulls(), 3);
+    assert_eq!(loaded_files(&cluster.agents[1].data_dir).len(), 3);
+    for api in [origin, node] {
+        let text = metrics(api).await;
+        assert_eq!(
+            metric(&text, "imagewolf_torrent_slots_busy"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(metric(&text, "imagewolf_distributions_queued"), Some(0.0));
+    }
+    cluster.shutdown().await;
+}

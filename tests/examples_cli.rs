@@ -5,19 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use imagewolf::{example_bin, random_payload, ChildGuard, TempDir};
-
-fn ensure_built() {
-    if example_bin("seed").exists() && example_bin("download").exists() {
-        return;
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--example", "seed", "--example", "download"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the examples failed");
-}
+use imagewolf::{build_examples, example_bin, random_payload, ChildGuard, TempDir};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,7 +17,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn seed_with_embedded_tracker_then_download_through_it() {
-    ensure_built();
+    build_examples(&["seed", "download"]);
     let dir = TempDir::new("cli").unwrap();
     let payload = random_payload(6 << 20, 21);
     let file = dir.path().join("image.tar");
@@ -109,7 +97,7 @@ fn seed_with_embedded_tracker_then_download_through_it() {
 
 #[test]
 fn bad_input_gives_a_clear_error() {
-    ensure_built();
+    build_examples(&["seed", "download"]);
     let dir = TempDir::new("cli-bad").unwrap();
     let junk = dir.path().join("junk.torrent");
     std::fs::write(&junk, b"d8:announce3:foo").unwrap();

@@ -67,7 +67,7 @@ use crate::notification::{
     parse_hub_webhook, parse_registry_envelope_detailed, validate_image_ref, NotificationError,
     PushEvent, SkipReason, MAX_BODY,
 };
-use crate::stats::{render_prometheus, HttpCounters, ImageStats};
+use crate::stats::{render_prometheus, DistributionMetrics, HttpCounters, ImageStats};
 
 /// Default request body limit (the notification parsers' own limit).
 pub const DEFAULT_MAX_BODY: usize = MAX_BODY;
@@ -121,6 +121,10 @@ pub trait AgentApi: Send + Sync + 'static {
     fn known_agents(&self) -> usize;
     /// The bencoded tracker reply to an announce with this raw query string from `remote`.
     fn tracker_announce(&self, query: &str, remote: IpAddr) -> Vec<u8>;
+    /// Slots and `--allow` refusals, for /metrics.
+    fn distribution_metrics(&self) -> DistributionMetrics {
+        DistributionMetrics::default()
+    }
 }
 
 /// What the agent did with a push or an announced distribution.
@@ -628,7 +632,9 @@ async fn dispatch(
         Route::Stats => Ok(json_response(StatusCode::OK, &api.images())),
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         Route::Metrics => {
-            let text = render_prometheus(&api.images(), &ctx.counters.snapshot(api.known_agents()));
+            let mut agent = ctx.counters.snapshot(api.known_agents());
+            agent.distribution = api.distribution_metrics();
+            let text = render_prometheus(&api.images(), &agent);
             Ok(bytes_response(Bytes::from(text), METRICS_CONTENT_TYPE))
         }
         Route::Distributions if method == Method::GET => {

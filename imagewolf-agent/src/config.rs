@@ -183,6 +183,28 @@ pub struct AgentConfig {
     #[arg(long, env = "IMAGEWOLF_WEBHOOK_TOKEN", hide_env_values = true)]
     pub webhook_token: Option<String>,
 
+    /// Only distribute images whose `HOST[:PORT]/REPOSITORY` matches one of these patterns
+    /// (repeat the flag, or comma-separate). `*` matches within one path segment, `**`
+    /// across segments: `registry.local:5000/team/*`, `*/library/nginx`,
+    /// `registry.local:5000/**`. Checked on webhooks, polling and other agents'
+    /// announcements alike; a refused image is logged, counted and never pulled or loaded.
+    /// Unset: every image is allowed (set it in production).
+    #[arg(
+        long = "allow",
+        env = "IMAGEWOLF_ALLOW",
+        value_delimiter = ',',
+        value_name = "HOST/REPO-PATTERN"
+    )]
+    pub allow: Vec<crate::allowlist::AllowPattern>,
+
+    /// Most distributions this agent works on at once (pulling and exporting, downloading,
+    /// verifying, loading), announcements from other agents included. More wait in a queue
+    /// (`queued` in /stats) and start in arrival order as slots free. A torrent that only
+    /// keeps seeding after its image is loaded here holds no slot (--seed-seconds bounds it).
+    #[arg(long, env = "IMAGEWOLF_MAX_TORRENTS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_torrents: u16,
+
     /// Secret shared by every agent of the cluster: announcements are signed with it
     /// (HMAC-SHA256) and unsigned or wrongly signed ones are refused, so nobody else on the
     /// network can make nodes load an image. Without it any agent's announcement is trusted.
@@ -243,6 +265,56 @@ mod tests {
         ] {
             assert!(bad.parse::<PeerSpec>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn allow_and_max_torrents_from_flags_and_environment() {
+        let parse = |args: &[&str]| {
+            AgentConfig::try_parse_from(
+                ["imagewolf-agent", "--peers", "static:a:1"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        // Defaults: everything allowed, 16 slots.
+        let config = parse(&[]).unwrap();
+        assert!(config.allow.is_empty());
+        assert_eq!(config.max_torrents, 16);
+
+        let config = parse(&[
+            "--allow",
+            "registry.local:5000/team/*",
+            "--allow",
+            "*/library/nginx,docker.io/x/**",
+            "--max-torrents",
+            "3",
+        ])
+        .unwrap();
+        let patterns: Vec<String> = config.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            patterns,
+            [
+                "registry.local:5000/team/*",
+                "*/library/nginx",
+                "docker.io/x/**"
+            ]
+        );
+        assert_eq!(config.max_torrents, 3);
+        let err = parse(&["--allow", "nginx"]).unwrap_err().to_string();
+        assert!(err.contains("HOST[:PORT]/REPOSITORY"), "{err}");
+        assert!(parse(&["--max-torrents", "0"]).is_err());
+
+        // The environment, comma-separated. Only this test reads these variables.
+        std::env::set_var("IMAGEWOLF_ALLOW", "r:5000/a/*, r:5000/b");
+        std::env::set_var("IMAGEWOLF_MAX_TORRENTS", "5");
+        let config = parse(&[]);
+        std::env::remove_var("IMAGEWOLF_ALLOW");
+        std::env::remove_var("IMAGEWOLF_MAX_TORRENTS");
+        let config = config.unwrap();
+        let allow = crate::allowlist::Allowlist::new(config.allow);
+        assert!(allow.allows_name("r:5000", "a/app") && allow.allows_name("r:5000", "b"));
+        assert!(!allow.allows_name("r:5000", "c"));
+        assert_eq!(config.max_torrents, 5);
     }
 
     #[test]

@@ -11,6 +11,24 @@
 //! registry retrying an event or a repeated push finds the record and does nothing twice.
 //! A late or restarted agent catches up by asking the others for their recent distributions
 //! (at start and every [`CATCH_UP_EVERY`]).
+//!
+//! Gates, in the order an image meets them:
+//! - **`--allow`** ([`Allowlist`]): checked in [`Distributor::on_push`] (webhooks, polling) and
+//!   [`Distributor::on_distribution`] (other agents' announcements, catch-up), after the
+//!   signature: a correctly signed announcement of a repository this node does not allow is
+//!   still refused. A refusal is logged, counted ([`DistributionMetrics`]) and kept as a
+//!   `refused` record in /stats (the last [`REFUSED_KEPT`] references); nothing is pulled,
+//!   downloaded or loaded.
+//! - **Slots** (`--max-torrents`): a distribution takes a slot before it pulls (origin) or
+//!   downloads (receiver) and gives it back once the image is loaded here (or the flow
+//!   failed); seeding afterwards holds none. Without a free slot it waits, `queued`, in a
+//!   FIFO (tokio's semaphore is fair), so nothing is dropped.
+//!
+//! Retries: a pull is retried with backoff up to [`RetryPolicy::pull_attempts`] times. A load
+//! is retried with the same bounded backoff *for as long as it takes*: the tarball is
+//! verified and a runtime that is down (dockerd restarting, upgraded, out of disk) comes back;
+//! giving up would leave the node without the image and the data on disk anyway. Each
+//! failure is in /stats meanwhile (`error`, `attempts`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -24,13 +42,14 @@ use imagewolf_bt::storage::FileStorage;
 use imagewolf_bt::tracker::{encode_failure, AnnounceRequest, Swarms, TrackerConfig};
 use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom, TorrentHandle};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::allowlist::Allowlist;
 use crate::image::{Distribution, ImageRef};
 use crate::loader::ImageLoader;
 use crate::peers::PeerClient;
 use crate::source::ImageSource;
-use crate::stats::{ImageState, ImageStats};
+use crate::stats::{DistributionMetrics, ImageState, ImageStats};
 use crate::tarball::{export_to_torrent, sha256_file};
 
 /// How often an agent asks the others what it may have missed.
@@ -39,8 +58,8 @@ pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
 /// Registry event ids remembered for deduplication.
 const EVENT_IDS_KEPT: usize = 4096;
-/// Pull and load attempts before a distribution is marked failed.
-const MAX_ATTEMPTS: u32 = 8;
+/// References refused by `--allow` kept for /stats (oldest forgotten first).
+pub const REFUSED_KEPT: usize = 64;
 /// Times a failed distribution is started again before this node gives up on it (so a
 /// tarball that never verifies is not downloaded forever by the catch-up loop).
 const MAX_RUNS: u32 = 3;
@@ -61,6 +80,34 @@ pub struct DistributorConfig {
     /// The cluster secret: sign our announcements, refuse unsigned ones. `None` trusts any
     /// agent (a closed network).
     pub cluster_secret: Option<Vec<u8>>,
+    /// Images this node may distribute (`--allow`); empty allows all.
+    pub allow: Allowlist,
+    /// Distributions worked on at once (`--max-torrents`); more are queued. At least 1.
+    pub max_torrents: usize,
+    /// Backoff of pull and load retries.
+    pub retry: RetryPolicy,
+}
+
+/// How failed pulls and loads are retried: pauses start at `first_delay` and double up to
+/// `max_delay`. Pulls stop after `pull_attempts`; loads never stop (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Pause after the first failure.
+    pub first_delay: Duration,
+    /// Longest pause between two attempts.
+    pub max_delay: Duration,
+    /// Pull attempts before the distribution fails.
+    pub pull_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            pull_attempts: 8,
+        }
+    }
 }
 
 /// One image on this node.
@@ -79,6 +126,10 @@ struct Records {
     /// info-hash -> key
     by_info_hash: HashMap<String, String>,
     event_ids: VecDeque<String>,
+    /// Refused by `--allow`, most recent last, at most [`REFUSED_KEPT`].
+    refused: VecDeque<ImageStats>,
+    refused_pushes: u64,
+    refused_announcements: u64,
 }
 
 /// The agent's engine room; see the module docs.
@@ -91,6 +142,8 @@ pub struct Distributor {
     client: PeerClient,
     tracker: Mutex<Swarms>,
     records: Mutex<Records>,
+    /// One permit per `--max-torrents` slot.
+    slots: Arc<Semaphore>,
 }
 
 /// Why the distributor could not start.
@@ -143,7 +196,6 @@ impl Distributor {
             ..TrackerConfig::default()
         });
         let this = Arc::new(Self {
-            config,
             session,
             source,
             loader,
@@ -151,6 +203,8 @@ impl Distributor {
             client: PeerClient::new(),
             tracker: Mutex::new(tracker),
             records: Mutex::new(Records::default()),
+            slots: Arc::new(Semaphore::new(config.max_torrents.max(1))),
+            config,
         });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
@@ -215,6 +269,19 @@ impl Distributor {
                 }
                 records.event_ids.push_back(id.clone());
             }
+            if !self.config.allow.allows(&image) {
+                records.refused_pushes += 1;
+                let times = note_refused(&mut records, &image, None);
+                drop(records);
+                tracing::warn!(
+                    image = %image,
+                    times,
+                    "push refused: {}/{} matches no --allow pattern; not pulled",
+                    image.registry,
+                    image.repository
+                );
+                return Accepted::Refused(NOT_ALLOWED.into());
+            }
             if let Some(existing) = records.by_key.get(&key) {
                 if existing.stats.state != ImageState::Failed {
                     return Accepted::Duplicate;
@@ -251,6 +318,31 @@ impl Distributor {
                 tracing::warn!(image = %d.image, "refused an announcement without a valid cluster signature");
                 return Accepted::Refused("missing or invalid cluster signature".into());
             }
+        }
+        if !self.config.allow.allows(&d.image) {
+            let mut records = self.records();
+            // Catch-up offers the same announcement every CATCH_UP_EVERY: count and log it once.
+            let seen = records
+                .refused
+                .iter()
+                .any(|r| r.info_hash.as_deref() == Some(d.info_hash.as_str()));
+            if !seen {
+                records.refused_announcements += 1;
+                note_refused(&mut records, &d.image, Some(&d.info_hash));
+            }
+            drop(records);
+            if seen {
+                tracing::debug!(image = %d.image, "announcement refused again by --allow");
+            } else {
+                tracing::warn!(
+                    image = %d.image,
+                    info_hash = %d.info_hash,
+                    "announcement refused: {}/{} matches no --allow pattern; not downloaded",
+                    d.image.registry,
+                    d.image.repository
+                );
+            }
+            return Accepted::Refused(NOT_ALLOWED.into());
         }
         let key = d.image.dedup_key();
         {
@@ -332,9 +424,48 @@ impl Distributor {
                 }
                 s
             })
+            .chain(records.refused.iter().cloned())
             .collect();
         out.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
         out
+    }
+
+    /// Slots and refusals, for /metrics.
+    pub fn distribution_metrics(&self) -> DistributionMetrics {
+        let records = self.records();
+        let slots = self.config.max_torrents.max(1);
+        DistributionMetrics {
+            slots: slots as u64,
+            slots_busy: slots.saturating_sub(self.slots.available_permits()) as u64,
+            queued: records
+                .by_key
+                .values()
+                .filter(|r| r.stats.state == ImageState::Queued)
+                .count() as u64,
+            refused_pushes: records.refused_pushes,
+            refused_announcements: records.refused_announcements,
+        }
+    }
+
+    /// Takes a slot, waiting `queued` (FIFO) while all are busy; the record shows `state`
+    /// again once it has one.
+    async fn take_slot(&self, key: &str, state: ImageState) -> OwnedSemaphorePermit {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return permit;
+        }
+        self.update(key, |r| r.stats.state = ImageState::Queued);
+        tracing::info!(
+            key,
+            slots = self.config.max_torrents,
+            "every --max-torrents slot is busy; queued"
+        );
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
+        tracing::info!(key, "slot free; starting");
+        self.update(key, |r| r.stats.state = state);
+        permit
     }
 
     /// Number of other agents currently known.
@@ -373,8 +504,11 @@ impl Distributor {
 
     /// The origin's side: pull, export + hash, seed, announce.
     async fn originate(self: &Arc<Self>, key: &str, image: &ImageRef) -> Result<(), String> {
+        let slot = self.take_slot(key, ImageState::Pulling).await;
         let pulled = self
-            .with_retries(key, "pull", || self.source.pull(image))
+            .with_retries(key, "pull", Some(self.config.retry.pull_attempts), || {
+                self.source.pull(image)
+            })
             .await?;
         self.update(key, |r| r.stats.image_id = Some(pulled.image_id.clone()));
         let tarball = self
@@ -447,6 +581,7 @@ impl Distributor {
             r.stats.state = ImageState::Loaded;
             r.stats.loaded_at = Some(now_secs());
         });
+        drop(slot);
         self.linger_then_clean(key, handle, path);
         Ok(())
     }
@@ -462,6 +597,7 @@ impl Distributor {
             });
             return Ok(());
         }
+        let slot = self.take_slot(key, ImageState::Downloading).await;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&d.torrent)
             .map_err(|e| format!("torrent is not base64: {e}"))?;
@@ -516,7 +652,8 @@ impl Distributor {
             ));
         }
         let started = Instant::now();
-        self.with_retries(key, "load", || self.loader.load(&path))
+        // No attempt limit: the tarball is verified and stays until the runtime takes it.
+        self.with_retries(key, "load", None, || self.loader.load(&path))
             .await?;
         let secs = started.elapsed().as_secs_f64();
         self.update(key, |r| {
@@ -525,16 +662,19 @@ impl Distributor {
             r.stats.load_seconds = Some(secs);
         });
         tracing::info!(image = %d.image, load_seconds = secs, "loaded");
+        drop(slot);
         self.linger_then_clean(key, handle, path);
         Ok(())
     }
 
-    /// Runs `op` until it succeeds, retrying with backoff (1 s doubling to 30 s) up to
-    /// [`MAX_ATTEMPTS`]; each error is visible in /stats meanwhile.
+    /// Runs `op` until it succeeds, retrying retryable errors with the configured backoff,
+    /// at most `max_attempts` times (`None`: until it succeeds); each error is visible in
+    /// /stats meanwhile, and `attempts` counts every try.
     async fn with_retries<T, E, F, Fut>(
         &self,
         key: &str,
         what: &str,
+        max_attempts: Option<u32>,
         mut op: F,
     ) -> Result<T, String>
     where
@@ -542,29 +682,39 @@ impl Distributor {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut delay = Duration::from_secs(1);
-        for attempt in 1..=MAX_ATTEMPTS {
-            self.update(key, |r| r.stats.attempts += 1);
-            match op().await {
+        let policy = self.config.retry;
+        let mut delay = policy.first_delay;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            self.update(key, |r| {
+                r.stats.attempts = r.stats.attempts.saturating_add(1)
+            });
+            let e = match op().await {
                 Ok(v) => {
                     self.update(key, |r| r.stats.error = None);
                     return Ok(v);
                 }
-                Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
-                    tracing::warn!(
-                        key,
-                        "{what} failed (attempt {attempt}), retrying in {delay:?}: {e}"
-                    );
-                    self.update(key, |r| {
-                        r.stats.error = Some(format!("{what}: {e} (retrying)"))
-                    });
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => return Err(format!("{what}: {e}")),
+                Err(e) => e,
+            };
+            if !e.retryable() {
+                return Err(format!("{what}: {e}"));
             }
+            if max_attempts.is_some_and(|max| attempt >= max) {
+                return Err(format!("{what}: gave up after {attempt} attempts: {e}"));
+            }
+            tracing::warn!(
+                key,
+                "{what} failed (attempt {attempt}), retrying in {delay:?}: {e}"
+            );
+            self.update(key, |r| {
+                r.stats.error = Some(format!(
+                    "{what}: {e} (attempt {attempt}; retrying in {delay:?})"
+                ))
+            });
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(policy.max_delay);
         }
-        Err(format!("{what}: gave up after {MAX_ATTEMPTS} attempts"))
     }
 
     /// Keeps seeding for `seed_time`, then stops the torrent and deletes the tarball.
@@ -637,6 +787,37 @@ fn new_stats(image: &ImageRef, origin: bool, state: ImageState) -> ImageStats {
     }
 }
 
+/// Why a refused image was refused (the API's `reason`, /stats' `error`).
+const NOT_ALLOWED: &str = "not allowed by --allow on this node";
+
+/// Records a refusal in the bounded table /stats shows; returns how often this reference
+/// has been refused (while remembered).
+fn note_refused(records: &mut Records, image: &ImageRef, info_hash: Option<&str>) -> u32 {
+    let reference = image.to_string();
+    let mut stats = match records
+        .refused
+        .iter()
+        .position(|r| r.reference == reference)
+    {
+        Some(i) => records.refused.remove(i).expect("index from position"),
+        None => {
+            let mut stats = new_stats(image, false, ImageState::Refused);
+            stats.error = Some(NOT_ALLOWED.into());
+            stats
+        }
+    };
+    stats.attempts = stats.attempts.saturating_add(1);
+    if let Some(hash) = info_hash {
+        stats.info_hash = Some(hash.to_owned());
+    }
+    let times = stats.attempts;
+    if records.refused.len() >= REFUSED_KEPT {
+        records.refused.pop_front();
+    }
+    records.refused.push_back(stats);
+    times
+}
+
 /// Sanity checks on an announcement before anything is allocated for it.
 fn check_distribution(d: &Distribution) -> Result<(), String> {
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -688,6 +869,10 @@ impl crate::api::AgentApi for DistributorApi {
     fn tracker_announce(&self, query: &str, remote: IpAddr) -> Vec<u8> {
         self.0.tracker_announce(query, remote)
     }
+
+    fn distribution_metrics(&self) -> DistributionMetrics {
+        self.0.distribution_metrics()
+    }
 }
 
 impl From<Accepted> for crate::api::PushOutcome {
@@ -699,3 +884,6 @@ impl From<Accepted> for crate::api::PushOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@
 //! ([`distributor`], on `imagewolf_bt`) -> loader ([`loader`]); with peer agents found by
 //! [`discovery`] and everything visible in [`stats`].
 
+pub mod allowlist;
 pub mod api;
 pub mod config;
 pub mod containerd;

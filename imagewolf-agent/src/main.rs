@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
-use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig};
+use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig, RetryPolicy};
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
 use imagewolf_agent::source::{ImageSource, NoSource};
@@ -58,6 +59,18 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(KeepTarball::new(config.data_dir.join("loaded"))?),
         ),
     };
+    let allow = Allowlist::new(config.allow.clone());
+    if allow.is_restricted() {
+        let patterns: Vec<String> = allow.patterns().iter().map(ToString::to_string).collect();
+        tracing::info!(?patterns, "only these images are distributed (--allow)");
+        for target in &config.poll {
+            if !allow.allows_name(&target.registry, &target.repository) {
+                tracing::warn!(%target, "--poll target matches no --allow pattern: its pushes will be refused");
+            }
+        }
+    } else {
+        tracing::warn!("no --allow: images from any registry and repository are distributed; set --allow in production");
+    }
     let listener =
         api::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
     let distributor = Distributor::start(
@@ -68,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
             bt_listen: config.bt_listen,
             seed_time: config.seed_time(),
             cluster_secret: config.cluster_secret.clone().map(String::into_bytes),
+            allow: allow.clone(),
+            max_torrents: usize::from(config.max_torrents),
+            retry: RetryPolicy::default(),
         },
         source,
         loader,

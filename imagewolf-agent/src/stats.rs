@@ -28,6 +28,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageState {
+    /// Waiting for one of this agent's `--max-torrents` slots; starts when one frees.
+    Queued,
     /// The origin is pulling it from the registry and exporting it.
     Pulling,
     /// The origin has it and seeds the tarball.
@@ -40,6 +42,9 @@ pub enum ImageState {
     Loaded,
     /// It failed; `error` says why.
     Failed,
+    /// Refused by `--allow`: never pulled, downloaded or loaded here. `attempts` counts the
+    /// refusals of this reference.
+    Refused,
 }
 
 /// One image on this node, as /stats returns it.
@@ -81,24 +86,28 @@ pub struct ImageStats {
 
 impl ImageState {
     /// Every state, in lifecycle order.
-    pub const ALL: [ImageState; 6] = [
+    pub const ALL: [ImageState; 8] = [
+        ImageState::Queued,
         ImageState::Pulling,
         ImageState::Seeding,
         ImageState::Downloading,
         ImageState::Loading,
         ImageState::Loaded,
         ImageState::Failed,
+        ImageState::Refused,
     ];
 
     /// The state's name as serialized (`pulling`, `seeding`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
+            ImageState::Queued => "queued",
             ImageState::Pulling => "pulling",
             ImageState::Seeding => "seeding",
             ImageState::Downloading => "downloading",
             ImageState::Loading => "loading",
             ImageState::Loaded => "loaded",
             ImageState::Failed => "failed",
+            ImageState::Refused => "refused",
         }
     }
 }
@@ -113,6 +122,23 @@ pub struct AgentMetrics {
     /// HTTP requests refused: any 4xx answer, plus connections dropped for malformed HTTP or
     /// timeouts (which get no answer we could count by code).
     pub http_rejected: u64,
+    /// The distributor's slots and refusals.
+    pub distribution: DistributionMetrics,
+}
+
+/// Agent-wide distribution figures: `--max-torrents` slots and `--allow` refusals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DistributionMetrics {
+    /// Slots (`--max-torrents`); 0 when unknown.
+    pub slots: u64,
+    /// Slots held by distributions in progress.
+    pub slots_busy: u64,
+    /// Distributions waiting for a slot.
+    pub queued: u64,
+    /// Pushes (webhooks, polling) refused by `--allow` since start.
+    pub refused_pushes: u64,
+    /// Other agents' announcements refused by `--allow` since start (each distinct one once).
+    pub refused_announcements: u64,
 }
 
 /// Thread-safe HTTP counters, updated by the API on every response and snapshotted for
@@ -170,6 +196,7 @@ impl HttpCounters {
             known_agents,
             http: self.requests(),
             http_rejected: self.rejected(),
+            distribution: DistributionMetrics::default(),
         }
     }
 }
@@ -231,6 +258,57 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
             Num::Int(count as u64),
         );
     }
+
+    let d = &agent.distribution;
+    family(
+        &mut out,
+        "imagewolf_torrent_slots",
+        "gauge",
+        "Distributions this agent works on at once at most (--max-torrents).",
+    );
+    sample(&mut out, "imagewolf_torrent_slots", &[], Num::Int(d.slots));
+    family(
+        &mut out,
+        "imagewolf_torrent_slots_busy",
+        "gauge",
+        "Slots held by distributions in progress (pulling, downloading, verifying, loading).",
+    );
+    sample(
+        &mut out,
+        "imagewolf_torrent_slots_busy",
+        &[],
+        Num::Int(d.slots_busy),
+    );
+    family(
+        &mut out,
+        "imagewolf_distributions_queued",
+        "gauge",
+        "Distributions waiting for a slot.",
+    );
+    sample(
+        &mut out,
+        "imagewolf_distributions_queued",
+        &[],
+        Num::Int(d.queued),
+    );
+    family(
+        &mut out,
+        "imagewolf_refused_total",
+        "counter",
+        "Images refused by the --allow list, by where they came from.",
+    );
+    sample(
+        &mut out,
+        "imagewolf_refused_total",
+        &[("source", "push")],
+        Num::Int(d.refused_pushes),
+    );
+    sample(
+        &mut out,
+        "imagewolf_refused_total",
+        &[("source", "announcement")],
+        Num::Int(d.refused_announcements),
+    );
 
     let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();
     for image in images {

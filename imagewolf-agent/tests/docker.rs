@@ -4,10 +4,15 @@
 //! without them they fail with the install command, they never skip.
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use imagewolf::docker::{build_test_image, free_port, Dockerd, Registry};
+use imagewolf::generated_image::GeneratedImage;
+use imagewolf::http;
+use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
 use imagewolf::TempDir;
+use imagewolf_agent::distributor::RetryPolicy;
 use imagewolf_agent::docker::Docker;
 use imagewolf_agent::image::ImageRef;
 use imagewolf_agent::loader::ImageLoader;
@@ -382,4 +387,185 @@ async fn connect_errors_are_clear() {
         .await
         .expect_err("nothing listens there");
     assert!(err.is_retryable(), "{err}");
+}
+
+/// This node's record of `reference` from its /stats (over HTTP), if any.
+async fn stats_of(api: std::net::SocketAddr, reference: &str) -> Option<serde_json::Value> {
+    let reply = http::request(api, "GET", "/stats", &[], b"").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&reply.body).unwrap();
+    all.into_iter().find(|i| {
+        i["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(reference))
+    })
+}
+
+/// Polls /stats until `cond` holds for the record (never letting it be `failed`).
+async fn wait_stats(
+    api: std::net::SocketAddr,
+    reference: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let record = stats_of(api, reference).await;
+        if let Some(r) = &record {
+            assert_ne!(r["state"], "failed", "{reference} failed: {r}");
+            if cond(r) {
+                return r.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; last record {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node whose dockerd is down when the image arrives: the download completes and is
+/// verified, `docker load` fails and is retried (in /stats, more often than the 8 attempts
+/// after which the agent used to give up), the tarball stays; once the same dockerd is back
+/// the image loads from that tarball without a second download, and the tarball is removed
+/// after `--seed-seconds` as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_docker_load_is_retried_until_dockerd_is_back_without_downloading_again() {
+    let t0 = Instant::now();
+    let mut node = start_daemons(&["loadretry"]).remove(0);
+    let docker: Arc<dyn ImageLoader> = Arc::new(connect(&node).await);
+    let dir = TempDir::new("load-retry").unwrap();
+    let reference = "10.1.2.3:5000/team/retry:v1";
+    let image = Arc::new(GeneratedImage::build(dir.path(), reference, 8 << 20).unwrap());
+    let tarball_bytes = std::fs::read(&image.path).unwrap();
+    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 2)
+        .await
+        .unwrap();
+    cluster.seed_time = Duration::from_secs(3);
+    cluster.retry = RetryPolicy {
+        first_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(1),
+        pull_attempts: 8,
+    };
+    listeners.reverse();
+    cluster
+        .start_late(listeners.pop().unwrap(), Some(image.clone()))
+        .await
+        .unwrap();
+    cluster
+        .start_late_with_loader(listeners.pop().unwrap(), None, Some(docker))
+        .await
+        .unwrap();
+    let (origin, receiver) = (cluster.agents[0].api, cluster.agents[1].api);
+    let receiver_dir = cluster.agents[1].data_dir.clone();
+
+    // The node's dockerd goes down (same socket, data-root kept).
+    let stopped = Instant::now();
+    node.stop();
+    assert!(!node.ping(), "dockerd still answers after stop");
+
+    let envelope = registry_push_envelope(
+        "10.1.2.3:5000",
+        "team/retry",
+        Some("v1"),
+        &format!("sha256:{}", "5e".repeat(32)),
+        "retry-1",
+    );
+    let reply = http::request(
+        origin,
+        "POST",
+        "/registryNotifications",
+        &[(
+            "Content-Type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )],
+        envelope.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // Loads fail and are retried past the old cap of 8 attempts; /stats says so.
+    let down = wait_stats(
+        receiver,
+        reference,
+        "9 failed load attempts in /stats",
+        Duration::from_secs(60),
+        |r| r["attempts"].as_u64().unwrap_or(0) >= 9,
+    )
+    .await;
+    assert_eq!(down["state"], "loading", "{down}");
+    let error = down["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("load: ") && error.contains("retrying"),
+        "{error}"
+    );
+    // The verified tarball is kept, complete, for the next attempt.
+    let info_hash = down["info_hash"].as_str().unwrap().to_owned();
+    let kept = receiver_dir.join("images").join(format!("{info_hash}.tar"));
+    assert!(
+        std::fs::read(&kept).unwrap() == tarball_bytes,
+        "{} is not the verified tarball",
+        kept.display()
+    );
+    let downloaded = down["bytes_down"].as_u64().unwrap();
+    assert!(downloaded >= tarball_bytes.len() as u64, "{down}");
+    let origin_up = stats_of(origin, reference).await.unwrap()["bytes_up"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "{} load attempts failed with dockerd down: {error}",
+        down["attempts"]
+    );
+
+    // The same dockerd comes back: the next attempt loads the kept tarball.
+    node.restart()
+        .unwrap_or_else(|e| panic!("dockerd restart: {e}\n{}", node.log_tail()));
+    eprintln!(
+        "dockerd back after {:?} down (restart took {:?})",
+        stopped.elapsed(),
+        node.startup_time()
+    );
+    let loaded = wait_stats(
+        receiver,
+        reference,
+        "loaded after dockerd is back",
+        Duration::from_secs(60),
+        |r| r["state"] == "loaded",
+    )
+    .await;
+    assert!(loaded["error"].is_null(), "{loaded}");
+    assert!(
+        loaded["attempts"].as_u64() > down["attempts"].as_u64(),
+        "{loaded}"
+    );
+    assert!(
+        node.has_image_api(&image.image_id).unwrap(),
+        "the daemon lacks {}",
+        image.image_id
+    );
+    assert_eq!(node.image_id(reference).unwrap(), image.image_id);
+    // Not downloaded again: no more bytes in, none more out of the origin.
+    assert_eq!(loaded["bytes_down"].as_u64(), Some(downloaded), "{loaded}");
+    let origin_now = stats_of(origin, reference).await.unwrap();
+    assert_eq!(
+        origin_now["bytes_up"].as_u64(),
+        Some(origin_up),
+        "{origin_now}"
+    );
+
+    // Then the normal seeding rules: the tarball goes after --seed-seconds (3 s here).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kept.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still there 30 s after the load",
+            kept.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("whole test {:?}", t0.elapsed());
+    cluster.shutdown().await;
 }

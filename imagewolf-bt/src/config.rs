@@ -38,6 +38,11 @@ pub struct SessionConfig {
     /// The most requests we queue from one peer (advertised to it as our `reqq`); more are
     /// rejected.
     pub max_queued_peer_requests: usize,
+    /// Bytes of piece buffers one torrent may hold (pieces being received plus pieces
+    /// waiting to be hashed and written), raised to four pieces if pieces are larger. No
+    /// new piece is started above it, and requests pause while the hashing backlog alone
+    /// exceeds it; this bounds a download's memory however many peers feed it.
+    pub piece_memory_per_torrent: u64,
     /// Pieces SHA-1-checked at once, each on tokio's blocking pool.
     pub hashing_threads: usize,
     /// Time allowed to connect and exchange handshakes.
@@ -49,6 +54,12 @@ pub struct SessionConfig {
     pub snub_timeout: Duration,
     /// We send a keep-alive after this long without sending anything.
     pub keepalive_interval: Duration,
+    /// A torrent added complete ([`crate::StartFrom::Complete`]: the swarm's first seed)
+    /// shows each peer only a few pieces at a time, least-shown first, until every piece has
+    /// left it once (BEP 16-style super-seeding, see [`crate::picker::SeedSpreader`]). Its
+    /// upload then carries only distinct pieces while they exist nowhere else. Off: it
+    /// announces every piece at once, as a plain seed does.
+    pub spread_initial_seed: bool,
 }
 
 impl Default for SessionConfig {
@@ -62,11 +73,13 @@ impl Default for SessionConfig {
             unchoke_slots: 200,
             max_outstanding_requests: 500,
             max_queued_peer_requests: 2000,
+            piece_memory_per_torrent: 16 << 20,
             hashing_threads: 2,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             snub_timeout: Duration::from_secs(15),
             keepalive_interval: Duration::from_secs(30),
+            spread_initial_seed: true,
         }
     }
 }

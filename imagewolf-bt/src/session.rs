@@ -141,13 +141,17 @@ impl Session {
             });
         }
         let info_hash = metainfo.info_hash();
-        let picker = match start_from {
+        let mut picker = match start_from {
             StartFrom::Complete => Picker::with_have(
                 lengths,
                 &bitvec![u8, Msb0; 1; lengths.num_pieces() as usize],
             ),
             StartFrom::Empty | StartFrom::Check => Picker::new(lengths),
         };
+        let budget = crate::torrent::piece_memory_limit(&self.inner.config, lengths);
+        picker.set_max_active(
+            u32::try_from(budget / u64::from(lengths.piece_len())).unwrap_or(u32::MAX),
+        );
         let status = match start_from {
             StartFrom::Complete => TorrentStatus::Seeding,
             StartFrom::Empty => TorrentStatus::Downloading,
@@ -155,6 +159,10 @@ impl Session {
         };
         let mut state = TorrentState::new(lengths, picker, status.clone());
         state.checking = start_from == StartFrom::Check;
+        let spreading = start_from == StartFrom::Complete && self.inner.config.spread_initial_seed;
+        if spreading {
+            state.spread = Some(crate::picker::SeedSpreader::new(lengths));
+        }
         let initial = TorrentStats {
             status,
             num_pieces: lengths.num_pieces(),
@@ -187,6 +195,7 @@ impl Session {
             wake_ticker: Notify::new(),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             announcer: Mutex::new(None),
+            spreading: spreading.into(),
         });
         {
             let mut table = self.inner.table();

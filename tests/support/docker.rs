@@ -194,6 +194,7 @@ pub struct Dockerd {
     socket: PathBuf,
     exec_root: PathBuf,
     log: PathBuf,
+    insecure_registries: Vec<String>,
     startup: Duration,
     // Declared last: dropped (removed) after `Drop::drop` has stopped the daemon and
     // unmounted what it left.
@@ -223,39 +224,38 @@ impl Dockerd {
         let socket = dir.path().join("docker.sock");
         let exec_root = dir.path().join("exec");
         let log = dir.path().join("dockerd.log");
-        let log_file = File::create(&log)?;
-        let mut cmd = Command::new(dockerd);
-        cmd.arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--data-root")
-            .arg(dir.path().join("root"))
-            .arg("--exec-root")
-            .arg(&exec_root)
-            .arg("--pidfile")
-            .arg(dir.path().join("docker.pid"))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
-        for reg in insecure_registries {
-            cmd.arg("--insecure-registry").arg(reg);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let child = cmd
-            .spawn()
-            .map_err(|e| other(format!("starting dockerd {name}: {e}")))?;
+        let insecure_registries: Vec<String> =
+            insecure_registries.iter().map(|r| r.to_string()).collect();
+        let child = spawn_dockerd(
+            &dockerd,
+            name,
+            dir.path(),
+            &socket,
+            &exec_root,
+            &log,
+            &insecure_registries,
+        )?;
         let mut d = Dockerd {
             child,
             name: name.to_owned(),
             socket,
             exec_root,
             log,
+            insecure_registries,
             startup: Duration::ZERO,
             dir,
         };
-        let socket = d.socket.clone();
-        let log = d.log.clone();
-        let child = &mut d.child;
-        let startup = wait_ready(
+        d.startup = d.wait_started()?;
+        Ok(d)
+    }
+
+    /// Waits until the daemon just spawned answers `/_ping`.
+    fn wait_started(&mut self) -> io::Result<Duration> {
+        let name = self.name.clone();
+        let socket = self.socket.clone();
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_ready(
             &format!("dockerd {name}"),
             START_TIMEOUT,
             || match child.try_wait()? {
@@ -267,9 +267,63 @@ impl Dockerd {
             },
             || ping_socket(&socket),
         )
-        .map_err(|e| other(format!("{e}; log tail:\n{}", log_tail(&d.log, 4000))))?;
-        d.startup = startup;
-        Ok(d)
+        .map_err(|e| other(format!("{e}; log tail:\n{}", log_tail(&self.log, 4000))))
+    }
+
+    /// Stops the daemon (by pid: SIGTERM, SIGKILL after a grace period; its managed
+    /// containerd too) but keeps its directory: socket path, data-root and images stay, so
+    /// [`Dockerd::restart`] brings the same engine back. A node's dockerd being down.
+    pub fn stop(&mut self) {
+        self.stop_daemon();
+    }
+
+    /// Whether the daemon process is running (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Starts a stopped daemon again with the same socket, data-root and options, and waits
+    /// until it answers `/_ping`. Its log goes on in the same file.
+    pub fn restart(&mut self) -> io::Result<()> {
+        if self.is_running() {
+            return Err(other(format!("dockerd {} is still running", self.name)));
+        }
+        let dockerd = require_binary("dockerd", "docker.io")?;
+        self.child = spawn_dockerd(
+            &dockerd,
+            &self.name,
+            self.dir.path(),
+            &self.socket,
+            &self.exec_root,
+            &self.log,
+            &self.insecure_registries,
+        )?;
+        self.startup = self.wait_started()?;
+        Ok(())
+    }
+
+    /// Stops dockerd and, if it was SIGKILLed, its managed containerd.
+    fn stop_daemon(&mut self) {
+        // Read before stopping: dockerd removes the pidfile on a clean exit.
+        let containerd_pid = fs::read_to_string(self.exec_root.join("containerd/containerd.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        stop_child(&mut self.child);
+        // A dockerd that had to be SIGKILLed leaves its managed containerd running: stop that
+        // too, by pid, if it still is ours (its command line names our exec-root).
+        if let Some(pid) = containerd_pid {
+            let marker = self.exec_root.to_string_lossy().into_owned();
+            if pid_matches(pid, &marker) {
+                signal_pid(pid, "TERM");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while pid_matches(pid, &marker) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if pid_matches(pid, &marker) {
+                    signal_pid(pid, "KILL");
+                }
+            }
+        }
     }
 
     /// The daemon's API socket.
@@ -389,28 +443,40 @@ fn ping_socket(socket: &Path) -> bool {
     matches!(http_get(stream, "docker", "/_ping"), Ok((200, body)) if body.trim() == "OK")
 }
 
+/// Spawns dockerd with all of its state under `dir`, appending to `log`.
+fn spawn_dockerd(
+    dockerd: &Path,
+    name: &str,
+    dir: &Path,
+    socket: &Path,
+    exec_root: &Path,
+    log: &Path,
+    insecure_registries: &[String],
+) -> io::Result<Child> {
+    let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new(dockerd);
+    cmd.arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--data-root")
+        .arg(dir.join("root"))
+        .arg("--exec-root")
+        .arg(exec_root)
+        .arg("--pidfile")
+        .arg(dir.join("docker.pid"))
+        .args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
+    for reg in insecure_registries {
+        cmd.arg("--insecure-registry").arg(reg);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    cmd.spawn()
+        .map_err(|e| other(format!("starting dockerd {name}: {e}")))
+}
+
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        // Read before stopping: dockerd removes the pidfile on a clean exit.
-        let containerd_pid = fs::read_to_string(self.exec_root.join("containerd/containerd.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        stop_child(&mut self.child);
-        // A dockerd that had to be SIGKILLed leaves its managed containerd running: stop that
-        // too, by pid, if it still is ours (its command line names our exec-root).
-        if let Some(pid) = containerd_pid {
-            let marker = self.exec_root.to_string_lossy().into_owned();
-            if pid_matches(pid, &marker) {
-                signal_pid(pid, "TERM");
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while pid_matches(pid, &marker) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if pid_matches(pid, &marker) {
-                    signal_pid(pid, "KILL");
-                }
-            }
-        }
+        self.stop_daemon();
         for mount in mounts_under(self.dir.path()) {
             let _ = Command::new("umount")
                 .arg("-l")

@@ -141,3 +141,15 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     dir.join("examples").join(name)
 }
+
+/// Builds the root package's examples `names` (a no-op when they are up to date), so a test
+/// that runs them never picks up a stale binary.
+pub fn build_examples(names: &[&str]) {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for name in names {
+        cmd.args(["--example", name]);
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building the examples {names:?} failed");
+}

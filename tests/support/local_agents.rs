@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::PeerSpec;
 use imagewolf_agent::discovery;
-use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig};
-use imagewolf_agent::loader::KeepTarball;
+use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig, RetryPolicy};
+use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::source::{ImageSource, NoSource};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,6 +39,14 @@ pub struct LocalAgents {
     pub cluster_secret: Option<Vec<u8>>,
     /// Webhook token required by agents started from now on.
     pub webhook_token: Option<String>,
+    /// `--allow` of agents started from now on (default: everything).
+    pub allow: Allowlist,
+    /// `--max-torrents` of agents started from now on (default 16).
+    pub max_torrents: usize,
+    /// `--seed-seconds` of agents started from now on (default 600 s).
+    pub seed_time: Duration,
+    /// Pull and load retry backoff of agents started from now on.
+    pub retry: RetryPolicy,
 }
 
 impl LocalAgents {
@@ -67,6 +76,10 @@ impl LocalAgents {
             root,
             cluster_secret: None,
             webhook_token: None,
+            allow: Allowlist::allow_all(),
+            max_torrents: 16,
+            seed_time: Duration::from_secs(600),
+            retry: RetryPolicy::default(),
         };
         let late = listeners.split_off(sources.len());
         for (listener, source) in listeners.into_iter().zip(sources) {
@@ -100,6 +113,17 @@ impl LocalAgents {
         listener: TcpListener,
         source: Option<Arc<dyn ImageSource>>,
     ) -> std::io::Result<&LocalAgent> {
+        self.start_late_with_loader(listener, source, None).await
+    }
+
+    /// Like [`LocalAgents::start_late`], loading into `loader` (e.g. a real dockerd) instead
+    /// of keeping tarballs in `DATA_DIR/loaded/` (`None`).
+    pub async fn start_late_with_loader(
+        &mut self,
+        listener: TcpListener,
+        source: Option<Arc<dyn ImageSource>>,
+        loader: Option<Arc<dyn ImageLoader>>,
+    ) -> std::io::Result<&LocalAgent> {
         let api_addr = listener.local_addr()?;
         let data_dir = self.root.join(format!("agent-{}", api_addr.port()));
         let agents = discovery::spawn(
@@ -108,15 +132,21 @@ impl LocalAgents {
             self.shutdown.subscribe(),
         )
         .await;
-        let loader = Arc::new(KeepTarball::new(data_dir.join("loaded"))?);
+        let loader: Arc<dyn ImageLoader> = match loader {
+            Some(loader) => loader,
+            None => Arc::new(KeepTarball::new(data_dir.join("loaded"))?),
+        };
         let distributor = Distributor::start(
             DistributorConfig {
                 data_dir: data_dir.clone(),
                 advertise: api_addr.ip(),
                 api_port: api_addr.port(),
                 bt_listen: SocketAddr::new(api_addr.ip(), 0),
-                seed_time: Duration::from_secs(600),
+                seed_time: self.seed_time,
                 cluster_secret: self.cluster_secret.clone(),
+                allow: self.allow.clone(),
+                max_torrents: self.max_torrents,
+                retry: self.retry,
             },
             source.unwrap_or_else(|| Arc::new(NoSource)),
             loader,

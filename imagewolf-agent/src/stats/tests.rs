@@ -393,3 +393,67 @@ fn json_shape_of_stats() {
         assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
     }
 }
+
+#[test]
+fn slots_queue_and_refusals_render() {
+    let agent = AgentMetrics {
+        distribution: DistributionMetrics {
+            slots: 16,
+            slots_busy: 3,
+            queued: 2,
+            refused_pushes: 5,
+            refused_announcements: 1,
+        },
+        ..AgentMetrics::default()
+    };
+    let images = [
+        image("r/a:1", ImageState::Queued),
+        image("r/b:1", ImageState::Queued),
+        image("evil/x:1", ImageState::Refused),
+    ];
+    let text = render_prometheus(&images, &agent);
+    let samples = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        value_of(&samples, "imagewolf_torrent_slots", &[]),
+        Some(16.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_torrent_slots_busy", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_distributions_queued", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_refused_total", &[("source", "push")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        value_of(
+            &samples,
+            "imagewolf_refused_total",
+            &[("source", "announcement")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_images", &[("state", "queued")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_images", &[("state", "refused")]),
+        Some(1.0)
+    );
+    // The families exist (at 0) on an agent that has seen nothing.
+    let empty = render_prometheus(&[], &AgentMetrics::default());
+    let samples = check_exposition(&empty).unwrap();
+    assert_eq!(
+        value_of(&samples, "imagewolf_refused_total", &[("source", "push")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value_of(&samples, "imagewolf_torrent_slots_busy", &[]),
+        Some(0.0)
+    );
+}

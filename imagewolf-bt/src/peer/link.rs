@@ -91,6 +91,19 @@ impl PeerLink {
         self.writer_wake.notify_one();
     }
 
+    /// Queues a HAVE for each of `pieces`.
+    pub fn send_haves(&self, pieces: &[crate::PieceIndex]) {
+        if pieces.is_empty() {
+            return;
+        }
+        let mut io = self.io();
+        for piece in pieces {
+            Message::Have(piece.get()).encode(&mut io.out);
+        }
+        drop(io);
+        self.writer_wake.notify_one();
+    }
+
     /// Asks both halves to close; the first reason given wins.
     pub fn close(&self, reason: &str) {
         self.closing.send_if_modified(|r| {

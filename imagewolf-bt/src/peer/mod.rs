@@ -133,8 +133,15 @@ async fn run(
         if theirs.supports_extended() {
             link.send(&extension_handshake(&torrent, addr));
         }
+        // An initial seed starts by showing nothing; the reader then shows pieces a few at a
+        // time (see `SeedSpreader`).
+        let spreading = state.spread.as_mut().map(|s| s.peer_joined(key)).is_some();
         let have = state.picker.have();
-        let have_count = state.picker.have_count();
+        let have_count = if spreading {
+            0
+        } else {
+            state.picker.have_count()
+        };
         let first = if fast && have_count == torrent.lengths.num_pieces() {
             Some(Message::HaveAll)
         } else if fast && have_count == 0 {

@@ -109,6 +109,7 @@ impl Reader {
         while let Some(msg) = self.decoder.decode(&mut self.buf)? {
             self.handle(msg)?;
         }
+        self.torrent.spread_step(self.link.key);
         self.refill();
         Ok(())
     }
@@ -140,10 +141,18 @@ impl Reader {
                     .piece(index)
                     .ok_or_else(|| bad("HAVE for a piece that does not exist"))?;
                 let mut state = self.torrent.state();
-                let TorrentState { picker, peers, .. } = &mut *state;
+                let TorrentState {
+                    picker,
+                    peers,
+                    spread,
+                    ..
+                } = &mut *state;
                 let Some(entry) = peers.get_mut(&self.link.key) else {
                     return Ok(());
                 };
+                if let Some(spread) = spread {
+                    spread.peer_has(self.link.key, piece);
+                }
                 if !entry.has_all && !entry.bitfield[piece.as_usize()] {
                     entry.bitfield.set(piece.as_usize(), true);
                     entry.have_count += 1;
@@ -161,7 +170,12 @@ impl Reader {
                 let num_pieces = self.torrent.lengths.num_pieces();
                 let bits = bitfield::masked(bits, num_pieces);
                 let mut state = self.torrent.state();
-                let TorrentState { picker, peers, .. } = &mut *state;
+                let TorrentState {
+                    picker,
+                    peers,
+                    spread,
+                    ..
+                } = &mut *state;
                 let Some(entry) = peers.get_mut(&self.link.key) else {
                     return Ok(());
                 };
@@ -171,6 +185,9 @@ impl Reader {
                 }
                 slice.copy_from_slice(&bits);
                 entry.have_count = entry.bitfield.count_ones() as u32;
+                if let Some(spread) = spread {
+                    spread.peer_bitfield(self.link.key, &entry.bitfield);
+                }
                 if entry.have_count == num_pieces {
                     entry.has_all = true;
                     picker.peer_has_all();
@@ -192,10 +209,18 @@ impl Reader {
                 }
                 if matches!(msg, Message::HaveAll) {
                     let mut state = self.torrent.state();
-                    let TorrentState { picker, peers, .. } = &mut *state;
+                    let TorrentState {
+                        picker,
+                        peers,
+                        spread,
+                        ..
+                    } = &mut *state;
                     let Some(entry) = peers.get_mut(&self.link.key) else {
                         return Ok(());
                     };
+                    if let Some(spread) = spread {
+                        spread.peer_has_all(self.link.key);
+                    }
                     entry.has_all = true;
                     picker.peer_has_all();
                     let complete = picker.is_complete();
@@ -284,11 +309,16 @@ impl Reader {
     /// The peer asks for a block: queue it for the writer, or reject it (fast) / ignore it.
     fn on_request(&mut self, raw: RawBlock) -> Result<(), PeerError> {
         let block = self.check_block(raw)?;
-        let have = self.torrent.state().picker.have()[block.piece().as_usize()];
+        let mut state = self.torrent.state();
+        let have = state.picker.have()[block.piece().as_usize()];
         let mut io = self.link.io();
         let refuse = io.am_choking
             || !have
             || io.serve.len() >= self.torrent.config.max_queued_peer_requests;
+        if let (false, Some(spread)) = (refuse, &mut state.spread) {
+            spread.requested(self.link.key, block.piece());
+        }
+        drop(state);
         if refuse {
             if self.link.fast {
                 Message::Reject(raw).encode(&mut io.out);
@@ -341,8 +371,7 @@ impl Reader {
         if self.peer_choking || !self.am_interested || self.link.is_closing() {
             return;
         }
-        if self.torrent.verifying_bytes.load(Ordering::Relaxed)
-            > self.torrent.verify_backlog_limit()
+        if self.torrent.verifying_bytes.load(Ordering::Relaxed) > self.torrent.piece_memory_limit()
         {
             return; // Hashing or the disk is behind; resume when it drains.
         }
@@ -443,6 +472,7 @@ impl Reader {
         if !waiting {
             self.last_block = now;
         }
+        self.torrent.spread_step(self.link.key);
         self.refill();
         Ok(())
     }

@@ -236,6 +236,9 @@ pub struct Picker {
     underfull_blocks: u64,
     /// Pieces with every block received, waiting for verification.
     awaiting: u32,
+    /// Most partial pieces (awaiting verification included) with a connected source; no
+    /// new piece starts beyond it. See [`Picker::set_max_active`].
+    max_active: u32,
     rng: SmallRng,
     /// Reused buffer for ranking candidate pieces in `pick`.
     scratch: Vec<(u32, u32, u32)>,
@@ -303,9 +306,37 @@ impl Picker {
             requested_blocks: 0,
             underfull_blocks: 0,
             awaiting: 0,
+            max_active: u32::MAX,
             rng,
             scratch: Vec::new(),
         }
+    }
+
+    /// Caps the pieces in progress: no untouched piece is started while `max` partial pieces
+    /// (those awaiting verification included) exist. Each partial piece is a piece-sized
+    /// buffer in the caller, so this bounds a download's memory however many peers feed
+    /// it. Partial pieces that no connected peer has do not count: a peer that left with the
+    /// only copy must not stall the pieces others can give. At least 1.
+    pub fn set_max_active(&mut self, max: u32) {
+        self.max_active = max.max(1);
+    }
+
+    /// Whether another piece may be started (see [`Picker::set_max_active`]).
+    fn may_start(&self) -> bool {
+        if (self.active.len() as u32) < self.max_active {
+            return true;
+        }
+        let counted = self
+            .active
+            .iter()
+            .filter(|&&p| {
+                self.partials[p as usize]
+                    .as_ref()
+                    .is_some_and(Partial::is_complete)
+                    || self.ranked.count(p) + self.seeds > 0
+            })
+            .count();
+        (counted as u32) < self.max_active
     }
 
     /// The knobs in effect (`endgame_max_requesters` raised to at least 1).

@@ -98,7 +98,7 @@ impl Picker {
     ) -> usize {
         let random = self.have_count < self.config.random_first_pieces;
         if pieces.all {
-            while left > 0 && !self.ranked.order().is_empty() {
+            while left > 0 && !self.ranked.order().is_empty() && self.may_start() {
                 let at = if random {
                     self.rng.random_range(0..self.ranked.order().len())
                 } else {
@@ -121,7 +121,7 @@ impl Picker {
             return self.pick_new_sparse(peer, pieces, random, left, mine, out);
         }
         if random {
-            while left > 0 {
+            while left > 0 && self.may_start() {
                 let Some(p) = self.random_ranked_piece(pieces) else {
                     break;
                 };
@@ -130,7 +130,7 @@ impl Picker {
             }
         } else {
             let mut i = from;
-            while left > 0 && i < self.ranked.order().len() {
+            while left > 0 && i < self.ranked.order().len() && self.may_start() {
                 let p = self.ranked.order()[i];
                 if pieces.has(p) {
                     // Removal refills slot `i` from later in the same bucket and leaves
@@ -176,7 +176,7 @@ impl Picker {
             }
         }
         if random {
-            while left > 0 && !cands.is_empty() {
+            while left > 0 && !cands.is_empty() && self.may_start() {
                 let j = self.rng.random_range(0..cands.len());
                 let (_, _, p) = cands.swap_remove(j);
                 self.start_piece(p);
@@ -187,7 +187,7 @@ impl Picker {
             // remaining candidates holds.
             cands.sort_unstable();
             for &(_, _, p) in &cands {
-                if left == 0 {
+                if left == 0 || !self.may_start() {
                     break;
                 }
                 self.start_piece(p);

@@ -378,3 +378,54 @@ fn hostile_counts_do_not_panic() {
     p.check_invariants().unwrap();
     assert_eq!(pick(&mut p, A, &bits(12, 0..12), false, 0).len(), 0);
 }
+
+#[test]
+fn no_piece_starts_beyond_the_active_cap() {
+    for random_first in [0, 100] {
+        let mut p = picker(16, 4, random_first, 1);
+        p.set_max_active(3);
+        p.peer_has_all();
+        let got = pick(&mut p, A, &none(16), true, 1000);
+        let mut pieces = pieces_of(&got);
+        pieces.dedup();
+        assert_eq!(pieces.len(), 3, "{pieces:?}");
+        assert_eq!(got.len(), 12);
+        // Finishing one piece (received, then verified) frees a slot for one more.
+        let first = got[0].piece();
+        for b in got.iter().filter(|b| b.piece() == first) {
+            p.block_received(A, *b);
+        }
+        assert!(
+            pick(&mut p, B, &none(16), true, 1000).is_empty(),
+            "piece awaiting verification still counts"
+        );
+        p.piece_verified(first);
+        let more = pick(&mut p, B, &none(16), true, 1000);
+        assert_eq!(more.len(), 4);
+        assert!(more.iter().all(|b| b.piece() == more[0].piece()));
+    }
+}
+
+#[test]
+fn partial_pieces_nobody_has_do_not_count_against_the_cap() {
+    let mut p = picker(8, 2, 0, 2);
+    p.set_max_active(2);
+    let a_bits = bits(8, [0, 1]);
+    p.peer_bitfield(&a_bits);
+    let got = pick(&mut p, A, &a_bits, false, 4);
+    let mut started = pieces_of(&got);
+    started.dedup();
+    assert_eq!(started.len(), 2);
+    // A delivers one block of each piece, then leaves: both stay partial, with no source.
+    for piece in started {
+        let first = got.iter().find(|b| b.piece().get() == piece).unwrap();
+        p.block_received(A, *first);
+    }
+    p.peer_left(A, &a_bits, false);
+    let b_bits = bits(8, 2..8);
+    p.peer_bitfield(&b_bits);
+    let got = pick(&mut p, B, &b_bits, false, 100);
+    let mut pieces = pieces_of(&got);
+    pieces.dedup();
+    assert_eq!(pieces.len(), 2, "B may still start two pieces: {pieces:?}");
+}

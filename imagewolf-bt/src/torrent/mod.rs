@@ -26,7 +26,7 @@ pub use handle::{AddTorrent, StartFrom, TorrentEvent, TorrentHandle, TorrentStat
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
@@ -92,7 +92,7 @@ pub(crate) struct Torrent {
     /// Bounds the number of pieces being hashed at once (session-wide).
     pub hashing: Arc<Semaphore>,
     /// Bytes of complete pieces waiting to be hashed and written. Peers stop requesting
-    /// while it is above [`Torrent::verify_backlog_limit`], so a disk slower than the network
+    /// while it is above [`Torrent::piece_memory_limit`], so a disk slower than the network
     /// costs bounded memory instead of piling up buffers.
     pub verifying_bytes: AtomicU64,
     /// Woken whenever a verification finishes (peers paused by the backlog resume).
@@ -107,6 +107,9 @@ pub(crate) struct Torrent {
     pub tasks: Mutex<tokio::task::JoinSet<()>>,
     /// The tracker announce loop, when the torrent has trackers.
     pub announcer: Mutex<Option<crate::tracker::AnnouncerHandle>>,
+    /// Mirrors `state.spread.is_some()`, so peers of a torrent that is not spreading (almost
+    /// all of them) skip taking the lock for it.
+    pub spreading: AtomicBool,
 }
 
 impl Torrent {
@@ -116,9 +119,9 @@ impl Torrent {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The backlog above which peers pause: 16 MiB, or four pieces if pieces are larger.
-    pub fn verify_backlog_limit(&self) -> u64 {
-        (16 << 20).max(4 * u64::from(self.lengths.piece_len()))
+    /// The torrent's piece-memory budget (see [`SessionConfig::piece_memory_per_torrent`]).
+    pub fn piece_memory_limit(&self) -> u64 {
+        piece_memory_limit(&self.config, self.lengths)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -133,10 +136,24 @@ impl Torrent {
         tasks.spawn(task);
     }
 
+    /// One spreading step for peer `key` (see [`state::TorrentState::spread_step`]).
+    pub fn spread_step(&self, key: crate::picker::PeerKey) {
+        if self.spreading.load(Ordering::Relaxed) && !self.state().spread_step(key) {
+            self.spreading.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub fn emit(&self, event: TorrentEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events_tx.send(event);
     }
+}
+
+/// [`SessionConfig::piece_memory_per_torrent`], at least four pieces.
+pub(crate) fn piece_memory_limit(config: &SessionConfig, lengths: Lengths) -> u64 {
+    config
+        .piece_memory_per_torrent
+        .max(4 * u64::from(lengths.piece_len()))
 }
 
 /// The session's table of torrents.

@@ -12,11 +12,11 @@ use bitvec::prelude::*;
 use super::smart_ban::SmartBan;
 use super::TorrentStatus;
 use crate::peer::PeerLink;
-use crate::picker::{PeerKey, Picker, Received};
+use crate::picker::{PeerKey, Picker, Received, SeedSpreader};
 use crate::{BlockRef, Lengths, PeerId, PieceIndex};
 
-/// Piece buffers kept for reuse after their piece is stored.
-const MAX_SPARE_BUFFERS: usize = 8;
+/// Bytes of piece buffers kept for reuse after their piece is stored (at least one buffer).
+const SPARE_BUFFER_BYTES: usize = 4 << 20;
 
 /// One connected peer, as the torrent sees it.
 pub(crate) struct PeerEntry {
@@ -97,7 +97,7 @@ pub(crate) struct TorrentState {
     pub peers: HashMap<PeerKey, PeerEntry>,
     next_key: u64,
     buffers: HashMap<PieceIndex, PieceBuffer>,
-    /// Piece buffers kept for reuse (at most [`MAX_SPARE_BUFFERS`]).
+    /// Piece buffers kept for reuse (see [`SPARE_BUFFER_BYTES`]).
     spare_buffers: Vec<Vec<u8>>,
     pub ban: SmartBan,
     banned_ids: HashSet<PeerId>,
@@ -110,6 +110,10 @@ pub(crate) struct TorrentState {
     pub hash_failures: u32,
     /// Set while storage is being checked; no peers are taken until it is done.
     pub checking: bool,
+    /// While an initial seed spreads its pieces: which pieces each peer has been shown
+    /// (see [`SeedSpreader`]). `None` once every piece has gone out, and for any torrent
+    /// that did not start as a complete seed.
+    pub spread: Option<SeedSpreader>,
 }
 
 impl TorrentState {
@@ -131,6 +135,7 @@ impl TorrentState {
             status,
             hash_failures: 0,
             checking: false,
+            spread: None,
         }
     }
 
@@ -274,6 +279,9 @@ impl TorrentState {
     pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
         let entry = self.peers.remove(&key)?;
         self.picker.peer_left(key, &entry.bitfield, entry.has_all);
+        if let Some(spread) = &mut self.spread {
+            spread.peer_left(key);
+        }
         self.unchoked.remove(&key);
         self.ban.forget_peer(key);
         Some(entry)
@@ -347,9 +355,35 @@ impl TorrentState {
     /// Keeps a finished piece buffer for the next piece: fresh allocations of this size are
     /// fresh pages from the kernel (a page fault and a zeroing per 4 KiB), reuse is free.
     pub fn recycle_buffer(&mut self, data: Vec<u8>) {
-        if self.spare_buffers.len() < MAX_SPARE_BUFFERS {
+        let max = (SPARE_BUFFER_BYTES / self.lengths.piece_len() as usize).max(1);
+        if self.spare_buffers.len() < max {
             self.spare_buffers.push(data);
         }
+    }
+
+    /// Initial seeding: shows peer `key` more pieces (HAVE) as its window frees up; once
+    /// every piece has gone out, shows every peer everything and stops spreading. Returns
+    /// whether spreading is still going on.
+    pub fn spread_step(&mut self, key: PeerKey) -> bool {
+        let Some(spread) = &mut self.spread else {
+            return false;
+        };
+        let mut pieces = Vec::new();
+        if !spread.is_done() {
+            if let Some(entry) = self.peers.get(&key) {
+                spread.top_up(key, &entry.bitfield, entry.has_all, &mut pieces);
+                entry.link.send_haves(&pieces);
+            }
+            return true;
+        }
+        for (&key, entry) in &self.peers {
+            pieces.clear();
+            spread.unshown(key, &entry.bitfield, entry.has_all, &mut pieces);
+            entry.link.send_haves(&pieces);
+        }
+        tracing::debug!("every piece has left the seed: seeding normally");
+        self.spread = None;
+        false
     }
 
     /// Bytes of verified pieces.
