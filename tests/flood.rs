@@ -564,16 +564,16 @@ async fn run(bin: &Path, plan: &Plan) -> Figures {
     .await
     .unwrap();
     let out = Arc::new(SlowStorage(MemoryStorage::new(meta.total_len())));
-    let seed_started = Instant::now();
     let handle = downloader
         .add_torrent(
-            AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty)
-                .with_peers([agent.bt])
-                .without_trackers(),
+            AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty).without_trackers(),
         )
         .await
         .unwrap();
+    // Subscribed before the agent is known, so its connection cannot be missed.
     let mut events = handle.events();
+    let seed_started = Instant::now();
+    handle.add_peers([agent.bt]);
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if let Ok(TorrentEvent::PeerConnected { addr, .. }) = events.recv().await {
