@@ -12,9 +12,18 @@ use imagewolf_bt::metainfo::TorrentBuilder;
 use imagewolf_bt::storage::MemoryStorage;
 use imagewolf_bt::PeerId;
 
+use std::time::Instant;
+
+use base64::Engine;
+use imagewolf_bt::metainfo::Metainfo;
+use imagewolf_bt::{AddTorrent, StartFrom};
+use sha2::{Digest, Sha256};
+
 use super::*;
+use crate::image::{Distribution, ImageRef};
 use crate::loader::LoaderError;
 use crate::source::{NoSource, PulledImage, SourceError, Tarball};
+use crate::stats::{ImageState, ImageStats};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
