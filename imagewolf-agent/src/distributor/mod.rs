@@ -7,28 +7,52 @@
 //! (rarest-first, every agent a peer, the origin's tracker) -> check the SHA-256 -> load ->
 //! keep seeding for `--seed-seconds`, then delete the tarball.
 //!
-//! Idempotence: one record per image key ([`ImageRef::dedup_key`](crate::image::ImageRef::dedup_key)) and per info-hash; a
-//! registry retrying an event or a repeated push finds the record and does nothing twice.
-//! A late or restarted agent catches up by asking the others for their recent distributions
-//! (at start and every [`CATCH_UP_EVERY`]).
+//! Idempotence: one record per image key
+//! ([`ImageRef::dedup_key`](crate::image::ImageRef::dedup_key)) and per info-hash; a registry
+//! retrying an event or a repeated push finds the record and does nothing twice. A late or
+//! restarted agent catches up by asking the others for their recent distributions (at start
+//! and every [`CATCH_UP_EVERY`]).
 //!
 //! Gates, in the order an image meets them:
 //! - **`--allow`** ([`Allowlist`]): checked in [`Distributor::on_push`] (webhooks, polling) and
 //!   [`Distributor::on_distribution`] (other agents' announcements, catch-up), after the
 //!   signature: a correctly signed announcement of a repository this node does not allow is
-//!   still refused. A refusal is logged, counted ([`DistributionMetrics`](crate::stats::DistributionMetrics)) and kept as a
-//!   `refused` record in /stats (the last [`REFUSED_KEPT`] references); nothing is pulled,
-//!   downloaded or loaded.
+//!   still refused. A refusal is logged, counted
+//!   ([`DistributionMetrics`](crate::stats::DistributionMetrics)) and kept as a `refused`
+//!   record in /stats (the last [`REFUSED_KEPT`] references); nothing is pulled, downloaded
+//!   or loaded.
+//! - **Busy**: at most [`ACTIVE_PER_SLOT`] x `--max-torrents` distributions are queued or in
+//!   progress. Beyond that a new push or announcement is refused *for now*
+//!   ([`Accepted::Busy`], HTTP 503 with the reason) before any record exists, and counted.
+//!   Registries resend a notification until it is answered 2xx (the event id is not
+//!   remembered on a 503, so the resend is taken), the origin's announcement is caught up
+//!   on later, polled pushes are offered again.
 //! - **Slots** (`--max-torrents`): a distribution takes a slot before it pulls (origin) or
 //!   downloads (receiver) and gives it back once the image is loaded here (or the flow
 //!   failed); seeding afterwards holds none. Without a free slot it waits, `queued`, in a
 //!   FIFO (tokio's semaphore is fair), so nothing is dropped.
+//!
+//! Stalls: a download that makes no progress (no payload received, no piece verified) for
+//! `stall_timeout` ([`DEFAULT_STALL_TIMEOUT`]) fails with that reason in /stats; its torrent
+//! stops and its slot frees, so torrents nobody seeds cannot take every slot. The file with
+//! the pieces verified so far stays: a later run of the same torrent checks and reuses them.
+//!
+//! Restarts: a failed receiver is started again by a new announcement of it or by catch-up
+//! (an agent that still has it offers it every [`CATCH_UP_EVERY`]), at most until it has run
+//! `MAX_RUNS` (3) times; a stall counts as a run. So a torrent nobody can seed is given up
+//! after about 3 x (`stall_timeout` + up to [`CATCH_UP_EVERY`]), and its file deleted. A new
+//! push starts a failed origin again.
 //!
 //! Retries: a pull is retried with backoff up to [`RetryPolicy::pull_attempts`] times. A load
 //! is retried with the same bounded backoff *for as long as it takes*: the tarball is
 //! verified and a runtime that is down (dockerd restarting, upgraded, out of disk) comes back;
 //! giving up would leave the node without the image and the data on disk anyway. Each
 //! failure is in /stats meanwhile (`error`, `attempts`).
+//!
+//! Memory: records are bounded by phase (see `records.rs`): working ones by the busy limit,
+//! seeding ones by [`SEEDING_PER_SLOT`] x `--max-torrents` (the oldest stops seeding early),
+//! finished ones by [`FINISHED_KEPT`] (older ones are forgotten, leaving a small tombstone
+//! for [`FORGOTTEN_KEPT`] more so deduplication and the run limit outlive them).
 //!
 //! Files: `admit.rs` (entry points and their gates), `origin.rs`, `receive.rs`, `lifecycle.rs`
 //! (slots, seeding after the load, cleanup), `records.rs`, `retry.rs`, `views.rs` (/stats,
@@ -57,16 +81,22 @@ mod retry;
 mod views;
 
 use records::Records;
-pub use records::REFUSED_KEPT;
+pub use records::{
+    RecordCounts, ACTIVE_PER_SLOT, FINISHED_BYTES_KEPT, FINISHED_KEPT, FORGOTTEN_KEPT,
+    REFUSED_KEPT, SEEDING_PER_SLOT,
+};
 pub use retry::{RetryPolicy, Retryable};
-pub use views::DistributorApi;
+pub use views::{DistributorApi, LISTING_BYTES_MAX};
 
 /// How often an agent asks the others what it may have missed.
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// Distributions older than this are not caught up on (nor offered to late joiners).
 pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
-/// Times a failed distribution is started again before this node gives up on it (so a
-/// tarball that never verifies is not downloaded forever by the catch-up loop).
+/// How long a download may go without progress before it fails (see the module docs).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Runs of a distribution here (the first, then restarts of a failed one by a new
+/// announcement or catch-up) before this node gives up on it: a tarball that never verifies
+/// is not downloaded forever, nor a torrent nobody seeds waited on forever.
 const MAX_RUNS: u32 = 3;
 
 /// What the distributor needs to know about this node.
@@ -91,6 +121,9 @@ pub struct DistributorConfig {
     pub max_torrents: usize,
     /// Backoff of pull and load retries.
     pub retry: RetryPolicy,
+    /// A download that makes no progress this long fails and frees its slot
+    /// ([`DEFAULT_STALL_TIMEOUT`]).
+    pub stall_timeout: Duration,
 }
 
 /// The agent's engine room; see the module docs.
@@ -127,6 +160,8 @@ pub enum Accepted {
     Duplicate,
     /// Refused; why.
     Refused(String),
+    /// Refused for now: too many distributions queued or in progress; retry later.
+    Busy(String),
 }
 
 fn now_secs() -> f64 {

@@ -1,6 +1,7 @@
 //! The origin's side: pull, export + torrent + SHA-256 in one pass, seed, announce.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -32,11 +33,7 @@ impl Distributor {
             .export(&pulled)
             .await
             .map_err(|e| format!("export: {e}"))?;
-        let path = self
-            .config
-            .data_dir
-            .join("images")
-            .join(format!("{}.tar", file_stem(key)));
+        let path = self.origin_tarball(key);
         let (meta, sha256) =
             export_to_torrent(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
         let info_hash = meta.info_hash().to_hex();
@@ -71,11 +68,8 @@ impl Distributor {
         }
         {
             let mut records = self.records();
-            records
-                .by_info_hash
-                .insert(info_hash.clone(), key.to_owned());
+            records.set_info_hash(key, &info_hash);
             if let Some(r) = records.by_key.get_mut(key) {
-                r.stats.info_hash = Some(info_hash);
                 r.stats.size = Some(size);
                 r.stats.state = ImageState::Seeding;
                 r.stats.completed_at = Some(now_secs());
@@ -100,6 +94,14 @@ impl Distributor {
         drop(slot);
         self.linger_then_clean(key, handle, path);
         Ok(())
+    }
+
+    /// Where the origin writes the tarball of `key`.
+    pub(super) fn origin_tarball(&self, key: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("images")
+            .join(format!("{}.tar", file_stem(key)))
     }
 }
 

@@ -1,13 +1,15 @@
 //! Every other agent's side: skip if present, download, verify the SHA-256, load.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, StartFrom};
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle, TorrentStats, TorrentStatus};
+use tokio::time::MissedTickBehavior;
 
 use super::{now_secs, Distributor};
 use crate::image::Distribution;
@@ -28,6 +30,8 @@ impl Distributor {
                 r.stats.state = ImageState::Loaded;
                 r.stats.loaded_at = Some(now_secs());
             });
+            // Nothing to seed; a partial tarball of an earlier run is of no use now.
+            self.finish(key, true);
             return Ok(());
         }
         let slot = self.take_slot(key, ImageState::Downloading).await;
@@ -38,12 +42,9 @@ impl Distributor {
         if meta.info_hash().to_hex() != d.info_hash || meta.total_len() != d.size {
             return Err("the torrent does not match the announced info-hash and size".into());
         }
-        let path = self
-            .config
-            .data_dir
-            .join("images")
-            .join(format!("{}.tar", d.info_hash));
-        // A previous run that failed at the load keeps its torrent (and verified data): reuse it.
+        let path = self.received_tarball(&d.info_hash);
+        // An earlier run that failed kept the file (its verified pieces are checked and
+        // reused); the session may even have the torrent still.
         let handle = match self.session.torrent(&meta.info_hash()) {
             Some(existing) => existing,
             None => {
@@ -65,10 +66,7 @@ impl Distributor {
             }
         };
         self.update(key, |r| r.torrent = Some(handle.clone()));
-        handle
-            .wait_complete()
-            .await
-            .map_err(|e| format!("download: {e}"))?;
+        self.wait_downloaded(&handle).await?;
         self.update(key, |r| {
             r.stats.completed_at = Some(now_secs());
             r.stats.state = ImageState::Loading;
@@ -79,6 +77,7 @@ impl Distributor {
         if actual != d.sha256 {
             let _ = self.session.remove_torrent(&handle.info_hash()).await;
             let _ = tokio::fs::remove_file(&path).await;
+            self.update(key, |r| r.tarball = None);
             return Err(format!(
                 "tarball SHA-256 {actual} does not match the announced {}; not loading it",
                 d.sha256
@@ -98,5 +97,47 @@ impl Distributor {
         drop(slot);
         self.linger_then_clean(key, handle, path);
         Ok(())
+    }
+
+    /// Where a receiver writes the tarball of the torrent `info_hash`.
+    pub(super) fn received_tarball(&self, info_hash: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("images")
+            .join(format!("{info_hash}.tar"))
+    }
+
+    /// Waits until every piece is verified. Fails if the torrent stops, or makes no progress
+    /// (no payload received, no piece verified, not checking existing data) for
+    /// `stall_timeout`: a torrent nobody seeds must not hold a `--max-torrents` slot forever.
+    async fn wait_downloaded(&self, handle: &TorrentHandle) -> Result<(), String> {
+        let limit = self.config.stall_timeout;
+        let mut ticks = tokio::time::interval(
+            (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        );
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let complete = handle.wait_complete();
+        tokio::pin!(complete);
+        let mark = |s: &TorrentStats| (s.have_bytes, s.downloaded);
+        let mut last = mark(&handle.stats());
+        let mut since = Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut complete => return done.map_err(|e| format!("download: {e}")),
+                _ = ticks.tick() => {}
+            }
+            let stats = handle.stats();
+            if mark(&stats) != last || stats.status == TorrentStatus::Checking {
+                last = mark(&stats);
+                since = Instant::now();
+            } else if since.elapsed() >= limit {
+                self.records().stalled += 1;
+                return Err(format!(
+                    "download stalled: no data for {:?} ({} of {} bytes verified, {} peers \
+                     connected); stopped, its --max-torrents slot freed",
+                    limit, stats.have_bytes, stats.total_len, stats.peers
+                ));
+            }
+        }
     }
 }

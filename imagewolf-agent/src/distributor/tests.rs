@@ -109,6 +109,7 @@ fn config(dir: &TempDir) -> DistributorConfig {
         allow: Allowlist::allow_all(),
         max_torrents: 16,
         retry: RetryPolicy::default(),
+        stall_timeout: DEFAULT_STALL_TIMEOUT,
     }
 }
 

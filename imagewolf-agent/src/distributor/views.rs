@@ -7,29 +7,44 @@ use std::sync::Arc;
 use imagewolf_bt::tracker::{encode_failure, AnnounceRequest};
 
 use super::{now_secs, Accepted, Distributor, CATCH_UP_WINDOW};
+
+/// Most bytes of torrents in one catch-up listing (other agents read at most 16 MiB).
+pub const LISTING_BYTES_MAX: usize = 8 << 20;
 use crate::image::Distribution;
 use crate::stats::{DistributionMetrics, ImageState, ImageStats};
 
 impl Distributor {
-    /// Recent distributions this node knows (for late joiners). Where this node still
-    /// seeds the tarball it lists itself among the seeders, so a late joiner finds peers even
-    /// if the origin (and its tracker) is gone.
+    /// Recent distributions this node knows (for late joiners), newest first, at most
+    /// [`LISTING_BYTES_MAX`] of torrents (a reply other agents read whole). Where this node
+    /// still seeds the tarball it lists itself among the seeders, so a late joiner finds
+    /// peers even if the origin (and its tracker) is gone.
     pub fn distributions(&self) -> Vec<Distribution> {
         let horizon = now_secs() - CATCH_UP_WINDOW.as_secs_f64();
         let me =
             SocketAddr::new(self.config.advertise, self.session.listen_addr().port()).to_string();
-        self.records()
+        let records = self.records();
+        let mut recent: Vec<_> = records
             .by_key
             .values()
             .filter(|r| r.stats.state != ImageState::Failed)
-            .filter_map(|r| {
-                let mut d = r.distribution.clone()?;
-                if r.torrent.is_some() && !d.seeders.contains(&me) {
+            .filter_map(|r| Some((r.distribution.as_ref()?, r.torrent.is_some())))
+            .filter(|(d, _)| d.created as f64 >= horizon)
+            .collect();
+        recent.sort_by_key(|(d, _)| std::cmp::Reverse(d.created));
+        let mut bytes = 0usize;
+        recent
+            .into_iter()
+            .take_while(|(d, _)| {
+                bytes = bytes.saturating_add(d.torrent.len());
+                bytes <= LISTING_BYTES_MAX
+            })
+            .map(|(d, seeding)| {
+                let mut d = d.clone();
+                if seeding && !d.seeders.contains(&me) {
                     d.seeders.push(me.clone());
                 }
-                Some(d)
+                d
             })
-            .filter(|d| d.created as f64 >= horizon)
             .collect()
     }
 
@@ -55,9 +70,10 @@ impl Distributor {
         out
     }
 
-    /// Slots and refusals, for /metrics.
+    /// Slots, refusals and the bounds on work and records, for /metrics.
     pub fn distribution_metrics(&self) -> DistributionMetrics {
         let records = self.records();
+        let counts = records.counts();
         let slots = self.config.max_torrents.max(1);
         DistributionMetrics {
             slots: slots as u64,
@@ -69,6 +85,14 @@ impl Distributor {
                 .count() as u64,
             refused_pushes: records.refused_pushes,
             refused_announcements: records.refused_announcements,
+            working: counts.working as u64,
+            working_max: self.max_working() as u64,
+            busy_pushes: records.busy_pushes,
+            busy_announcements: records.busy_announcements,
+            stalled: records.stalled,
+            seeding_stopped_early: records.seeding_cut,
+            records: counts.records as u64,
+            record_tombstones: counts.forgotten as u64,
         }
     }
 
@@ -130,6 +154,7 @@ impl From<Accepted> for crate::api::PushOutcome {
             Accepted::Started => Self::Started,
             Accepted::Duplicate => Self::Duplicate,
             Accepted::Refused(why) => Self::Ignored(why),
+            Accepted::Busy(why) => Self::Busy(why),
         }
     }
 }
