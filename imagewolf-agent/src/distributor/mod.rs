@@ -248,3 +248,5 @@ impl Distributor {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
