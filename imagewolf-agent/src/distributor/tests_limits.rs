@@ -299,8 +299,27 @@ async fn webhooks_beyond_the_working_limit_get_503_and_the_registrys_resend_is_t
             .to_owned();
         assert!(why.contains("busy") && why.contains("retry later"), "{why}");
     }
-    // A resend of an accepted event is still a duplicate, not a refusal.
+    // A resend of an accepted event is still a duplicate, not a refusal; so is the same
+    // image pushed again under a new event id.
     let reply = webhook(0).await;
+    assert_eq!(
+        (reply.status, json(&reply)["duplicates"].clone()),
+        (200, 1.into())
+    );
+    let again = registry_push_envelope(
+        "reg:5000",
+        "team/app0",
+        Some("v1"),
+        &format!("sha256:{:064x}", 0),
+        "event-0-again",
+    );
+    let reply = post(
+        api,
+        "/registryNotifications",
+        "application/vnd.docker.distribution.events.v1+json",
+        again.as_bytes(),
+    )
+    .await;
     assert_eq!(
         (reply.status, json(&reply)["duplicates"].clone()),
         (200, 1.into())
@@ -433,6 +452,10 @@ async fn a_stalled_download_fails_frees_its_slot_and_a_later_run_reuses_its_veri
     let state = |r: &str| record(&d, r).map(|s| s.state);
 
     assert_eq!(d.on_distribution(x.clone()), Accepted::Started);
+    wait_until("X holds the slot", || {
+        d.session.torrent(&announced_hash(&x)).is_some()
+    })
+    .await;
     assert_eq!(d.on_distribution(y.clone()), Accepted::Started);
     wait_until("Y queued behind X", || {
         state(&y_ref) == Some(ImageState::Queued)
