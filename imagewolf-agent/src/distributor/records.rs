@@ -9,7 +9,7 @@
 //! - **Done** records (loaded or failed; seeding and cleanup over) are kept for /stats and
 //!   deduplication, the last [`FINISHED_KEPT`] of them (fewer if their announced torrents
 //!   exceed [`FINISHED_BYTES_KEPT`]). An older one is *forgotten*: its
-//!   record goes (and any tarball it kept), and a tombstone of ~150 bytes (outcome, runs) is
+//!   record goes (and any tarball it kept), and a tombstone of ~300 bytes (outcome, runs) is
 //!   kept for [`FORGOTTEN_KEPT`] more, so a registry retry, a repeated push or catch-up
 //!   offering it again is still recognised and [`MAX_RUNS`](super::MAX_RUNS) still holds.
 //! - Registry event ids: the last [`EVENT_IDS_KEPT`]; `--allow` refusals: the last
