@@ -136,6 +136,9 @@ pub enum PushOutcome {
     Duplicate,
     /// Deliberately not acted on, with the reason.
     Ignored(String),
+    /// Not taken now (too much work queued or in progress), with the reason: answered 503,
+    /// which registries and agents retry.
+    Busy(String),
 }
 
 /// API settings.
@@ -619,7 +622,7 @@ async fn dispatch(
             for push in envelope.pushes {
                 counts.add(&push, api.on_push(push.clone()));
             }
-            Ok(json_response(StatusCode::OK, &counts))
+            counts.into_response()
         }
         Route::HubNotifications => {
             check_media_type(req.headers(), &["application/json"])?;
@@ -627,7 +630,7 @@ async fn dispatch(
             let push = parse_hub_webhook(&body, &ctx.config.hub_registry)?;
             let mut counts = PushCounts::default();
             counts.add(&push, api.on_push(push.clone()));
-            Ok(json_response(StatusCode::OK, &counts))
+            counts.into_response()
         }
         Route::Stats => Ok(json_response(StatusCode::OK, &api.images())),
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
@@ -654,6 +657,9 @@ async fn dispatch(
                 PushOutcome::Started => json!({ "status": "started" }),
                 PushOutcome::Duplicate => json!({ "status": "known" }),
                 PushOutcome::Ignored(reason) => json!({ "status": "ignored", "reason": reason }),
+                PushOutcome::Busy(reason) => {
+                    return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+                }
             };
             Ok(json_response(StatusCode::OK, &answer))
         }
@@ -671,6 +677,10 @@ struct PushCounts {
     accepted: usize,
     duplicates: usize,
     ignored: usize,
+    /// Why some push was not taken now (then the answer is 503, and the registry sends the
+    /// whole envelope again; the events taken are duplicates then).
+    #[serde(skip)]
+    busy: Option<String>,
 }
 
 impl PushCounts {
@@ -688,6 +698,17 @@ impl PushCounts {
                 tracing::info!(image = %push.image, "push ignored: {reason}");
                 self.ignored += 1;
             }
+            PushOutcome::Busy(reason) => self.busy = Some(reason),
+        }
+    }
+
+    fn into_response(self) -> Result<Response<Full<Bytes>>, ApiError> {
+        match &self.busy {
+            Some(reason) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason.clone(),
+            )),
+            None => Ok(json_response(StatusCode::OK, &self)),
         }
     }
 }

@@ -5,13 +5,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use imagewolf_agent::allowlist::Allowlist;
-use imagewolf_agent::api::{self, AgentApi, ApiConfig};
+use imagewolf_agent::api::{self, AgentApi, ApiConfig, PushOutcome};
 use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
-use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig, RetryPolicy};
+use imagewolf_agent::distributor::{
+    Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
+};
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
 use imagewolf_agent::source::{ImageSource, NoSource};
 use imagewolf_agent::{containerd, discovery, docker, poll};
+
+/// Pause before a polled push the distributor was too busy for is offered again.
+const POLLED_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -84,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             allow: allow.clone(),
             max_torrents: usize::from(config.max_torrents),
             retry: RetryPolicy::default(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         },
         source,
         loader,
@@ -154,11 +160,21 @@ fn spawn_poller(
     let api = DistributorApi(distributor);
     tokio::spawn(async move {
         while let Some(image) = rx.recv().await {
-            let outcome = api.on_push(PushEvent {
-                image: image.clone(),
-                event_id: None,
-            });
-            tracing::info!(%image, ?outcome, "polled push");
+            loop {
+                let outcome = api.on_push(PushEvent {
+                    image: image.clone(),
+                    event_id: None,
+                });
+                // Too busy: keep the push (as a registry would) and try again shortly; the
+                // poller waits meanwhile once its channel is full.
+                if matches!(outcome, PushOutcome::Busy(_)) {
+                    tracing::warn!(%image, ?outcome, "polled push deferred");
+                    tokio::time::sleep(POLLED_BUSY_RETRY).await;
+                    continue;
+                }
+                tracing::info!(%image, ?outcome, "polled push");
+                break;
+            }
         }
     });
 }

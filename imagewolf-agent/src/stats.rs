@@ -126,7 +126,8 @@ pub struct AgentMetrics {
     pub distribution: DistributionMetrics,
 }
 
-/// Agent-wide distribution figures: `--max-torrents` slots and `--allow` refusals.
+/// Agent-wide distribution figures: `--max-torrents` slots, `--allow` refusals, and the
+/// bounds on work and records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DistributionMetrics {
     /// Slots (`--max-torrents`); 0 when unknown.
@@ -139,6 +140,22 @@ pub struct DistributionMetrics {
     pub refused_pushes: u64,
     /// Other agents' announcements refused by `--allow` since start (each distinct one once).
     pub refused_announcements: u64,
+    /// Distributions queued or in progress.
+    pub working: u64,
+    /// Most distributions queued or in progress at once; more are refused as busy.
+    pub working_max: u64,
+    /// Pushes refused as busy (HTTP 503) since start.
+    pub busy_pushes: u64,
+    /// Announcements refused as busy (HTTP 503) since start.
+    pub busy_announcements: u64,
+    /// Downloads failed for making no progress since start.
+    pub stalled: u64,
+    /// Torrents that stopped seeding early to stay within the seeding limit, since start.
+    pub seeding_stopped_early: u64,
+    /// Records kept (every state but refused).
+    pub records: u64,
+    /// Tombstones of forgotten records kept for deduplication.
+    pub record_tombstones: u64,
 }
 
 /// Thread-safe HTTP counters, updated by the API on every response and snapshotted for
@@ -308,6 +325,77 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
         "imagewolf_refused_total",
         &[("source", "announcement")],
         Num::Int(d.refused_announcements),
+    );
+    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        family(out, name, "gauge", help);
+        sample(out, name, &[], Num::Int(value));
+    };
+    gauge(
+        &mut out,
+        "imagewolf_distributions_working",
+        "Distributions queued or in progress here.",
+        d.working,
+    );
+    gauge(
+        &mut out,
+        "imagewolf_distributions_working_max",
+        "Most distributions queued or in progress at once; more are refused with 503 (busy).",
+        d.working_max,
+    );
+    family(
+        &mut out,
+        "imagewolf_busy_total",
+        "counter",
+        "Pushes and announcements refused with 503 because the node was at \
+         imagewolf_distributions_working_max (registries and agents retry them).",
+    );
+    sample(
+        &mut out,
+        "imagewolf_busy_total",
+        &[("source", "push")],
+        Num::Int(d.busy_pushes),
+    );
+    sample(
+        &mut out,
+        "imagewolf_busy_total",
+        &[("source", "announcement")],
+        Num::Int(d.busy_announcements),
+    );
+    family(
+        &mut out,
+        "imagewolf_downloads_stalled_total",
+        "counter",
+        "Downloads failed for making no progress (their slot freed).",
+    );
+    sample(
+        &mut out,
+        "imagewolf_downloads_stalled_total",
+        &[],
+        Num::Int(d.stalled),
+    );
+    family(
+        &mut out,
+        "imagewolf_seeding_stopped_early_total",
+        "counter",
+        "Torrents that stopped seeding before --seed-seconds to stay within the seeding limit.",
+    );
+    sample(
+        &mut out,
+        "imagewolf_seeding_stopped_early_total",
+        &[],
+        Num::Int(d.seeding_stopped_early),
+    );
+    gauge(
+        &mut out,
+        "imagewolf_records",
+        "Image records kept (in progress, seeding, and the most recent finished ones).",
+        d.records,
+    );
+    gauge(
+        &mut out,
+        "imagewolf_record_tombstones",
+        "Forgotten records still remembered for deduplication.",
+        d.record_tombstones,
     );
 
     let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();

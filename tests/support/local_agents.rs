@@ -12,7 +12,9 @@ use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::PeerSpec;
 use imagewolf_agent::discovery;
-use imagewolf_agent::distributor::{Distributor, DistributorApi, DistributorConfig, RetryPolicy};
+use imagewolf_agent::distributor::{
+    Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
+};
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::source::{ImageSource, NoSource};
 use tokio::net::TcpListener;
@@ -47,6 +49,8 @@ pub struct LocalAgents {
     pub seed_time: Duration,
     /// Pull and load retry backoff of agents started from now on.
     pub retry: RetryPolicy,
+    /// Stall timeout of downloads of agents started from now on (default 120 s).
+    pub stall_timeout: Duration,
 }
 
 impl LocalAgents {
@@ -80,6 +84,7 @@ impl LocalAgents {
             max_torrents: 16,
             seed_time: Duration::from_secs(600),
             retry: RetryPolicy::default(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         };
         let late = listeners.split_off(sources.len());
         for (listener, source) in listeners.into_iter().zip(sources) {
@@ -147,6 +152,7 @@ impl LocalAgents {
                 allow: self.allow.clone(),
                 max_torrents: self.max_torrents,
                 retry: self.retry,
+                stall_timeout: self.stall_timeout,
             },
             source.unwrap_or_else(|| Arc::new(NoSource)),
             loader,

@@ -12,17 +12,26 @@ use imagewolf_bt::metainfo::TorrentBuilder;
 use imagewolf_bt::storage::MemoryStorage;
 use imagewolf_bt::PeerId;
 
+use std::time::Instant;
+
+use base64::Engine;
+use imagewolf_bt::metainfo::Metainfo;
+use imagewolf_bt::{AddTorrent, StartFrom};
+use sha2::{Digest, Sha256};
+
 use super::*;
+use crate::image::{Distribution, ImageRef};
 use crate::loader::LoaderError;
 use crate::source::{NoSource, PulledImage, SourceError, Tarball};
+use crate::stats::{ImageState, ImageStats};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+pub(super) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A source whose pulls each wait for a permit of `gate`, then fail permanently (which ends
 /// the flow and frees its slot). Counts pulls started.
-struct GatedSource {
-    gate: Semaphore,
-    started: AtomicU32,
+pub(super) struct GatedSource {
+    pub(super) gate: Semaphore,
+    pub(super) started: AtomicU32,
 }
 
 impl Default for GatedSource {
@@ -54,7 +63,7 @@ impl ImageSource for GatedSource {
 /// A loader that fails its first `failures` loads ("daemon down"), then succeeds. Counts
 /// `has_image` calls and loads.
 #[derive(Default)]
-struct FlakyLoader {
+pub(super) struct FlakyLoader {
     failures: AtomicU32,
     loads: AtomicU32,
     has_image_calls: AtomicU32,
@@ -89,7 +98,7 @@ impl ImageLoader for FlakyLoader {
     }
 }
 
-fn config(dir: &TempDir) -> DistributorConfig {
+pub(super) fn config(dir: &TempDir) -> DistributorConfig {
     DistributorConfig {
         data_dir: dir.path().to_owned(),
         advertise: "127.0.0.1".parse().unwrap(),
@@ -100,10 +109,11 @@ fn config(dir: &TempDir) -> DistributorConfig {
         allow: Allowlist::allow_all(),
         max_torrents: 16,
         retry: RetryPolicy::default(),
+        stall_timeout: DEFAULT_STALL_TIMEOUT,
     }
 }
 
-async fn start(
+pub(super) async fn start(
     config: DistributorConfig,
     source: Arc<dyn ImageSource>,
     loader: Arc<dyn ImageLoader>,
@@ -114,7 +124,7 @@ async fn start(
         .expect("distributor starts")
 }
 
-fn image(registry: &str, repository: &str, tag: &str) -> ImageRef {
+pub(super) fn image(registry: &str, repository: &str, tag: &str) -> ImageRef {
     ImageRef {
         registry: registry.into(),
         repository: repository.into(),
@@ -124,7 +134,7 @@ fn image(registry: &str, repository: &str, tag: &str) -> ImageRef {
 }
 
 /// A distribution of `payload` (a real torrent; seeded by whoever is in `seeders`).
-fn distribution(image: ImageRef, payload: &[u8], seeders: Vec<String>) -> Distribution {
+pub(super) fn distribution(image: ImageRef, payload: &[u8], seeders: Vec<String>) -> Distribution {
     let meta = TorrentBuilder::new("image.tar")
         .build_from_reader(payload, payload.len() as u64, std::io::sink())
         .unwrap();
@@ -144,12 +154,12 @@ fn distribution(image: ImageRef, payload: &[u8], seeders: Vec<String>) -> Distri
     }
 }
 
-fn record(d: &Distributor, reference: &str) -> Option<ImageStats> {
+pub(super) fn record(d: &Distributor, reference: &str) -> Option<ImageStats> {
     d.images().into_iter().find(|i| i.reference == reference)
 }
 
 /// Polls `cond` every 20 ms until it holds or [`DEADLINE`] passes.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !cond() {
         assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
@@ -270,7 +280,7 @@ async fn the_allowlist_refuses_pushes_and_signed_announcements_before_any_work()
     d.shutdown().await;
 }
 
-fn announced_hash(d: &Distribution) -> imagewolf_bt::InfoHash {
+pub(super) fn announced_hash(d: &Distribution) -> imagewolf_bt::InfoHash {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&d.torrent)
         .unwrap();

@@ -403,6 +403,14 @@ fn slots_queue_and_refusals_render() {
             queued: 2,
             refused_pushes: 5,
             refused_announcements: 1,
+            working: 7,
+            working_max: 64,
+            busy_pushes: 2,
+            busy_announcements: 9,
+            stalled: 3,
+            seeding_stopped_early: 4,
+            records: 300,
+            record_tombstones: 1000,
         },
         ..AgentMetrics::default()
     };
@@ -445,6 +453,22 @@ fn slots_queue_and_refusals_render() {
         value_of(&samples, "imagewolf_images", &[("state", "refused")]),
         Some(1.0)
     );
+    for (series, labels, value) in [
+        ("imagewolf_distributions_working", &[][..], 7.0),
+        ("imagewolf_distributions_working_max", &[], 64.0),
+        ("imagewolf_busy_total", &[("source", "push")], 2.0),
+        ("imagewolf_busy_total", &[("source", "announcement")], 9.0),
+        ("imagewolf_downloads_stalled_total", &[], 3.0),
+        ("imagewolf_seeding_stopped_early_total", &[], 4.0),
+        ("imagewolf_records", &[], 300.0),
+        ("imagewolf_record_tombstones", &[], 1000.0),
+    ] {
+        assert_eq!(
+            value_of(&samples, series, labels),
+            Some(value),
+            "{series}{labels:?}"
+        );
+    }
     // The families exist (at 0) on an agent that has seen nothing.
     let empty = render_prometheus(&[], &AgentMetrics::default());
     let samples = check_exposition(&empty).unwrap();
