@@ -212,12 +212,20 @@ impl TorrentState {
         self.addrs.insert(addr, state);
     }
 
-    /// A connection that was up went down: its address may be dialled again later.
+    /// A connection that was up went down: its address may be dialled again later. Soon
+    /// while we still need pieces; after a minute once we are a seed (peers that need us
+    /// dial us, and two seeds would otherwise redial each other every second only to hang
+    /// up again).
     pub fn connection_lost(&mut self, dial_addr: SocketAddr, now: Instant) {
+        let wait = if self.is_complete() {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(1)
+        };
         if let Some(state) = self.addrs.get_mut(&dial_addr) {
             *state = AddrState::Failed {
                 attempts: 0,
-                retry_at: now + Duration::from_secs(1),
+                retry_at: now + wait,
             };
         }
     }
@@ -400,5 +408,37 @@ impl TorrentState {
             }
         }
         bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(complete: bool) -> TorrentState {
+        let lengths = Lengths::new(4 * 1024, 1024).unwrap();
+        let have = bitvec![u8, Msb0; u8::from(complete); 4];
+        TorrentState::new(
+            lengths,
+            Picker::with_have(lengths, &have),
+            TorrentStatus::Downloading,
+        )
+    }
+
+    #[test]
+    fn a_seed_waits_a_minute_before_redialling_a_lost_peer() {
+        let addr: SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        let now = Instant::now();
+        for (complete, redial_after) in [(false, 1), (true, 60)] {
+            let mut s = state(complete);
+            s.add_candidates([addr]);
+            assert_eq!(s.next_dial(10, 10, now), Some(addr));
+            s.dial_finished(addr, true, now);
+            s.connection_lost(addr, now);
+            let just_before = now + Duration::from_secs(redial_after) - Duration::from_millis(1);
+            assert_eq!(s.next_dial(10, 10, just_before), None);
+            let at = now + Duration::from_secs(redial_after);
+            assert_eq!(s.next_dial(10, 10, at), Some(addr), "complete = {complete}");
+        }
     }
 }
