@@ -112,7 +112,7 @@ async fn a_flood_of_unsigned_announcements_keeps_records_bounded_and_recent_ones
     let loader = Arc::new(SetLoader::default());
     // Seven in eight are already in the runtime (done at once); every eighth has no seeder
     // anywhere and stalls, holding a slot for the stall timeout.
-    let stalls = |i: usize| i % 8 == 0;
+    let stalls = |i: usize| i.is_multiple_of(8);
     {
         let mut present = loader.present.lock().unwrap();
         for i in (0..FLOOD).filter(|&i| !stalls(i)) {
