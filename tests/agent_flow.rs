@@ -10,12 +10,9 @@ use base64::Engine;
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http::{self, Reply};
 use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
-use imagewolf::{random_payload, TempDir};
+use imagewolf::{random_payload, seed_in_memory, TempDir};
 use imagewolf_agent::image::{Distribution, ImageRef};
 use imagewolf_agent::source::ImageSource;
-use imagewolf_bt::metainfo::TorrentBuilder;
-use imagewolf_bt::storage::MemoryStorage;
-use imagewolf_bt::{AddTorrent, PeerId, Session, SessionConfig, StartFrom};
 
 const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
 
@@ -207,25 +204,7 @@ async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
         .unwrap();
 
     // Someone seeds a tarball and announces it with a SHA-256 of other bytes.
-    let payload = random_payload(2 << 20, 99);
-    let meta = TorrentBuilder::new("image.tar")
-        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
-        .unwrap();
-    let seeder = Session::new(SessionConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        peer_id: PeerId::generate(),
-        ..SessionConfig::default()
-    })
-    .await
-    .unwrap();
-    seeder
-        .add_torrent(AddTorrent::new(
-            meta.clone(),
-            Arc::new(MemoryStorage::from_vec(payload)),
-            StartFrom::Complete,
-        ))
-        .await
-        .unwrap();
+    let (seeder, meta, _seeding) = seed_in_memory("image.tar", random_payload(2 << 20, 99)).await;
     let d = Distribution {
         image: ImageRef {
             registry: "evil:5000".into(),
@@ -622,24 +601,7 @@ async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
     // A correctly signed announcement from "another agent" for a repository outside the
     // list (its tarball really seeded) is refused too: nothing downloaded or loaded.
     let payload = random_payload(1 << 20, 5);
-    let meta = TorrentBuilder::new("image.tar")
-        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
-        .unwrap();
-    let seeder = Session::new(SessionConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        peer_id: PeerId::generate(),
-        ..SessionConfig::default()
-    })
-    .await
-    .unwrap();
-    let seeding = seeder
-        .add_torrent(AddTorrent::new(
-            meta.clone(),
-            Arc::new(MemoryStorage::from_vec(payload.clone())),
-            StartFrom::Complete,
-        ))
-        .await
-        .unwrap();
+    let (seeder, meta, seeding) = seed_in_memory("image.tar", payload.clone()).await;
     let mut d = Distribution {
         image: ImageRef {
             registry: "10.1.2.3:5000".into(),

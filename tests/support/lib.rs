@@ -153,3 +153,35 @@ pub fn build_examples(names: &[&str]) {
     let status = cmd.status().expect("running cargo build");
     assert!(status.success(), "building the examples {names:?} failed");
 }
+
+/// A loopback [`imagewolf_bt::Session`] seeding `payload` (held in memory) as a one-file
+/// torrent named `name`: a stand-in for "another agent" or a seed in flow tests.
+pub async fn seed_in_memory(
+    name: &str,
+    payload: Vec<u8>,
+) -> (
+    imagewolf_bt::Session,
+    imagewolf_bt::metainfo::Metainfo,
+    imagewolf_bt::TorrentHandle,
+) {
+    use imagewolf_bt::storage::MemoryStorage;
+    use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+    let meta = imagewolf_bt::metainfo::TorrentBuilder::new(name)
+        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
+        .expect("building a torrent from memory");
+    let session = Session::new(SessionConfig {
+        listen_addr: "127.0.0.1:0".parse().expect("literal address"),
+        ..SessionConfig::default()
+    })
+    .await
+    .expect("binding a loopback session");
+    let handle = session
+        .add_torrent(AddTorrent::new(
+            meta.clone(),
+            std::sync::Arc::new(MemoryStorage::from_vec(payload)),
+            StartFrom::Complete,
+        ))
+        .await
+        .expect("adding the torrent");
+    (session, meta, handle)
+}
