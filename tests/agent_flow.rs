@@ -527,20 +527,12 @@ async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
     let dir = TempDir::new("agent-allow").unwrap();
     let allowed = "10.1.2.3:5000/team/app:v1";
     let source = Arc::new(GatedImages::new(dir.path(), &[allowed], 100));
-    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 2)
-        .await
-        .unwrap();
-    cluster.cluster_secret = Some(b"cluster secret".to_vec());
-    cluster.allow = imagewolf_agent::allowlist::Allowlist::parse(["10.1.2.3:5000/team/*"]).unwrap();
-    listeners.reverse();
-    cluster
-        .start_late(listeners.pop().unwrap(), Some(source.clone()))
-        .await
-        .unwrap();
-    cluster
-        .start_late(listeners.pop().unwrap(), None)
-        .await
-        .unwrap();
+    let cluster = LocalAgents::origin_and_node(dir.path().join("agents"), source.clone(), |c| {
+        c.cluster_secret = Some(b"cluster secret".to_vec());
+        c.allow = imagewolf_agent::allowlist::Allowlist::parse(["10.1.2.3:5000/team/*"]).unwrap();
+    })
+    .await
+    .unwrap();
     let (origin, node) = (cluster.agents[0].api, cluster.agents[1].api);
 
     // A registry push of another repository: answered 200 (a 4xx/5xx would make the
@@ -675,19 +667,11 @@ async fn with_max_torrents_1_pushes_queue_and_all_arrive() {
     ];
     // The "registry" answers no pull until the test says so.
     let source = Arc::new(GatedImages::new(dir.path(), &references, 0));
-    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 2)
-        .await
-        .unwrap();
-    cluster.max_torrents = 1;
-    listeners.reverse();
-    cluster
-        .start_late(listeners.pop().unwrap(), Some(source.clone()))
-        .await
-        .unwrap();
-    cluster
-        .start_late(listeners.pop().unwrap(), None)
-        .await
-        .unwrap();
+    let cluster = LocalAgents::origin_and_node(dir.path().join("agents"), source.clone(), |c| {
+        c.max_torrents = 1;
+    })
+    .await
+    .unwrap();
     let (origin, node) = (cluster.agents[0].api, cluster.agents[1].api);
 
     for (i, reference) in references.iter().enumerate() {

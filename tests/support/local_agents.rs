@@ -112,6 +112,23 @@ impl LocalAgents {
         Ok(this)
     }
 
+    /// Two agents, an origin pulling with `source` and a node that only receives, both set
+    /// up by `configure` before they start (secret, allowlist, slots...).
+    pub async fn origin_and_node(
+        root: PathBuf,
+        source: Arc<dyn ImageSource>,
+        configure: impl FnOnce(&mut LocalAgents),
+    ) -> std::io::Result<Self> {
+        let (mut agents, mut listeners) = Self::start(root, vec![], 2).await?;
+        configure(&mut agents);
+        listeners.reverse();
+        for source in [Some(source), None] {
+            let listener = listeners.pop().expect("two listeners reserved");
+            agents.start_late(listener, source).await?;
+        }
+        Ok(agents)
+    }
+
     /// Starts one more agent on a listener reserved by [`LocalAgents::start`].
     pub async fn start_late(
         &mut self,
