@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http::{self, Reply};
 use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
@@ -205,22 +204,19 @@ async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
 
     // Someone seeds a tarball and announces it with a SHA-256 of other bytes.
     let (seeder, meta, _seeding) = seed_in_memory("image.tar", random_payload(2 << 20, 99)).await;
-    let d = Distribution {
-        image: ImageRef {
+    let d = Distribution::single(
+        ImageRef {
             registry: "evil:5000".into(),
             repository: "x".into(),
             tag: Some("latest".into()),
             digest: None,
         },
-        image_id: format!("sha256:{}", "00".repeat(32)),
-        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
-        info_hash: meta.info_hash().to_hex(),
-        size: meta.total_len(),
-        sha256: "11".repeat(32),
-        seeders: vec![seeder.listen_addr().to_string()],
-        created: 0,
-        signature: None,
-    };
+        format!("sha256:{}", "00".repeat(32)),
+        &meta,
+        "11".repeat(32),
+        vec![seeder.listen_addr().to_string()],
+        0,
+    );
     let api = cluster.agents[1].api;
     let reply = post(
         api,
@@ -301,7 +297,7 @@ async fn with_a_cluster_secret_only_signed_announcements_and_authorised_webhooks
     let mut forged: Vec<Distribution> = serde_json::from_slice(&listed.body).unwrap();
     let mut forged = forged.remove(0);
     forged.image.tag = Some("evil".into());
-    forged.sha256 = "44".repeat(32);
+    forged.sha256 = Some("44".repeat(32));
     forged.signature = None;
     let reply = post(
         node,
@@ -594,22 +590,19 @@ async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
     // list (its tarball really seeded) is refused too: nothing downloaded or loaded.
     let payload = random_payload(1 << 20, 5);
     let (seeder, meta, seeding) = seed_in_memory("image.tar", payload.clone()).await;
-    let mut d = Distribution {
-        image: ImageRef {
+    let mut d = Distribution::single(
+        ImageRef {
             registry: "10.1.2.3:5000".into(),
             repository: "other/app".into(),
             tag: Some("v2".into()),
             digest: None,
         },
-        image_id: format!("sha256:{}", "01".repeat(32)),
-        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
-        info_hash: meta.info_hash().to_hex(),
-        size: meta.total_len(),
-        sha256: sha256_hex(&payload),
-        seeders: vec![seeder.listen_addr().to_string()],
-        created: 0,
-        signature: None,
-    };
+        format!("sha256:{}", "01".repeat(32)),
+        &meta,
+        sha256_hex(&payload),
+        vec![seeder.listen_addr().to_string()],
+        0,
+    );
     d.sign(b"cluster secret");
     let reply = post(
         node,
@@ -628,7 +621,7 @@ async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
     assert!(
         node_stats
             .iter()
-            .any(|i| i["state"] == "refused" && i["info_hash"] == d.info_hash.as_str()),
+            .any(|i| i["state"] == "refused" && i["id"] == d.id.as_str()),
         "{node_stats:?}"
     );
     let text = metrics(node).await;

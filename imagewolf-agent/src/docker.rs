@@ -521,8 +521,18 @@ impl Docker {
         };
         let file = tokio::fs::File::open(path).await.map_err(io_err)?;
         let len = file.metadata().await.map_err(io_err)?.len();
+        self.load_from(Box::pin(file), len, path).await
+    }
+
+    /// Streams `tarball` (about `len` bytes, the file at `path`) into `docker load`.
+    async fn load_from(
+        &self,
+        tarball: crate::source::Tarball,
+        len: u64,
+        path: &Path,
+    ) -> Result<(), DockerError> {
         let deadline = slow_io_deadline(len);
-        let body = ReaderStream::with_capacity(file, LOAD_CHUNK);
+        let body = ReaderStream::with_capacity(tarball, LOAD_CHUNK);
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
         let stream = self.client.import_image_stream(options, body, None);
         let lines = match tokio::time::timeout(
@@ -575,6 +585,26 @@ impl ImageLoader for Docker {
 
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>> {
         Box::pin(async move { self.do_load(path).await.map_err(LoaderError::from) })
+    }
+
+    /// dockerd stages the whole archive before it registers any layer or image, so the
+    /// verified prefix goes in while the download runs (see `distributor/feed.rs`).
+    fn load_streamed<'a>(
+        &'a self,
+        tarball: crate::source::Tarball,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), LoaderError>> {
+        Box::pin(async move {
+            // The deadline covers the download too: size it on a generous guess of the
+            // final length (it only bounds a daemon that stops reading).
+            let len = tokio::fs::metadata(path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            self.load_from(tarball, len.max(1 << 30), path)
+                .await
+                .map_err(LoaderError::from)
+        })
     }
 }
 

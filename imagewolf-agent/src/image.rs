@@ -49,21 +49,31 @@ impl fmt::Display for ImageRef {
 
 /// One image being spread: what the origin agent announces to the others, and what a late
 /// agent fetches to catch up. Carried as JSON between agents.
+///
+/// The tarball is announced in [`Segment`]s, each its own torrent, as the origin produces
+/// them: receivers start fetching (and the runtime start unpacking) the first segment while
+/// the origin is still reading later ones from the registry. The origin re-announces the
+/// distribution each time it grows; the last announcement adds the whole tarball's SHA-256
+/// ([`Distribution::sha256`]), which says that no segment follows. Every announcement of one
+/// distribution extends the previous ones ([`Distribution::extends`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Distribution {
     /// The image as pushed.
     pub image: ImageRef,
-    /// The local image id after the pull (`sha256:...` of the config): how a node tells it
-    /// already has the image.
+    /// The image id (`sha256:...` of its config): how a node tells it already has the image.
     pub image_id: String,
-    /// The torrent of the `docker save` tarball, base64 of the `.torrent` bytes.
-    pub torrent: String,
-    /// Hex info-hash of that torrent.
-    pub info_hash: String,
-    /// Size of the tarball in bytes.
-    pub size: u64,
-    /// SHA-256 of the whole tarball (hex): checked before the loader ever sees the file.
-    pub sha256: String,
+    /// Names this distribution on every node (40 hex digits, chosen by the origin): records,
+    /// files and the updates of a growing distribution are matched by it.
+    pub id: String,
+    /// The tarball's expected size in bytes, as the origin knew it when it started (exact for
+    /// images read from the registry's API, an estimate otherwise); for progress only.
+    pub size_hint: u64,
+    /// The tarball's segments so far, in order: each starts where the previous one ends.
+    pub segments: Vec<Segment>,
+    /// SHA-256 of the whole tarball (hex), once every segment is announced: checked before
+    /// the loader may finish reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// BitTorrent addresses (`ip:port`) of agents known to seed it.
     pub seeders: Vec<String>,
     /// When the origin created it, seconds since the Unix epoch.
@@ -74,26 +84,111 @@ pub struct Distribution {
     pub signature: Option<String>,
 }
 
+/// One consecutive part of the tarball, spread as a torrent of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Base64 of the `.torrent` bytes (a single file of `len` bytes).
+    pub torrent: String,
+    /// Hex info-hash of that torrent.
+    pub info_hash: String,
+    /// Bytes in this segment.
+    pub len: u64,
+}
+
+impl Distribution {
+    /// A complete distribution of one segment: the whole tarball in the single-file torrent
+    /// `meta`, whose SHA-256 is `sha256`. Its id is the torrent's info-hash. For tools and
+    /// tests that build a tarball's torrent themselves; the agent's origin announces
+    /// segments as it reads them.
+    pub fn single(
+        image: ImageRef,
+        image_id: String,
+        meta: &imagewolf_bt::metainfo::Metainfo,
+        sha256: String,
+        seeders: Vec<String>,
+        created: u64,
+    ) -> Self {
+        use base64::Engine;
+        let info_hash = meta.info_hash().to_hex();
+        Distribution {
+            image,
+            image_id,
+            id: info_hash.clone(),
+            size_hint: meta.total_len(),
+            segments: vec![Segment {
+                torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
+                info_hash,
+                len: meta.total_len(),
+            }],
+            sha256: Some(sha256),
+            seeders,
+            created,
+            signature: None,
+        }
+    }
+
+    /// True once the last segment is announced (the SHA-256 comes with it).
+    pub fn is_complete(&self) -> bool {
+        self.sha256.is_some()
+    }
+
+    /// Bytes announced so far (the whole tarball once complete).
+    pub fn announced_len(&self) -> u64 {
+        self.segments
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.len))
+    }
+
+    /// True if `self` is `earlier` grown: the same distribution, the same segments first,
+    /// and nothing taken back (a complete one stays complete and unchanged).
+    pub fn extends(&self, earlier: &Distribution) -> bool {
+        self.id == earlier.id
+            && self.image == earlier.image
+            && self.image_id == earlier.image_id
+            && self.created == earlier.created
+            && self.segments.len() >= earlier.segments.len()
+            && self.segments[..earlier.segments.len()] == earlier.segments[..]
+            && (earlier.sha256.is_none() || self.sha256 == earlier.sha256)
+    }
+
+    /// True if `self` adds something to `earlier` (which it [`extends`](Self::extends)).
+    pub fn grows(&self, earlier: &Distribution) -> bool {
+        self.extends(earlier)
+            && (self.segments.len() > earlier.segments.len()
+                || self.sha256.is_some() != earlier.sha256.is_some())
+    }
+}
+
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl Distribution {
     /// The bytes the signature covers: every field but `seeders` (agents add themselves to
     /// that list as they start seeding) and the signature itself, each length-prefixed so
-    /// no two different distributions share a message.
+    /// no two different distributions share a message. The origin signs again each time the
+    /// distribution grows.
     fn signed_message(&self) -> Vec<u8> {
         let image = &self.image;
-        let fields: [&[u8]; 10] = [
+        let mut fields: Vec<&[u8]> = vec![
             image.registry.as_bytes(),
             image.repository.as_bytes(),
             image.tag.as_deref().unwrap_or("\0").as_bytes(),
             image.digest.as_deref().unwrap_or("\0").as_bytes(),
             self.image_id.as_bytes(),
-            self.torrent.as_bytes(),
-            self.info_hash.as_bytes(),
-            self.sha256.as_bytes(),
-            &self.size.to_be_bytes(),
-            &self.created.to_be_bytes(),
+            self.id.as_bytes(),
+            self.sha256.as_deref().unwrap_or("\0").as_bytes(),
         ];
+        let numbers = [
+            self.size_hint.to_be_bytes(),
+            self.created.to_be_bytes(),
+            (self.segments.len() as u64).to_be_bytes(),
+        ];
+        fields.extend(numbers.iter().map(|n| &n[..]));
+        let lens: Vec<[u8; 8]> = self.segments.iter().map(|s| s.len.to_be_bytes()).collect();
+        for (segment, len) in self.segments.iter().zip(&lens) {
+            fields.push(segment.torrent.as_bytes());
+            fields.push(segment.info_hash.as_bytes());
+            fields.push(len);
+        }
         let mut out = Vec::new();
         for field in fields {
             out.extend_from_slice(&(field.len() as u64).to_be_bytes());
@@ -153,10 +248,14 @@ mod tests {
                 digest: None,
             },
             image_id: "sha256:00".into(),
-            torrent: "dG9ycmVudA==".into(),
-            info_hash: "11".repeat(20),
-            size: 42,
-            sha256: "22".repeat(32),
+            id: "33".repeat(20),
+            size_hint: 42,
+            segments: vec![Segment {
+                torrent: "dG9ycmVudA==".into(),
+                info_hash: "11".repeat(20),
+                len: 42,
+            }],
+            sha256: Some("22".repeat(32)),
             seeders: vec!["10.0.0.1:6000".into()],
             created: 7,
             signature: None,
@@ -174,7 +273,13 @@ mod tests {
         d.seeders.push("10.0.0.2:6000".into());
         assert!(d.verify(b"secret"));
         let mut tampered = d.clone();
-        tampered.sha256 = "33".repeat(32);
+        tampered.sha256 = Some("33".repeat(32));
+        assert!(!tampered.verify(b"secret"));
+        let mut tampered = d.clone();
+        tampered.segments[0].len = 41;
+        assert!(!tampered.verify(b"secret"));
+        let mut tampered = d.clone();
+        tampered.segments.push(tampered.segments[0].clone());
         assert!(!tampered.verify(b"secret"));
         let mut tampered = d.clone();
         tampered.image.tag = Some("v2".into());
@@ -182,5 +287,36 @@ mod tests {
         let mut tampered = d;
         tampered.signature = Some("zz".into());
         assert!(!tampered.verify(b"secret"));
+    }
+
+    #[test]
+    fn growth_is_only_appending() {
+        let mut first = sample();
+        first.sha256 = None;
+        let mut second = first.clone();
+        second.segments.push(Segment {
+            torrent: "eA==".into(),
+            info_hash: "44".repeat(20),
+            len: 5,
+        });
+        assert!(second.extends(&first) && second.grows(&first));
+        assert!(first.extends(&first) && !first.grows(&first));
+        assert!(!first.extends(&second), "segments taken back");
+        let mut done = second.clone();
+        done.sha256 = Some("55".repeat(32));
+        assert!(done.grows(&second) && done.is_complete());
+        assert_eq!(done.announced_len(), 47);
+        let mut other = done.clone();
+        other.sha256 = Some("66".repeat(32));
+        assert!(
+            !other.extends(&done),
+            "a complete distribution cannot change"
+        );
+        let mut swapped = second.clone();
+        swapped.segments[0].info_hash = "77".repeat(20);
+        assert!(!swapped.extends(&first), "an earlier segment changed");
+        let mut renamed = second;
+        renamed.id = "88".repeat(20);
+        assert!(!renamed.extends(&first));
     }
 }

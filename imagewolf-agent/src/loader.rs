@@ -5,6 +5,8 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 
+use crate::source::Tarball;
+
 /// Why a load failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -20,6 +22,28 @@ pub trait ImageLoader: Send + Sync + 'static {
 
     /// Streams the tarball at `path` into the runtime.
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>>;
+
+    /// Loads the tarball being written at `path`, reading it through `tarball`: a stream
+    /// that yields only verified bytes, waits while the download catches up, and fails
+    /// instead of ending if the whole file does not verify (see `distributor/feed.rs`). A
+    /// runtime that stages an archive before registering anything (Docker) overrides this
+    /// to unpack while the download runs. The default reads `tarball` to its end, which
+    /// is waiting for the verified file, then calls [`ImageLoader::load`].
+    fn load_streamed<'a>(
+        &'a self,
+        tarball: Tarball,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), LoaderError>> {
+        Box::pin(async move {
+            let mut tarball = tarball;
+            tokio::io::copy(&mut tarball, &mut tokio::io::sink())
+                .await
+                .map_err(|e| LoaderError {
+                    message: format!("reading {}: {e}", path.display()),
+                })?;
+            self.load(path).await
+        })
+    }
 }
 
 /// The loader for `--runtime none`: no container runtime; a verified tarball is hard-linked

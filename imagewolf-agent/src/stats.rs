@@ -56,8 +56,8 @@ pub struct ImageStats {
     pub image_id: Option<String>,
     /// Manifest digest, when the notification carried one.
     pub digest: Option<String>,
-    /// Hex info-hash of the tarball's torrent, once built.
-    pub info_hash: Option<String>,
+    /// The distribution's id (see `Distribution::id`), once known.
+    pub id: Option<String>,
     /// Tarball size in bytes, once known.
     pub size: Option<u64>,
     /// Where it is.

@@ -41,7 +41,7 @@ impl AgentApi for FakeApi {
 
     fn on_distribution(&self, d: Distribution) -> PushOutcome {
         let mut known = self.distributions.lock().unwrap();
-        if known.iter().any(|k| k.info_hash == d.info_hash) {
+        if known.iter().any(|k| k.id == d.id) {
             return PushOutcome::Duplicate;
         }
         known.push(d);
@@ -57,7 +57,7 @@ impl AgentApi for FakeApi {
             reference: "10.77.0.1:5000/team/app:v1.2.3".into(),
             image_id: Some("sha256:1234".into()),
             digest: Some(DIGEST_A.into()),
-            info_hash: Some("ab".repeat(20)),
+            id: Some("ab".repeat(20)),
             size: Some(1 << 20),
             state: ImageState::Seeding,
             error: None,
@@ -644,10 +644,14 @@ fn distribution(info_hash: &str) -> Distribution {
             digest: Some(DIGEST_A.into()),
         },
         image_id: "sha256:feed".into(),
-        torrent: "ZDQ6aW5mb2Rl".into(),
-        info_hash: info_hash.into(),
-        size: 123_456,
-        sha256: "00".repeat(32),
+        id: info_hash.into(),
+        size_hint: 123_456,
+        segments: vec![crate::image::Segment {
+            torrent: "ZDQ6aW5mb2Rl".into(),
+            info_hash: info_hash.into(),
+            len: 123_456,
+        }],
+        sha256: Some("00".repeat(32)),
         seeders: vec!["10.77.0.2:6000".into()],
         created: 1_700_000_000,
         signature: None,

@@ -103,10 +103,10 @@ impl Distributor {
             let seen = records
                 .refused
                 .iter()
-                .any(|r| r.info_hash.as_deref() == Some(d.info_hash.as_str()));
+                .any(|r| r.id.as_deref() == Some(d.id.as_str()));
             if !seen {
                 records.refused_announcements += 1;
-                note_refused(&mut records, &d.image, Some(&d.info_hash));
+                note_refused(&mut records, &d.image, Some(&d.id));
             }
             drop(records);
             if seen {
@@ -114,7 +114,7 @@ impl Distributor {
             } else {
                 tracing::warn!(
                     image = %d.image,
-                    info_hash = %d.info_hash,
+                    id = %d.id,
                     "announcement refused: {}/{} matches no --allow pattern; not downloaded",
                     d.image.registry,
                     d.image.repository
@@ -123,12 +123,15 @@ impl Distributor {
             return Accepted::Refused(NOT_ALLOWED.into());
         }
         let key = d.image.dedup_key();
+        // Later announcements of this distribution reach the run through here.
+        let (updates_tx, updates) = tokio::sync::watch::channel(d.clone());
         {
             let mut records = self.records();
             if records.in_progress(&key) {
+                grow(&mut records, &key, &d);
                 return Accepted::Duplicate;
             }
-            let previous = records.previous(&key, Some(&d.info_hash));
+            let previous = records.previous(&key, Some(&d.id));
             let mut runs = 1;
             if let Some(p) = &previous {
                 if !p.failed || p.runs >= MAX_RUNS {
@@ -149,21 +152,18 @@ impl Distributor {
             }
             let mut stats = new_stats(&d.image, false, ImageState::Downloading);
             stats.image_id = Some(d.image_id.clone());
-            stats.info_hash = Some(d.info_hash.clone());
-            stats.size = Some(d.size);
-            let record = Record::new(
-                stats,
-                Some(d.clone()),
-                runs,
-                self.received_tarball(&d.info_hash),
-            );
+            stats.id = Some(d.id.clone());
+            stats.size = Some(d.size_hint);
+            let mut record =
+                Record::new(stats, Some(d.clone()), runs, self.received_tarball(&d.id));
+            record.updates = Some(updates_tx);
             let stale = records.admit(key.clone(), record, previous.map(|p| p.entry));
             discard_tarballs(stale);
         }
-        tracing::info!(image = %d.image, info_hash = %d.info_hash, "announced: fetching from the swarm");
+        tracing::info!(image = %d.image, id = %d.id, segments = d.segments.len(), "announced: fetching from the swarm");
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = this.receive(&key, &d).await {
+            if let Err(e) = this.receive(&key, updates).await {
                 tracing::error!(image = %d.image, "distribution failed: {e}");
                 this.fail(&key, e).await;
             }
@@ -206,17 +206,62 @@ impl Distributor {
     }
 }
 
+/// A later announcement of a distribution in progress here: if it grows the one the record
+/// has (same id, more segments or now complete), the record keeps it (catch-up listings
+/// offer the grown one) and the receiving run hears of it. Anything else is a duplicate.
+fn grow(records: &mut Records, key: &str, d: &Distribution) {
+    let Some(r) = records.by_key.get_mut(key) else {
+        return;
+    };
+    let Some(known) = &r.distribution else {
+        return;
+    };
+    if !d.grows(known) {
+        return;
+    }
+    r.distribution = Some(d.clone());
+    if let Some(updates) = &r.updates {
+        updates.send_replace(d.clone());
+    }
+}
+
+/// Most segments one distribution may have (a 1 TiB tarball at the largest segment size).
+pub(super) const MAX_SEGMENTS: usize = 4096;
+/// Largest tarball accepted (the sum of the segments).
+pub(super) const MAX_TARBALL: u64 = 1 << 40;
+
 /// Sanity checks on an announcement before anything is allocated for it.
 fn check_distribution(d: &Distribution) -> Result<(), String> {
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(&d.info_hash, 40) {
-        return Err("info_hash is not 40 hex digits".into());
+    if !hex(&d.id, 40) {
+        return Err("id is not 40 hex digits".into());
     }
-    if !hex(&d.sha256, 64) {
+    if d.sha256.as_deref().is_some_and(|s| !hex(s, 64)) {
         return Err("sha256 is not 64 hex digits".into());
     }
-    if d.torrent.len() > 16 << 20 {
-        return Err("torrent too large".into());
+    if d.segments.len() > MAX_SEGMENTS {
+        return Err(format!("more than {MAX_SEGMENTS} segments"));
+    }
+    if d.sha256.is_some() && d.segments.is_empty() {
+        return Err("a complete distribution without segments".into());
+    }
+    let mut torrents = 0usize;
+    let mut total = 0u64;
+    for s in &d.segments {
+        if !hex(&s.info_hash, 40) {
+            return Err("a segment's info_hash is not 40 hex digits".into());
+        }
+        if s.len == 0 {
+            return Err("an empty segment".into());
+        }
+        torrents = torrents.saturating_add(s.torrent.len());
+        total = total.saturating_add(s.len);
+    }
+    if torrents > 16 << 20 {
+        return Err("torrents too large".into());
+    }
+    if total > MAX_TARBALL {
+        return Err("tarball too large".into());
     }
     if d.seeders.len() > 1024 {
         return Err("too many seeders".into());

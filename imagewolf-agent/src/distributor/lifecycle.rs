@@ -39,7 +39,7 @@ impl Distributor {
     pub(super) fn linger_then_clean(
         self: &Arc<Self>,
         key: &str,
-        handle: TorrentHandle,
+        torrents: Vec<TorrentHandle>,
         path: PathBuf,
     ) {
         let stop = Arc::new(Notify::new());
@@ -60,11 +60,16 @@ impl Distributor {
                     "stopped seeding early: more than {max_seeding} torrents seeding after their load"
                 ),
             }
-            this.session.remove_torrent(&handle.info_hash()).await;
+            let (mut down, mut up) = (0, 0);
+            for t in &torrents {
+                this.session.remove_torrent(&t.info_hash()).await;
+                down += t.stats().downloaded;
+                up += t.stats().uploaded;
+            }
             this.update(&key, |r| {
-                r.stats.bytes_down = handle.stats().downloaded;
-                r.stats.bytes_up = handle.stats().uploaded;
-                r.torrent = None;
+                r.stats.bytes_down = down;
+                r.stats.bytes_up = up;
+                r.torrents.clear();
             });
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 tracing::warn!("removing {}: {e}", path.display());
@@ -92,13 +97,14 @@ impl Distributor {
     /// can reuse (a receiver's verified pieces, unless this was its last run), and marks the
     /// record failed and done.
     pub(super) async fn fail(&self, key: &str, error: String) {
-        let torrent = self
+        let torrents = self
             .records()
             .by_key
             .get_mut(key)
-            .and_then(|r| r.torrent.take());
-        if let Some(torrent) = torrent {
-            self.session.remove_torrent(&torrent.info_hash()).await;
+            .map(|r| std::mem::take(&mut r.torrents))
+            .unwrap_or_default();
+        for t in torrents {
+            self.session.remove_torrent(&t.info_hash()).await;
         }
         let mut records = self.records();
         let Some(r) = records.by_key.get_mut(key) else {

@@ -73,6 +73,7 @@ use crate::peers::PeerClient;
 use crate::source::ImageSource;
 
 mod admit;
+mod feed;
 mod lifecycle;
 mod origin;
 mod receive;

@@ -1,4 +1,5 @@
-//! The origin's side: pull, export + torrent + SHA-256 in one pass, seed, announce.
+//! The origin's side: pull, then export in segments, each hashed into its torrent, seeded
+//! and announced as soon as it is on disk, while the next one is still being read.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,14 +9,17 @@ use base64::Engine;
 use imagewolf_bt::storage::FileStorage;
 use imagewolf_bt::{AddTorrent, StartFrom};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
+use super::feed::{verified_chunks, Readable};
 use super::{now_secs, Distributor};
-use crate::image::{Distribution, ImageRef};
+use crate::image::{Distribution, ImageRef, Segment};
 use crate::stats::ImageState;
-use crate::tarball::export_to_torrent;
+use crate::tarball::SegmentWriter;
 
 impl Distributor {
-    /// The origin's side: pull, export + hash, seed, announce.
+    /// The origin's side: pull, export + hash segment by segment, seed and announce each,
+    /// load here too if the source did not leave the image in the runtime.
     pub(super) async fn originate(
         self: &Arc<Self>,
         key: &str,
@@ -28,72 +32,190 @@ impl Distributor {
             })
             .await?;
         self.update(key, |r| r.stats.image_id = Some(pulled.image_id.clone()));
+        // A registry-API source leaves nothing in the runtime: this node loads it as well,
+        // from the tarball as it is written.
+        let in_runtime = self
+            .loader
+            .has_image(&pulled.image_id)
+            .await
+            .unwrap_or(false);
         let tarball = self
             .source
             .export(&pulled)
             .await
             .map_err(|e| format!("export: {e}"))?;
         let path = self.origin_tarball(key);
-        let (meta, sha256) =
-            export_to_torrent(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
-        let info_hash = meta.info_hash().to_hex();
-        let size = meta.total_len();
-        let torrent = base64::engine::general_purpose::STANDARD.encode(meta.to_bytes());
-        let storage = FileStorage::open_file(&path, size)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        let handle = self
-            .session
-            .add_torrent(AddTorrent::new(
-                meta,
-                Arc::new(storage),
-                StartFrom::Complete,
-            ))
-            .await
-            .map_err(|e| format!("seeding: {e}"))?;
+        let mut writer =
+            SegmentWriter::create(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
         let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());
-        let d = Distribution {
+        let created = now_secs() as u64;
+        let mut d = Distribution {
             image: image.clone(),
             image_id: pulled.image_id.clone(),
-            torrent,
-            info_hash: info_hash.clone(),
-            size,
-            sha256,
+            id: distribution_id(key, &bt_addr, now_secs()),
+            size_hint: pulled.size_hint,
+            segments: Vec::new(),
+            sha256: None,
             seeders: vec![bt_addr.to_string()],
-            created: now_secs() as u64,
+            created,
             signature: None,
         };
-        let mut d = d;
-        if let Some(secret) = &self.config.cluster_secret {
-            d.sign(secret);
-        }
         {
             let mut records = self.records();
-            records.set_info_hash(key, &info_hash);
+            records.set_id(key, &d.id);
             if let Some(r) = records.by_key.get_mut(key) {
-                r.stats.size = Some(size);
-                r.stats.state = ImageState::Seeding;
-                r.stats.completed_at = Some(now_secs());
-                r.distribution = Some(d.clone());
-                r.torrent = Some(handle.clone());
+                r.stats.size = Some(d.size_hint);
             }
         }
-        let agents = self.other_agents();
-        tracing::info!(image = %image, agents = agents.len(), size, "seeding; announcing to the other agents");
-        let calls = agents.iter().map(|a| self.client.announce(*a, &d));
-        for result in futures::future::join_all(calls).await {
-            if let Err(e) = result {
-                // That agent catches up later (it asks every CATCH_UP_EVERY).
-                tracing::warn!("announce: {e}");
+        let (readable_tx, readable) = watch::channel(Readable::default());
+        let own_load = async {
+            if in_runtime {
+                return Ok(());
             }
-        }
-        // The origin pulled the image: it is in its runtime already.
+            self.with_retries(key, "load", None, || {
+                let chunks = verified_chunks(path.clone(), readable.clone());
+                self.loader
+                    .load_streamed(Box::pin(tokio_util::io::StreamReader::new(chunks)), &path)
+            })
+            .await
+        };
+        let spread = async {
+            let (announce_tx, announce_rx) = watch::channel(None);
+            let announcer = tokio::spawn(Arc::clone(self).announce_updates(announce_rx));
+            let result = self
+                .export_segments(key, &mut writer, &mut d, &announce_tx, &readable_tx)
+                .await;
+            drop(announce_tx);
+            // The last announcement goes out before the origin calls its part done.
+            let _ = announcer.await;
+            if let Err(e) = &result {
+                readable_tx.send_modify(|r| r.failed = Some(e.clone()));
+            }
+            result
+        };
+        let (spread, loaded) = tokio::join!(spread, own_load);
+        spread?;
+        loaded?;
+        let torrents = self
+            .records()
+            .by_key
+            .get(key)
+            .map(|r| r.torrents.clone())
+            .unwrap_or_default();
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
             r.stats.loaded_at = Some(now_secs());
         });
         drop(slot);
-        self.linger_then_clean(key, handle, path);
+        self.linger_then_clean(key, torrents, path);
         Ok(())
+    }
+
+    /// Reads the tarball segment by segment; seeds and announces each as it is written.
+    async fn export_segments(
+        &self,
+        key: &str,
+        writer: &mut SegmentWriter,
+        d: &mut Distribution,
+        announce: &watch::Sender<Option<Distribution>>,
+        readable: &watch::Sender<Readable>,
+    ) -> Result<(), String> {
+        let path = self.origin_tarball(key);
+        while let Some((meta, offset)) = writer.next_segment().await? {
+            let len = meta.total_len();
+            let segment = Segment {
+                torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
+                info_hash: meta.info_hash().to_hex(),
+                len,
+            };
+            let storage = FileStorage::open_range(&path, offset, len)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let handle = self
+                .session
+                .add_torrent(AddTorrent::new(
+                    meta,
+                    Arc::new(storage),
+                    StartFrom::Complete,
+                ))
+                .await
+                .map_err(|e| format!("seeding: {e}"))?;
+            d.segments.push(segment);
+            self.publish(key, d, announce);
+            self.update(key, |r| r.torrents.push(handle));
+            readable.send_modify(|r| r.upto = offset + len);
+            tracing::debug!(
+                key,
+                segment = d.segments.len(),
+                offset,
+                len,
+                "segment seeding"
+            );
+        }
+        d.sha256 = Some(writer.sha256());
+        let size = d.announced_len();
+        self.update(key, |r| {
+            r.stats.size = Some(size);
+            r.stats.state = ImageState::Seeding;
+            r.stats.completed_at = Some(now_secs());
+        });
+        self.publish(key, d, announce);
+        // The origin wrote the file itself: the whole of it is verified.
+        readable.send_modify(|r| {
+            r.upto = size;
+            r.verified = Some(size);
+        });
+        tracing::info!(
+            key,
+            size,
+            segments = d.segments.len(),
+            "exported and seeding"
+        );
+        Ok(())
+    }
+
+    /// Signs `d`, keeps it in the record (catch-up listings offer it) and hands it to the
+    /// announcer.
+    fn publish(
+        &self,
+        key: &str,
+        d: &mut Distribution,
+        announce: &watch::Sender<Option<Distribution>>,
+    ) {
+        if let Some(secret) = &self.config.cluster_secret {
+            d.sign(secret);
+        }
+        self.update(key, |r| r.distribution = Some(d.clone()));
+        announce.send_replace(Some(d.clone()));
+    }
+
+    /// Announces the latest version of a growing distribution to every other agent, until
+    /// the exporter is done (the last version is always sent). Versions published while a
+    /// round is out are merged into the next round: a slow agent delays updates, it does
+    /// not queue them.
+    async fn announce_updates(self: Arc<Self>, mut latest: watch::Receiver<Option<Distribution>>) {
+        loop {
+            let current = latest.borrow_and_update().clone();
+            if let Some(d) = current {
+                let agents = self.other_agents();
+                tracing::info!(
+                    image = %d.image,
+                    agents = agents.len(),
+                    segments = d.segments.len(),
+                    complete = d.is_complete(),
+                    "announcing to the other agents"
+                );
+                let calls = agents.iter().map(|a| self.client.announce(*a, &d));
+                for result in futures::future::join_all(calls).await {
+                    if let Err(e) = result {
+                        // That agent catches up later (it asks every CATCH_UP_EVERY).
+                        tracing::warn!("announce: {e}");
+                    }
+                }
+            }
+            if latest.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Where the origin writes the tarball of `key`.
@@ -103,6 +225,20 @@ impl Distributor {
             .join("images")
             .join(format!("{}.tar", file_stem(key)))
     }
+}
+
+/// A distribution id: unique per run of a push at an origin (a re-push of the same tag is a
+/// new distribution), the same on every node.
+fn distribution_id(key: &str, origin: &SocketAddr, now: f64) -> String {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update(origin.to_string().as_bytes());
+    h.update(now.to_be_bytes());
+    h.finalize()
+        .iter()
+        .take(20)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A file name for an image key (keys contain `/`, `:` and `@`).

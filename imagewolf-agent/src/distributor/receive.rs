@@ -1,28 +1,37 @@
-//! Every other agent's side: skip if present, download, verify the SHA-256, load.
+//! Every other agent's side: skip if present, download the segments as they are announced,
+//! feed the runtime what is verified while the download runs, release the end once the
+//! SHA-256 matches.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle, TorrentStats, TorrentStatus};
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle, TorrentStatus};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use super::{now_secs, Distributor};
-use crate::image::Distribution;
+use super::feed::{verified_chunks, PrefixHasher, Readable};
+use super::{now_secs, Distributor, Retryable};
+use crate::image::{Distribution, Segment};
 use crate::stats::ImageState;
-use crate::tarball::sha256_file;
+
+/// How often a download looks at its torrents (completed segments are passed on to the
+/// loader at most this late).
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
 impl Distributor {
-    /// Every other agent's side: download, verify, load.
+    /// Every other agent's side: download, verify, load. `updates` carries the latest
+    /// announcement of the distribution (it grows while the origin reads the image).
     pub(super) async fn receive(
         self: &Arc<Self>,
         key: &str,
-        d: &Distribution,
+        mut updates: watch::Receiver<Distribution>,
     ) -> Result<(), String> {
+        let d = updates.borrow_and_update().clone();
         let present = self.loader.has_image(&d.image_id).await.unwrap_or(false);
         if present {
             tracing::info!(image = %d.image, "already present here; skipping the download");
@@ -35,59 +44,36 @@ impl Distributor {
             return Ok(());
         }
         let slot = self.take_slot(key, ImageState::Downloading).await;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&d.torrent)
-            .map_err(|e| format!("torrent is not base64: {e}"))?;
-        let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("bad torrent: {e}"))?;
-        if meta.info_hash().to_hex() != d.info_hash || meta.total_len() != d.size {
-            return Err("the torrent does not match the announced info-hash and size".into());
-        }
-        let path = self.received_tarball(&d.info_hash);
-        // An earlier run that failed kept the file (its verified pieces are checked and
-        // reused); the session may even have the torrent still.
-        let handle = match self.session.torrent(&meta.info_hash()) {
-            Some(existing) => existing,
-            None => {
-                let start = if path.exists() {
-                    StartFrom::Check
-                } else {
-                    StartFrom::Empty
-                };
-                let storage = FileStorage::create_file(&path, d.size)
-                    .map_err(|e| format!("creating {}: {e}", path.display()))?;
-                let seeders: Vec<SocketAddr> =
-                    d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
-                self.session
-                    .add_torrent(
-                        AddTorrent::new(meta, Arc::new(storage), start).with_peers(seeders),
-                    )
+        let path = self.received_tarball(&d.id);
+        let (readable_tx, readable) = watch::channel(Readable::default());
+        // The runtime reads what is verified while the download runs (see feed.rs).
+        let load = async {
+            let started = Instant::now();
+            self.with_retries(key, "load", None, || async {
+                if let Some(why) = readable.borrow().failed.clone() {
+                    return Err(LoadError::DownloadFailed(why));
+                }
+                let chunks = verified_chunks(path.clone(), readable.clone());
+                let tarball = Box::pin(tokio_util::io::StreamReader::new(chunks));
+                self.loader
+                    .load_streamed(tarball, &path)
                     .await
-                    .map_err(|e| format!("adding the torrent: {e}"))?
-            }
-        };
-        self.update(key, |r| r.torrent = Some(handle.clone()));
-        self.wait_downloaded(&handle).await?;
-        self.update(key, |r| {
-            r.stats.completed_at = Some(now_secs());
-            r.stats.state = ImageState::Loading;
-        });
-        let actual = sha256_file(&path)
-            .await
-            .map_err(|e| format!("hashing the tarball: {e}"))?;
-        if actual != d.sha256 {
-            let _ = self.session.remove_torrent(&handle.info_hash()).await;
-            let _ = tokio::fs::remove_file(&path).await;
-            self.update(key, |r| r.tarball = None);
-            return Err(format!(
-                "tarball SHA-256 {actual} does not match the announced {}; not loading it",
-                d.sha256
-            ));
-        }
-        let started = Instant::now();
-        // No attempt limit: the tarball is verified and stays until the runtime takes it.
-        self.with_retries(key, "load", None, || self.loader.load(&path))
+                    .map_err(LoadError::Loader)
+            })
             .await?;
-        let secs = started.elapsed().as_secs_f64();
+            Ok::<_, String>(started.elapsed())
+        };
+        let download = async {
+            let result = self.download(key, &mut updates, &path, &readable_tx).await;
+            if let Err(e) = &result {
+                readable_tx.send_modify(|r| r.failed = Some(e.clone()));
+            }
+            result
+        };
+        let (downloaded, loaded) = tokio::join!(download, load);
+        let torrents = downloaded?;
+        let load_time = loaded?;
+        let secs = load_time.as_secs_f64();
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
             r.stats.loaded_at = Some(now_secs());
@@ -95,49 +81,167 @@ impl Distributor {
         });
         tracing::info!(image = %d.image, load_seconds = secs, "loaded");
         drop(slot);
-        self.linger_then_clean(key, handle, path);
+        self.linger_then_clean(key, torrents, path);
         Ok(())
     }
 
-    /// Where a receiver writes the tarball of the torrent `info_hash`.
-    pub(super) fn received_tarball(&self, info_hash: &str) -> PathBuf {
-        self.config
-            .data_dir
-            .join("images")
-            .join(format!("{info_hash}.tar"))
-    }
-
-    /// Waits until every piece is verified. Fails if the torrent stops, or makes no progress
-    /// (no payload received, no piece verified, not checking existing data) for
-    /// `stall_timeout`: a torrent nobody seeds must not hold a `--max-torrents` slot forever.
-    async fn wait_downloaded(&self, handle: &TorrentHandle) -> Result<(), String> {
-        let limit = self.config.stall_timeout;
-        let mut ticks = tokio::time::interval(
-            (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
-        );
+    /// Adds each announced segment's torrent as it is announced, publishes the verified
+    /// prefix in `readable`, hashes it, and returns the torrents once the whole tarball is
+    /// there and its SHA-256 matches. Fails if the distribution makes no progress (no
+    /// payload, no verified piece, no new segment) for `stall_timeout`: a torrent nobody
+    /// seeds must not hold a `--max-torrents` slot forever.
+    async fn download(
+        &self,
+        key: &str,
+        updates: &mut watch::Receiver<Distribution>,
+        path: &Path,
+        readable: &watch::Sender<Readable>,
+    ) -> Result<Vec<TorrentHandle>, String> {
+        // An earlier run that failed kept the file: its verified pieces are checked, reused.
+        let resume = path.exists();
+        let mut torrents: Vec<TorrentHandle> = Vec::new();
+        let mut ends: Vec<u64> = Vec::new();
+        let mut hasher = PrefixHasher::new();
+        let mut ticks = tokio::time::interval(POLL_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let complete = handle.wait_complete();
-        tokio::pin!(complete);
-        let mark = |s: &TorrentStats| (s.have_bytes, s.downloaded);
-        let mut last = mark(&handle.stats());
+        let limit = self.config.stall_timeout;
+        let mut last = (0, 0, 0);
         let mut since = Instant::now();
         loop {
-            tokio::select! {
-                done = &mut complete => return done.map_err(|e| format!("download: {e}")),
-                _ = ticks.tick() => {}
+            let d = updates.borrow_and_update().clone();
+            for segment in &d.segments[torrents.len()..] {
+                let start = ends.last().copied().unwrap_or(0);
+                let handle = self.add_segment(&d, segment, path, start, resume).await?;
+                self.update(key, |r| r.torrents.push(handle.clone()));
+                torrents.push(handle);
+                ends.push(start + segment.len);
             }
-            let stats = handle.stats();
-            if mark(&stats) != last || stats.status == TorrentStatus::Checking {
-                last = mark(&stats);
+            // The verified prefix: complete segments in order.
+            let done = torrents
+                .iter()
+                .take_while(|t| t.stats().is_complete())
+                .count();
+            let upto = done.checked_sub(1).map_or(0, |i| ends[i]);
+            if upto > hasher.upto {
+                hasher
+                    .advance(path, upto)
+                    .await
+                    .map_err(|e| format!("hashing {}: {e}", path.display()))?;
+                readable.send_modify(|r| r.upto = upto);
+            }
+            if let Some(expected) = &d.sha256 {
+                if done == torrents.len() {
+                    let actual = std::mem::replace(&mut hasher, PrefixHasher::new()).finish();
+                    if actual != *expected {
+                        return Err(format!(
+                            "tarball SHA-256 {actual} does not match the announced {expected}; \
+                             not loading it"
+                        ));
+                    }
+                    readable.send_modify(|r| r.verified = Some(upto));
+                    self.update(key, |r| {
+                        r.stats.completed_at = Some(now_secs());
+                        r.stats.size = Some(upto);
+                        r.stats.state = ImageState::Loading;
+                    });
+                    return Ok(torrents);
+                }
+            }
+            // Stalled?
+            let mut mark = (d.segments.len() as u64, 0, 0);
+            let mut checking = false;
+            for t in &torrents {
+                let s = t.stats();
+                mark.1 += s.have_bytes;
+                mark.2 += s.downloaded;
+                checking |= s.status == TorrentStatus::Checking;
+                match &s.status {
+                    TorrentStatus::Stopped => {
+                        return Err("download: a segment's torrent stopped".into())
+                    }
+                    TorrentStatus::Failed(why) => return Err(format!("download: {why}")),
+                    _ => {}
+                }
+            }
+            if mark != last || checking {
+                last = mark;
                 since = Instant::now();
             } else if since.elapsed() >= limit {
                 self.records().stalled += 1;
+                let peers = torrents.iter().map(|t| t.stats().peers).max().unwrap_or(0);
                 return Err(format!(
-                    "download stalled: no data for {:?} ({} of {} bytes verified, {} peers \
-                     connected); stopped, its --max-torrents slot freed",
-                    limit, stats.have_bytes, stats.total_len, stats.peers
+                    "download stalled: no data for {limit:?} ({} of {} bytes verified, {done} \
+                     of {} segments complete, {peers} peers connected); stopped, its \
+                     --max-torrents slot freed",
+                    mark.1,
+                    d.announced_len(),
+                    d.segments.len(),
                 ));
             }
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        return Err("the distribution's record went away".into());
+                    }
+                }
+                _ = ticks.tick() => {}
+            }
         }
+    }
+
+    /// Starts (or finds) the torrent of `segment`, stored at `start..` in the tarball.
+    async fn add_segment(
+        &self,
+        d: &Distribution,
+        segment: &Segment,
+        path: &Path,
+        start: u64,
+        resume: bool,
+    ) -> Result<TorrentHandle, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&segment.torrent)
+            .map_err(|e| format!("a segment's torrent is not base64: {e}"))?;
+        let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("bad torrent: {e}"))?;
+        if meta.info_hash().to_hex() != segment.info_hash || meta.total_len() != segment.len {
+            return Err("a segment's torrent does not match its info-hash and length".into());
+        }
+        if let Some(existing) = self.session.torrent(&meta.info_hash()) {
+            return Ok(existing);
+        }
+        let from = if resume {
+            StartFrom::Check
+        } else {
+            StartFrom::Empty
+        };
+        let storage = FileStorage::create_range(path, start, segment.len)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let seeders: Vec<SocketAddr> = d.seeders.iter().filter_map(|s| s.parse().ok()).collect();
+        self.session
+            .add_torrent(AddTorrent::new(meta, Arc::new(storage), from).with_peers(seeders))
+            .await
+            .map_err(|e| format!("adding a segment's torrent: {e}"))
+    }
+
+    /// Where a receiver writes the tarball of distribution `id`.
+    pub(super) fn received_tarball(&self, id: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("images")
+            .join(format!("{id}.tar"))
+    }
+}
+
+/// Why a load attempt failed: the runtime (retried) or the download under it (not).
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("{0}")]
+    Loader(crate::loader::LoaderError),
+    #[error("the download failed: {0}")]
+    DownloadFailed(String),
+}
+
+impl Retryable for LoadError {
+    fn retryable(&self) -> bool {
+        matches!(self, LoadError::Loader(_))
     }
 }

@@ -49,8 +49,12 @@ pub const SEEDING_PER_SLOT: usize = 4;
 /// One image on this node.
 pub(super) struct Record {
     pub(super) stats: ImageStats,
+    /// What was announced (the latest, grown, announcement of it).
     pub(super) distribution: Option<Distribution>,
-    pub(super) torrent: Option<TorrentHandle>,
+    /// The torrents of its segments this node runs (seeds or downloads).
+    pub(super) torrents: Vec<TorrentHandle>,
+    /// A receiving run's inbox for later announcements of its growing distribution.
+    pub(super) updates: Option<tokio::sync::watch::Sender<Distribution>>,
     /// Times this image's flow was started here; a failed one is restarted (by a new
     /// announcement or catch-up) until it has run [`MAX_RUNS`](super::MAX_RUNS) times.
     pub(super) runs: u32,
@@ -71,7 +75,8 @@ impl Record {
         Record {
             stats,
             distribution,
-            torrent: None,
+            torrents: Vec::new(),
+            updates: None,
             runs,
             phase: Phase::Working,
             tarball: Some(tarball),
@@ -80,9 +85,11 @@ impl Record {
 }
 
 impl Record {
-    /// Bytes of the announced torrent this record holds.
+    /// Bytes of the announced torrents this record holds.
     fn announced_len(&self) -> usize {
-        self.distribution.as_ref().map_or(0, |d| d.torrent.len())
+        self.distribution
+            .as_ref()
+            .map_or(0, |d| d.segments.iter().map(|s| s.torrent.len()).sum())
     }
 }
 
@@ -123,7 +130,7 @@ fn key_id(key: &str) -> KeyId {
 }
 
 struct Tombstone {
-    info_hash: Option<String>,
+    id: Option<String>,
     failed: bool,
     runs: u32,
 }
@@ -132,7 +139,7 @@ struct Tombstone {
 #[derive(Default)]
 struct Forgotten {
     by_key: HashMap<KeyId, Tombstone>,
-    by_info_hash: HashMap<String, KeyId>,
+    by_id: HashMap<String, KeyId>,
     order: VecDeque<KeyId>,
 }
 
@@ -144,8 +151,8 @@ impl Forgotten {
                 self.remove(&oldest);
             }
         }
-        if let Some(hash) = &tombstone.info_hash {
-            self.by_info_hash.insert(hash.clone(), id);
+        if let Some(hash) = &tombstone.id {
+            self.by_id.insert(hash.clone(), id);
         }
         self.by_key.insert(id, tombstone);
         self.order.push_back(id);
@@ -155,9 +162,9 @@ impl Forgotten {
         let Some(tombstone) = self.by_key.remove(id) else {
             return;
         };
-        if let Some(hash) = &tombstone.info_hash {
-            if self.by_info_hash.get(hash) == Some(id) {
-                self.by_info_hash.remove(hash);
+        if let Some(hash) = &tombstone.id {
+            if self.by_id.get(hash) == Some(id) {
+                self.by_id.remove(hash);
             }
         }
         if let Some(i) = self.order.iter().position(|o| o == id) {
@@ -170,7 +177,7 @@ impl Forgotten {
 pub(super) struct Records {
     pub(super) by_key: HashMap<String, Record>,
     /// info-hash -> key, for live records only.
-    pub(super) by_info_hash: HashMap<String, String>,
+    pub(super) by_id: HashMap<String, String>,
     pub(super) event_ids: VecDeque<String>,
     /// Refused by `--allow`, most recent last, at most [`REFUSED_KEPT`].
     pub(super) refused: VecDeque<ImageStats>,
@@ -199,7 +206,7 @@ pub struct RecordCounts {
     /// Records seeding after their load.
     pub seeding: usize,
     /// Info-hash index entries.
-    pub info_hashes: usize,
+    pub ids: usize,
     /// Tombstones of forgotten records.
     pub forgotten: usize,
     /// Registry event ids remembered.
@@ -236,17 +243,17 @@ impl Records {
                 .values()
                 .filter(|r| matches!(r.phase, Phase::Seeding { .. }))
                 .count(),
-            info_hashes: self.by_info_hash.len(),
+            ids: self.by_id.len(),
             forgotten: self.forgotten.by_key.len(),
             event_ids: self.event_ids.len(),
         }
     }
 
-    /// The earlier run of this image: the record (or else the tombstone) of `info_hash`,
+    /// The earlier run of this image: the record (or else the tombstone) of distribution `id`,
     /// or else of `key`.
-    pub(super) fn previous(&self, key: &str, info_hash: Option<&str>) -> Option<Previous> {
-        let live = info_hash
-            .and_then(|h| self.by_info_hash.get(h))
+    pub(super) fn previous(&self, key: &str, id: Option<&str>) -> Option<Previous> {
+        let live = id
+            .and_then(|h| self.by_id.get(h))
             .and_then(|k| self.by_key.get_key_value(k))
             .or_else(|| self.by_key.get_key_value(key));
         if let Some((k, r)) = live {
@@ -256,8 +263,8 @@ impl Records {
                 runs: r.runs,
             });
         }
-        let id = info_hash
-            .and_then(|h| self.forgotten.by_info_hash.get(h).copied())
+        let id = id
+            .and_then(|h| self.forgotten.by_id.get(h).copied())
             .unwrap_or_else(|| key_id(key));
         self.forgotten.by_key.get(&id).map(|t| Previous {
             entry: Entry::Forgotten(id),
@@ -294,8 +301,8 @@ impl Records {
                 _ => {}
             }
         }
-        if let Some(hash) = &record.stats.info_hash {
-            self.by_info_hash.insert(hash.clone(), key.clone());
+        if let Some(hash) = &record.stats.id {
+            self.by_id.insert(hash.clone(), key.clone());
         }
         self.by_key.insert(key, record);
         discard
@@ -304,25 +311,23 @@ impl Records {
     /// Removes a record and its index entry (no tombstone).
     fn remove(&mut self, key: &str) -> Option<Record> {
         let record = self.by_key.remove(key)?;
-        if let Some(hash) = &record.stats.info_hash {
-            if self.by_info_hash.get(hash).map(String::as_str) == Some(key) {
-                self.by_info_hash.remove(hash);
+        if let Some(hash) = &record.stats.id {
+            if self.by_id.get(hash).map(String::as_str) == Some(key) {
+                self.by_id.remove(hash);
             }
         }
         Some(record)
     }
 
-    /// Notes the info-hash a record's run got (the origin learns it after the export).
-    pub(super) fn set_info_hash(&mut self, key: &str, info_hash: &str) {
+    /// Notes the distribution id a record's run got (the origin learns it after the export).
+    pub(super) fn set_id(&mut self, key: &str, id: &str) {
         if let Some(r) = self.by_key.get_mut(key) {
-            if let Some(old) = r.stats.info_hash.replace(info_hash.to_owned()) {
-                if old != info_hash && self.by_info_hash.get(&old).map(String::as_str) == Some(key)
-                {
-                    self.by_info_hash.remove(&old);
+            if let Some(old) = r.stats.id.replace(id.to_owned()) {
+                if old != id && self.by_id.get(&old).map(String::as_str) == Some(key) {
+                    self.by_id.remove(&old);
                 }
             }
-            self.by_info_hash
-                .insert(info_hash.to_owned(), key.to_owned());
+            self.by_id.insert(id.to_owned(), key.to_owned());
         }
     }
 
@@ -377,7 +382,8 @@ impl Records {
         let since = self.next_seq();
         if let Some(r) = self.by_key.get_mut(key) {
             r.phase = Phase::Done { since };
-            r.torrent = None;
+            r.torrents.clear();
+            r.updates = None;
         }
         self.prune()
     }
@@ -415,7 +421,7 @@ impl Records {
             self.forgotten.insert(
                 key_id(&key),
                 Tombstone {
-                    info_hash: record.stats.info_hash,
+                    id: record.stats.id,
                     failed: record.stats.state == ImageState::Failed,
                     runs: record.runs,
                 },
@@ -463,7 +469,7 @@ pub(super) fn new_stats(image: &ImageRef, origin: bool, state: ImageState) -> Im
         reference: image.to_string(),
         image_id: None,
         digest: image.digest.clone(),
-        info_hash: None,
+        id: None,
         size: None,
         state,
         error: None,
@@ -484,11 +490,7 @@ pub(super) const NOT_ALLOWED: &str = "not allowed by --allow on this node";
 
 /// Records a refusal in the bounded table /stats shows; returns how often this reference
 /// has been refused (while remembered).
-pub(super) fn note_refused(
-    records: &mut Records,
-    image: &ImageRef,
-    info_hash: Option<&str>,
-) -> u32 {
+pub(super) fn note_refused(records: &mut Records, image: &ImageRef, id: Option<&str>) -> u32 {
     let reference = image.to_string();
     let mut stats = match records
         .refused
@@ -503,8 +505,8 @@ pub(super) fn note_refused(
         }
     };
     stats.attempts = stats.attempts.saturating_add(1);
-    if let Some(hash) = info_hash {
-        stats.info_hash = Some(hash.to_owned());
+    if let Some(hash) = id {
+        stats.id = Some(hash.to_owned());
     }
     let times = stats.attempts;
     if records.refused.len() >= REFUSED_KEPT {

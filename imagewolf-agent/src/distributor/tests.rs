@@ -138,20 +138,17 @@ pub(super) fn distribution(image: ImageRef, payload: &[u8], seeders: Vec<String>
     let meta = TorrentBuilder::new("image.tar")
         .build_from_reader(payload, payload.len() as u64, std::io::sink())
         .unwrap();
-    Distribution {
+    Distribution::single(
         image,
-        image_id: format!("sha256:{}", "0a".repeat(32)),
-        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
-        info_hash: meta.info_hash().to_hex(),
-        size: meta.total_len(),
-        sha256: Sha256::digest(payload)
+        format!("sha256:{}", "0a".repeat(32)),
+        &meta,
+        Sha256::digest(payload)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
         seeders,
-        created: now_secs() as u64,
-        signature: None,
-    }
+        now_secs() as u64,
+    )
 }
 
 pub(super) fn record(d: &Distributor, reference: &str) -> Option<ImageStats> {
@@ -219,10 +216,7 @@ async fn the_allowlist_refuses_pushes_and_signed_announcements_before_any_work()
     ));
     let refused = record(&d, &announced.image.to_string()).unwrap();
     assert_eq!(refused.state, ImageState::Refused);
-    assert_eq!(
-        refused.info_hash.as_deref(),
-        Some(announced.info_hash.as_str())
-    );
+    assert_eq!(refused.id.as_deref(), Some(announced.id.as_str()));
     assert!(
         d.distributions().is_empty(),
         "a refused image is offered on"
@@ -282,7 +276,7 @@ async fn the_allowlist_refuses_pushes_and_signed_announcements_before_any_work()
 
 pub(super) fn announced_hash(d: &Distribution) -> imagewolf_bt::InfoHash {
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&d.torrent)
+        .decode(&d.segments[0].torrent)
         .unwrap();
     Metainfo::from_bytes(&bytes).unwrap().info_hash()
 }
@@ -402,7 +396,7 @@ async fn a_failing_load_is_retried_past_the_old_cap_and_the_data_is_kept_until_i
     );
     let meta = Metainfo::from_bytes(
         &base64::engine::general_purpose::STANDARD
-            .decode(&announced.torrent)
+            .decode(&announced.segments[0].torrent)
             .unwrap(),
     )
     .unwrap();
@@ -418,7 +412,7 @@ async fn a_failing_load_is_retried_past_the_old_cap_and_the_data_is_kept_until_i
     let tarball = dir
         .path()
         .join("images")
-        .join(format!("{}.tar", announced.info_hash));
+        .join(format!("{}.tar", announced.id));
     assert_eq!(d.on_distribution(announced), Accepted::Started);
 
     // While loads fail: `loading`, the error and the attempt count in /stats, the verified

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use base64::Engine;
 use futures::future::BoxFuture;
 use imagewolf::http;
 use imagewolf::local_agents::registry_push_envelope;
@@ -157,7 +156,7 @@ async fn a_flood_of_unsigned_announcements_keeps_records_bounded_and_recent_ones
         let c = d.record_counts();
         assert!(c.working <= max_working, "{c:?}");
         assert!(c.records <= bound, "announcement {i}: {c:?}");
-        assert!(c.info_hashes <= c.records, "{c:?}");
+        assert!(c.ids <= c.records, "{c:?}");
         assert!(c.forgotten <= FORGOTTEN_KEPT, "{c:?}");
         if c.records > peak.records {
             peak = c;
@@ -171,7 +170,7 @@ async fn a_flood_of_unsigned_announcements_keeps_records_bounded_and_recent_ones
     let c = d.record_counts();
     assert_eq!(c.records, FINISHED_KEPT, "{c:?}");
     assert_eq!(c.forgotten, FLOOD - FINISHED_KEPT, "{c:?}");
-    assert_eq!(c.info_hashes, FINISHED_KEPT, "{c:?}");
+    assert_eq!(c.ids, FINISHED_KEPT, "{c:?}");
     assert_eq!(d.images().len(), FINISHED_KEPT);
     assert!(d.distributions().len() <= FINISHED_KEPT);
     // Only the kept failed records keep their partial files; forgotten ones took theirs.
@@ -222,7 +221,7 @@ async fn a_flood_of_unsigned_announcements_keeps_records_bounded_and_recent_ones
     // then given up (and its partial file deleted).
     let first = flood_item(0);
     let reference = first.image.to_string();
-    let tarball = d.received_tarball(&first.info_hash);
+    let tarball = d.received_tarball(&first.id);
     assert!(
         record(&d, &reference).is_none(),
         "announcement 0 not forgotten"
@@ -394,20 +393,17 @@ fn distribution_with_pieces(
         .piece_length(piece)
         .build_from_reader(payload, payload.len() as u64, std::io::sink())
         .unwrap();
-    let d = Distribution {
+    let d = Distribution::single(
         image,
-        image_id: format!("sha256:{}", hex(&Sha256::digest(payload))),
-        torrent: base64::engine::general_purpose::STANDARD.encode(meta.to_bytes()),
-        info_hash: meta.info_hash().to_hex(),
-        size: meta.total_len(),
-        sha256: hex(&Sha256::digest(payload)),
-        seeders: seeders
+        format!("sha256:{}", hex(&Sha256::digest(payload))),
+        &meta,
+        hex(&Sha256::digest(payload)),
+        seeders
             .iter()
             .map(|s| s.listen_addr().to_string())
             .collect(),
-        created: now_secs() as u64,
-        signature: None,
-    };
+        now_secs() as u64,
+    );
     (d, meta)
 }
 
@@ -492,7 +488,7 @@ async fn a_stalled_download_fails_frees_its_slot_and_a_later_run_reuses_its_veri
     assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
     assert_eq!(d.distribution_metrics().stalled, 1);
     // The verified half is on disk.
-    let kept = std::fs::read(d.received_tarball(&x.info_hash)).unwrap();
+    let kept = std::fs::read(d.received_tarball(&x.id)).unwrap();
     assert_eq!(&kept[..half], &payload[..half]);
 
     // Later a full seeder exists and X is announced again (as catch-up would): the second
@@ -574,7 +570,7 @@ async fn beyond_the_seeding_limit_the_oldest_torrents_stop_seeding_early() {
     for (i, x) in announced.iter().enumerate() {
         let seeding = d.session.torrent(&announced_hash(x)).is_some();
         assert_eq!(seeding, i >= 2, "image {i}");
-        let tarball = d.received_tarball(&x.info_hash);
+        let tarball = d.received_tarball(&x.id);
         wait_until("tarball kept only while seeding", || {
             tarball.exists() == seeding
         })
@@ -601,7 +597,7 @@ async fn records_holding_large_announcements_are_forgotten_sooner_and_listings_s
     let big = "A".repeat(1000 << 10);
     for i in 0..100 {
         let mut x = flood_item(10_000 + i);
-        x.torrent = big.clone();
+        x.segments[0].torrent = big.clone();
         loader.present.lock().unwrap().insert(x.image_id.clone());
         assert_eq!(d.on_distribution(x), Accepted::Started);
         wait_until("done", || d.record_counts().working == 0).await;
@@ -610,7 +606,7 @@ async fn records_holding_large_announcements_are_forgotten_sooner_and_listings_s
     assert_eq!(c.records, FINISHED_BYTES_KEPT / big.len(), "{c:?}");
     assert_eq!(c.forgotten, 100 - c.records, "{c:?}");
     let listing = d.distributions();
-    let listed: usize = listing.iter().map(|x| x.torrent.len()).sum();
+    let listed: usize = listing.iter().map(|x| x.segments[0].torrent.len()).sum();
     assert!(listed <= LISTING_BYTES_MAX, "{listed}");
     assert_eq!(listing.len(), LISTING_BYTES_MAX / big.len());
     assert!(

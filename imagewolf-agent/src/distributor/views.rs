@@ -27,7 +27,7 @@ impl Distributor {
             .by_key
             .values()
             .filter(|r| r.stats.state != ImageState::Failed)
-            .filter_map(|r| Some((r.distribution.as_ref()?, r.torrent.is_some())))
+            .filter_map(|r| Some((r.distribution.as_ref()?, !r.torrents.is_empty())))
             .filter(|(d, _)| d.created as f64 >= horizon)
             .collect();
         recent.sort_by_key(|(d, _)| std::cmp::Reverse(d.created));
@@ -35,7 +35,10 @@ impl Distributor {
         recent
             .into_iter()
             .take_while(|(d, _)| {
-                bytes = bytes.saturating_add(d.torrent.len());
+                bytes = d
+                    .segments
+                    .iter()
+                    .fold(bytes, |b, s| b.saturating_add(s.torrent.len()));
                 bytes <= LISTING_BYTES_MAX
             })
             .map(|(d, seeding)| {
@@ -56,11 +59,17 @@ impl Distributor {
             .values()
             .map(|r| {
                 let mut s = r.stats.clone();
-                if let Some(t) = &r.torrent {
-                    let live = t.stats();
-                    s.bytes_down = live.downloaded;
-                    s.bytes_up = live.uploaded;
-                    s.peers = live.peers;
+                if !r.torrents.is_empty() {
+                    s.bytes_down = 0;
+                    s.bytes_up = 0;
+                    s.peers = 0;
+                    for t in &r.torrents {
+                        let live = t.stats();
+                        s.bytes_down += live.downloaded;
+                        s.bytes_up += live.uploaded;
+                        // Each segment has its own connections to the same agents.
+                        s.peers = s.peers.max(live.peers);
+                    }
                 }
                 s
             })

@@ -10,7 +10,7 @@ fn image(reference: &str, state: ImageState) -> ImageStats {
         reference: reference.to_owned(),
         image_id: None,
         digest: None,
-        info_hash: None,
+        id: None,
         size: None,
         state,
         error: None,

@@ -11,8 +11,11 @@ use super::{check_range, Storage};
 struct Span {
     /// Offset of the file's first byte in the payload.
     start: u64,
-    /// File length in bytes.
+    /// Length in bytes (of the file, or of the range of it this span covers).
     len: u64,
+    /// Where the span starts inside its file: 0 except for [`FileStorage::create_range`] and
+    /// [`FileStorage::open_range`].
+    file_offset: u64,
     /// The open file (read-write, or read-only for seeding).
     file: File,
 }
@@ -80,6 +83,73 @@ impl FileStorage {
         Self::create(dir, &[(name, len)])
     }
 
+    /// The range `offset..offset + len` of the file at `path`, opened for writing and created
+    /// (or extended) as needed; bytes outside the range are left alone and the file is never
+    /// shortened. Several torrents can so store consecutive parts of one file, e.g. the
+    /// segments of an image tarball that is announced while it is still being written.
+    ///
+    /// ```
+    /// use imagewolf_bt::storage::{FileStorage, Storage};
+    /// let path = std::env::temp_dir().join(format!("iw-doc-range-{}", std::process::id()));
+    /// let second = FileStorage::create_range(&path, 4, 3).unwrap();
+    /// let first = FileStorage::create_range(&path, 0, 4).unwrap();
+    /// second.write_at(0, b"xyz").unwrap();
+    /// first.write_at(0, b"abcd").unwrap();
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"abcdxyz");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn create_range(path: &Path, offset: u64, len: u64) -> io::Result<Self> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if file.metadata()?.len() < end {
+            file.set_len(end)?;
+        }
+        Ok(Self::single_span(file, offset, len))
+    }
+
+    /// The range `offset..offset + len` of the existing file at `path`, read-only, for
+    /// seeding; the file must reach at least to the range's end.
+    pub fn open_range(path: &Path, offset: u64, len: u64) -> io::Result<Self> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+        let file = File::open(path)?;
+        let actual = file.metadata()?.len();
+        if actual < end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {actual} bytes, too short for the range {offset}..{end}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Self::single_span(file, offset, len))
+    }
+
+    fn single_span(file: File, file_offset: u64, len: u64) -> Self {
+        Self {
+            spans: vec![Span {
+                start: 0,
+                len,
+                file_offset,
+                file,
+            }],
+            total: len,
+            write_lock: std::sync::Mutex::new(()),
+        }
+    }
+
     fn open_with(root: &Path, files: &[(PathBuf, u64)], writable: bool) -> io::Result<Self> {
         let mut spans = Vec::with_capacity(files.len());
         let mut start = 0u64;
@@ -116,6 +186,7 @@ impl FileStorage {
             spans.push(Span {
                 start,
                 len: *len,
+                file_offset: 0,
                 file,
             });
             start = start
@@ -129,7 +200,7 @@ impl FileStorage {
         })
     }
 
-    /// Calls `f(span, offset in that file, range of buf)` for each file `offset..offset+len`
+    /// Calls `f(span, offset in its file, range of buf)` for each span `offset..offset+len`
     /// touches, in order.
     fn for_each_span(
         &self,
@@ -151,7 +222,7 @@ impl FileStorage {
             let from = offset.max(span.start);
             let to = end.min(span.start + span.len);
             let buf_range = (from - offset) as usize..(to - offset) as usize;
-            f(span, from - span.start, buf_range)?;
+            f(span, span.file_offset + (from - span.start), buf_range)?;
         }
         Ok(())
     }
