@@ -503,8 +503,8 @@ async fn a_failed_docker_load_is_retried_until_dockerd_is_back_without_downloadi
         "{error}"
     );
     // The verified tarball is kept, complete, for the next attempt.
-    let info_hash = down["info_hash"].as_str().unwrap().to_owned();
-    let kept = receiver_dir.join("images").join(format!("{info_hash}.tar"));
+    let id = down["id"].as_str().unwrap().to_owned();
+    let kept = receiver_dir.join("images").join(format!("{id}.tar"));
     assert!(
         std::fs::read(&kept).unwrap() == tarball_bytes,
         "{} is not the verified tarball",
