@@ -467,6 +467,7 @@ impl Docker {
             image_id,
             reference,
             size_hint: size_hint(inspect.size),
+            archive: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod notification;
 pub mod peers;
 pub mod poll;
+pub mod registry;
 pub mod source;
 pub mod stats;
 mod tarball;

@@ -12,7 +12,8 @@ use imagewolf_agent::distributor::{
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
-use imagewolf_agent::source::{ImageSource, NoSource};
+use imagewolf_agent::registry::{FallbackSource, RegistrySource};
+use imagewolf_agent::source::ImageSource;
 use imagewolf_agent::{containerd, discovery, docker, poll};
 
 /// Pause before a polled push the distributor was too busy for is offered again.
@@ -42,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("connecting to Docker at {}", config.docker_host))?,
             );
-            (docker.clone(), docker)
+            // The registry API first (seeding starts while blobs arrive); Docker for what
+            // it cannot do (https, credentials, unsupported media types).
+            let source = FallbackSource::new(RegistrySource::new(), docker.clone());
+            (Arc::new(source), docker)
         }
         Runtime::Containerd => {
             let containerd = containerd::Containerd::connect(containerd::ContainerdConfig {
@@ -57,10 +61,15 @@ async fn main() -> anyhow::Result<()> {
                     config.containerd_address.display()
                 )
             })?;
-            (Arc::new(containerd::ReceiveOnly), Arc::new(containerd))
+            // Originates through the registry API; what that cannot fetch gets
+            // ReceiveOnly's explanation.
+            let source =
+                FallbackSource::new(RegistrySource::new(), Arc::new(containerd::ReceiveOnly));
+            (Arc::new(source), Arc::new(containerd))
         }
         Runtime::None => (
-            Arc::new(NoSource),
+            // No runtime, yet this node can originate: the registry API needs none.
+            Arc::new(RegistrySource::new()),
             Arc::new(KeepTarball::new(config.data_dir.join("loaded"))?),
         ),
     };

@@ -32,16 +32,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use sha2::{Digest, Sha256};
+use hyper::{Method, StatusCode};
 use tokio::sync::{mpsc, watch};
 
 use crate::docker::validate_reference;
 use crate::image::ImageRef;
+use crate::registry::client::{sha256_digest, valid_digest, HttpError, RegistryHttp};
+pub use crate::registry::client::{MANIFEST_ACCEPT, REQUEST_TIMEOUT};
 
 /// Largest tags/list page or manifest read.
 pub const MAX_BODY: usize = 4 << 20;
@@ -49,15 +46,6 @@ pub const MAX_BODY: usize = 4 << 20;
 pub const MAX_TAGS: usize = 10_000;
 /// Most tags/list pages followed per round.
 pub const MAX_PAGES: usize = 100;
-/// Deadline of each registry request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The manifest media types asked for, newest formats included, so the digest is the one a
-/// client pulling today resolves.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.list.v2+json, \
-     application/vnd.oci.image.manifest.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json";
-
 /// Why polling a target failed (the round goes on with the others).
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -180,7 +168,7 @@ pub fn parse_targets(list: &str) -> Result<Vec<PollTarget>, PollError> {
 
 /// Watches targets; one [`Poller::poll_once`] per round.
 pub struct Poller {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: RegistryHttp,
     targets: Vec<PollTarget>,
     /// (target index, tag) -> last digest seen.
     seen: HashMap<(usize, String), String>,
@@ -193,10 +181,8 @@ pub struct Poller {
 impl Poller {
     /// A poller for `targets`; nothing is requested until [`Poller::poll_once`].
     pub fn new(targets: Vec<PollTarget>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
         Poller {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: RegistryHttp::new(),
             targets,
             seen: HashMap::new(),
             baselined: HashSet::new(),
@@ -380,11 +366,7 @@ impl Poller {
                 status: status.as_u16(),
             });
         }
-        let hex: String = Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(Some(format!("sha256:{hex}")))
+        Ok(Some(sha256_digest(&body)))
     }
 
     async fn request(
@@ -393,49 +375,21 @@ impl Poller {
         url: &str,
         accept: Option<&str>,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), PollError> {
-        let transport = |message: String| PollError::Transport {
-            url: url.to_owned(),
-            message,
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(url)
-            .header(hyper::header::USER_AGENT, "imagewolf-agent");
-        if let Some(accept) = accept {
-            req = req.header(hyper::header::ACCEPT, accept);
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| transport(e.to_string()))?;
-        let work = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| transport(e.to_string()))?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| transport(format!("reading the body: {e}")))?
-                .to_bytes();
-            Ok((parts.status, parts.headers, body))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
-            .await
-            .map_err(|_| PollError::Timeout {
+        match self.client.request(method, url, accept, MAX_BODY).await {
+            Ok(r) => Ok((r.status, r.headers, r.body)),
+            Err(HttpError::Timeout { .. }) => Err(PollError::Timeout {
                 url: url.to_owned(),
-            })?
+            }),
+            Err(HttpError::Transport { message, .. }) => Err(PollError::Transport {
+                url: url.to_owned(),
+                message,
+            }),
+            Err(other) => Err(PollError::Transport {
+                url: url.to_owned(),
+                message: other.to_string(),
+            }),
+        }
     }
-}
-
-/// `sha256:` + 64 lower-case hex digits.
-fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 /// The next page's path from a `Link` header (`</v2/...>; rel="next"`); only a path on the
@@ -538,19 +492,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn digests() {
-        assert!(valid_digest(&format!("sha256:{}", "a1".repeat(32))));
-        for bad in [
-            "",
-            "sha256:",
-            "sha512:aa",
-            &format!("sha256:{}", "A1".repeat(32)),
-        ] {
-            assert!(!valid_digest(bad), "{bad:?}");
-        }
-    }
-
     #[tokio::test]
     async fn unreachable_registry_is_an_error_not_a_panic() {
         let port = {
@@ -582,11 +523,7 @@ mod tests {
     }
 
     fn sha256(body: &str) -> String {
-        let hex: String = Sha256::digest(body.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256:{hex}")
+        sha256_digest(body.as_bytes())
     }
 
     fn answer(fake: &Fake, method: &str, path: &str) -> String {

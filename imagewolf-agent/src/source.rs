@@ -1,6 +1,6 @@
-//! Where images come from: the [`ImageSource`] trait. Today Docker ([`crate::docker`]) pulls
-//! and `docker save`s; a registry-API source (no Docker on the seeding node) and the demo's
-//! file source implement the same trait.
+//! Where images come from: the [`ImageSource`] trait. Docker ([`crate::docker`]) pulls and
+//! `docker save`s; the registry-API source ([`crate::registry`], no Docker on the seeding
+//! node) and the demo's file source implement the same trait.
 
 use std::pin::Pin;
 
@@ -16,8 +16,12 @@ pub struct PulledImage {
     pub image_id: String,
     /// The reference to export (what `docker save` gets): keeps the tag in the tarball.
     pub reference: String,
-    /// Approximate tarball size (for choosing the piece length); 0 if unknown.
+    /// Approximate tarball size (for choosing the piece length); 0 if unknown. Exact for
+    /// the registry source.
     pub size_hint: u64,
+    /// What the registry source's export needs (blobs, config, `manifest.json`); `None`
+    /// from every other source.
+    pub archive: Option<std::sync::Arc<crate::registry::ArchivePlan>>,
 }
 
 /// Why a fetch failed. `retryable` errors (registry down, daemon busy) are retried with
@@ -44,7 +48,8 @@ pub trait ImageSource: Send + Sync + 'static {
 }
 
 /// The source for `--runtime none`: this node cannot pull (no runtime to pull with); it only
-/// receives images other agents distribute. A registry-API source will replace it.
+/// receives images other agents distribute. The agent now uses the registry-API source
+/// ([`crate::registry::RegistrySource`]) there instead.
 pub struct NoSource;
 
 impl ImageSource for NoSource {

@@ -304,6 +304,7 @@ async fn pull_by_digest_and_pull_errors() {
         image_id: image_id.clone(),
         reference: format!("{}/test/digest:missing", registry.addr()),
         size_hint: 0,
+        archive: None,
     };
     let err = match source.export(&missing).await {
         Ok(_) => panic!("export of a missing image must fail"),

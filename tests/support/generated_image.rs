@@ -90,6 +90,7 @@ impl ImageSource for GeneratedImage {
                 image_id: self.image_id.clone(),
                 reference: self.reference.clone(),
                 size_hint,
+                archive: None,
             })
         })
     }

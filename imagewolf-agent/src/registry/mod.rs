@@ -1,0 +1,382 @@
+//! The registry-API image source: no Docker on the seeding node. [`RegistrySource`] reads
+//! the manifest and config from the registry's HTTP API v2 at pull time and, at export,
+//! streams a `docker save`-format archive built on the fly from the registry's blobs
+//! ([`archive`]), so seeding can start while blobs are still arriving.
+//!
+//! Design decisions:
+//! - **http:// and anonymous only**, like [`crate::poll`]: the agent carries no TLS stack
+//!   and no credentials. A registry named without a port (Docker would use https on 443),
+//!   on port 443, that answers plain HTTP with "HTTPS", that redirects to https or asks for
+//!   credentials or a token (401/403), or an image in a format `docker load` on dockerd
+//!   20.10 cannot take (zstd or foreign layers, schema 1, artifacts) is
+//!   [`RegistryError::Unsupported`]: Docker may manage, so [`FallbackSource`] hands such
+//!   an image to the runtime's source.
+//! - **Everything is checked.** The manifest's SHA-256 when fetched by digest (or when the
+//!   registry names one), the config's digest and size at pull, every blob's size and
+//!   SHA-256 while it streams: a bad blob ends the archive with an error naming it.
+//! - **Bounded**: manifests [`MAX_MANIFEST`], configs [`MAX_CONFIG`] (checked against the
+//!   descriptor before the request), layers per image and index entries ([`manifest`]);
+//!   blobs stream through a small channel, never whole in memory.
+//! - **Exact size.** `PulledImage::size_hint` is the archive's exact length, computed from
+//!   the manifest (tar headers and padding), and the image id is the config digest, which is
+//!   what `docker load` names the image.
+//! - **One platform.** From a manifest list / OCI index, the linux image for this host's
+//!   architecture (Rust's `std::env::consts::ARCH` in Go's names) is taken.
+
+pub mod archive;
+pub mod client;
+mod fallback;
+pub mod manifest;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+
+pub use archive::ArchivePlan;
+pub use client::{RegistryHttp, MANIFEST_ACCEPT};
+pub use fallback::FallbackSource;
+
+use self::archive::BlobSource;
+use self::client::{sha256_digest, valid_digest, HttpError};
+use self::manifest::{Descriptor, Manifest, Platform};
+use crate::docker::validate_reference;
+use crate::image::ImageRef;
+use crate::source::{ImageSource, PulledImage, SourceError, Tarball};
+
+/// Largest manifest or index read.
+pub const MAX_MANIFEST: usize = 4 << 20;
+/// Largest image config read.
+pub const MAX_CONFIG: usize = 8 << 20;
+/// Longest registry error body quoted in a message.
+const MAX_QUOTE: usize = 300;
+
+/// Why the registry source could not pull or export an image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry is unreachable, timed out, or answered 5xx/429: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This source cannot do it but Docker might (https, credentials or token auth, a media
+    /// type it does not handle): a [`FallbackSource`] tries the runtime's source.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Neither a retry nor Docker would help (no such image, malformed or corrupt content).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RegistryError {
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable(_))
+    }
+
+    /// Whether the runtime's own source (Docker) should be tried instead.
+    pub fn wants_fallback(&self) -> bool {
+        matches!(self, RegistryError::Unsupported(_))
+    }
+}
+
+impl From<RegistryError> for SourceError {
+    fn from(e: RegistryError) -> Self {
+        SourceError {
+            retryable: e.retryable(),
+            message: format!("registry API: {e}"),
+        }
+    }
+}
+
+impl From<HttpError> for RegistryError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::Transport { .. } | HttpError::Timeout { .. } => {
+                RegistryError::Unavailable(e.to_string())
+            }
+            HttpError::HttpsRedirect { .. } => RegistryError::Unsupported(e.to_string()),
+            HttpError::Redirect { .. } => RegistryError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// An answer other than 200 to `url`, classified.
+fn status_error(what: &str, url: &str, status: StatusCode, body: &[u8]) -> RegistryError {
+    let quote: String = String::from_utf8_lossy(body)
+        .chars()
+        .take(MAX_QUOTE)
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    let message = format!("{what}: {url}: HTTP {} {quote}", status.as_u16());
+    match status.as_u16() {
+        401 | 403 => RegistryError::Unsupported(format!(
+            "{message} (needs credentials; this source pulls anonymously)"
+        )),
+        400 if quote.to_ascii_lowercase().contains("https") => RegistryError::Unsupported(format!(
+            "{message} (the registry speaks https; this source speaks http only)"
+        )),
+        408 | 429 | 500..=599 => RegistryError::Unavailable(message),
+        _ => RegistryError::Failed(message),
+    }
+}
+
+/// Whether Docker would talk plain HTTP to `registry` without extra configuration hints we
+/// can see: an explicit port other than 443, or localhost. Anything else is assumed https.
+fn plain_http_plausible(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (registry, None),
+    };
+    match port {
+        Some(p) => p != "443",
+        None => host == "localhost" || host.starts_with("127."),
+    }
+}
+
+/// Pulls manifests and configs over the registry API and exports docker-archives built from
+/// blobs (see the module docs). http only, anonymous.
+#[derive(Clone)]
+pub struct RegistrySource {
+    http: RegistryHttp,
+    platform: Platform,
+}
+
+impl Default for RegistrySource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RegistrySource {
+    /// A source for this host's platform.
+    pub fn new() -> Self {
+        Self::for_platform(manifest::host_platform())
+    }
+
+    /// A source that picks `platform` out of indexes.
+    pub fn for_platform(platform: Platform) -> Self {
+        RegistrySource {
+            http: RegistryHttp::new(),
+            platform,
+        }
+    }
+
+    /// Resolves `image` to a manifest and config: [`ImageSource::pull`] with the error kind
+    /// kept (see [`RegistryError::wants_fallback`]).
+    pub async fn pull_image(&self, image: &ImageRef) -> Result<PulledImage, RegistryError> {
+        let reference = image.pull_reference();
+        validate_reference(&reference).map_err(|e| RegistryError::Failed(e.to_string()))?;
+        if let Some(d) = &image.digest {
+            if !valid_digest(d) {
+                let e = format!("digest {d:?} of {reference} is not sha256:<64 hex>");
+                return Err(if d.starts_with("sha256:") || !d.contains(':') {
+                    RegistryError::Failed(e)
+                } else {
+                    RegistryError::Unsupported(e)
+                });
+            }
+            validate_reference(&format!("{}/{}@{d}", image.registry, image.repository))
+                .map_err(|e| RegistryError::Failed(e.to_string()))?;
+        }
+        if !plain_http_plausible(&image.registry) {
+            return Err(RegistryError::Unsupported(format!(
+                "{}: a registry without a port other than 443 speaks https as far as Docker \
+                 is concerned; this source speaks http only",
+                image.registry
+            )));
+        }
+        let by = image
+            .digest
+            .clone()
+            .or_else(|| image.tag.clone())
+            .unwrap_or_else(|| "latest".to_owned());
+        let name = format!("{}/{}", image.registry, image.repository);
+        let mut manifest = self.manifest(image, &by).await?;
+        if let Manifest::Index(entries) = &manifest {
+            let entry = manifest::select(&format!("index of {name}"), entries, self.platform)?;
+            tracing::debug!(%name, digest = %entry.manifest.digest, "picked from the index");
+            let digest = entry.manifest.digest.clone();
+            manifest = self.manifest(image, &digest).await?;
+        }
+        let Manifest::Image(manifest) = manifest else {
+            return Err(RegistryError::Failed(format!(
+                "{name}: the index entry for this platform is an index again"
+            )));
+        };
+        let config = self.config(image, &manifest.config).await?;
+        let what = format!("config {} of {name}", manifest.config.digest);
+        let diff_ids = manifest::config_layer_count(&what, &config)?;
+        if diff_ids != manifest.layers.len() {
+            return Err(RegistryError::Failed(format!(
+                "{what}: lists {diff_ids} layers, the manifest {}",
+                manifest.layers.len()
+            )));
+        }
+        let repo_tag = image.tag.as_ref().map(|t| format!("{name}:{t}"));
+        let plan = ArchivePlan::new(name, &manifest, config, repo_tag);
+        Ok(PulledImage {
+            image_id: manifest.config.digest.clone(),
+            reference,
+            size_hint: plan.len,
+            archive: Some(Arc::new(plan)),
+        })
+    }
+
+    /// GET a manifest by tag or digest; its SHA-256 is checked against the digest it was
+    /// fetched by, or the one the registry names.
+    async fn manifest(&self, image: &ImageRef, by: &str) -> Result<Manifest, RegistryError> {
+        let url = format!(
+            "http://{}/v2/{}/manifests/{by}",
+            image.registry, image.repository
+        );
+        let what = format!("manifest {}/{}:{by}", image.registry, image.repository);
+        let r = self
+            .http
+            .get_bounded(&url, Some(MANIFEST_ACCEPT), MAX_MANIFEST)
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&what, &url, r.status, &r.body));
+        }
+        let expected = if valid_digest(by) {
+            Some(by.to_owned())
+        } else {
+            r.headers
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .filter(|d| valid_digest(d))
+                .map(str::to_owned)
+        };
+        let actual = sha256_digest(&r.body);
+        if let Some(expected) = expected {
+            if actual != expected {
+                return Err(RegistryError::Failed(format!(
+                    "{what}: content has digest {actual}, expected {expected}"
+                )));
+            }
+        }
+        let content_type = r
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        manifest::parse(&what, &r.body, content_type)
+    }
+
+    /// GET the config blob (at most [`MAX_CONFIG`] bytes), size and digest checked.
+    async fn config(&self, image: &ImageRef, d: &Descriptor) -> Result<Bytes, RegistryError> {
+        let what = format!(
+            "config {} of {}/{}",
+            d.digest, image.registry, image.repository
+        );
+        if d.size > MAX_CONFIG as u64 {
+            return Err(RegistryError::Failed(format!(
+                "{what}: {} bytes (limit {MAX_CONFIG})",
+                d.size
+            )));
+        }
+        let url = blob_url(&image.registry, &image.repository, &d.digest);
+        let r = self.http.get_bounded(&url, None, MAX_CONFIG).await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&what, &url, r.status, &r.body));
+        }
+        let actual = sha256_digest(&r.body);
+        if r.body.len() as u64 != d.size || actual != d.digest {
+            return Err(RegistryError::Failed(format!(
+                "{what}: got {} bytes with digest {actual}, the manifest says {} bytes",
+                r.body.len(),
+                d.size
+            )));
+        }
+        Ok(r.body)
+    }
+
+    /// Starts the archive of an image this source pulled: [`ImageSource::export`].
+    pub fn export_image(&self, pulled: &PulledImage) -> Result<Tarball, RegistryError> {
+        let plan = pulled.archive.clone().ok_or_else(|| {
+            RegistryError::Failed(format!(
+                "{} was not pulled by the registry source",
+                pulled.reference
+            ))
+        })?;
+        let (registry, repository) = plan.name.split_once('/').ok_or_else(|| {
+            RegistryError::Failed(format!("{}: no registry in the name", plan.name))
+        })?;
+        let blobs = HttpBlobs {
+            http: self.http.clone(),
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+        };
+        Ok(archive::stream(plan, Arc::new(blobs)))
+    }
+}
+
+fn blob_url(registry: &str, repository: &str, digest: &str) -> String {
+    format!("http://{registry}/v2/{repository}/blobs/{digest}")
+}
+
+/// Blob downloads from one repository.
+struct HttpBlobs {
+    http: RegistryHttp,
+    registry: String,
+    repository: String,
+}
+
+impl BlobSource for HttpBlobs {
+    fn open<'a>(
+        &'a self,
+        blob: &'a Descriptor,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError>>
+    {
+        Box::pin(async move {
+            let url = blob_url(&self.registry, &self.repository, &blob.digest);
+            let (url, resp) = self.http.get_following(&url, None).await?;
+            if resp.status() != StatusCode::OK {
+                let status = resp.status();
+                let body = http_body_util::Limited::new(resp.into_body(), MAX_QUOTE)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                return Err(status_error("blob", &url, status, &body));
+            }
+            let length = resp
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(length) = length.filter(|l| *l != blob.size) {
+                return Err(RegistryError::Failed(format!(
+                    "{url}: Content-Length {length}, the manifest says {} bytes",
+                    blob.size
+                )));
+            }
+            let stream = resp
+                .into_body()
+                .into_data_stream()
+                .map_err(move |e| {
+                    RegistryError::Unavailable(format!(
+                        "{url}: reading: {}",
+                        client::error_chain(&e)
+                    ))
+                })
+                .boxed();
+            Ok(stream)
+        })
+    }
+}
+
+impl ImageSource for RegistrySource {
+    fn pull<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<PulledImage, SourceError>> {
+        Box::pin(async move { self.pull_image(image).await.map_err(SourceError::from) })
+    }
+
+    fn export<'a>(&'a self, image: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>> {
+        Box::pin(async move { self.export_image(image).map_err(SourceError::from) })
+    }
+}
+
+#[cfg(test)]
+mod tests;

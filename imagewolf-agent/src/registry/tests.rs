@@ -1,0 +1,357 @@
+//! Unit tests of the registry source against a small in-process HTTP registry double (for
+//! the cases distribution 2.8 cannot be made to produce: oversized manifests and configs,
+//! 401s, https answers, redirects). The real registry and dockerd are in
+//! `tests/registry_source.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// path -> (status line, extra headers, body).
+type Routes = Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>;
+
+async fn serve(routes: Routes) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let routes = Arc::clone(&routes);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut len = 0;
+                while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => len += n,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let found = routes.lock().unwrap().get(&path).cloned();
+                let (status, headers, body) =
+                    found.unwrap_or_else(|| ("404 Not Found".into(), String::new(), Vec::new()));
+                let mut reply = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(&body);
+                let _ = conn.write_all(&reply).await;
+            });
+        }
+    });
+    addr
+}
+
+fn ok(routes: &Routes, path: &str, headers: &str, body: Vec<u8>) {
+    routes
+        .lock()
+        .unwrap()
+        .insert(path.into(), ("200 OK".into(), headers.into(), body));
+}
+
+fn image(registry: &str, tag: &str) -> ImageRef {
+    ImageRef {
+        registry: registry.into(),
+        repository: "team/app".into(),
+        tag: Some(tag.into()),
+        digest: None,
+    }
+}
+
+fn config_json(layers: usize) -> Vec<u8> {
+    let ids: Vec<String> = (0..layers).map(|i| format!("sha256:{i:064x}")).collect();
+    serde_json::json!({"architecture": "amd64", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": ids}})
+    .to_string()
+    .into_bytes()
+}
+
+fn manifest_json(config: &[u8], layers: &[&[u8]], layer_type: &str) -> Vec<u8> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": layer_type, "digest": sha256_digest(l), "size": l.len()}))
+        .collect();
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": manifest::DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": sha256_digest(config), "size": config.len()},
+        "layers": layers,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+const GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// A registry double with `team/app:v1` (two layers, one of them twice) and its blobs.
+async fn fake_registry() -> (Routes, String, Vec<u8>) {
+    let routes: Routes = Arc::default();
+    let addr = serve(Arc::clone(&routes)).await;
+    let config = config_json(3);
+    let (l1, l2) = (vec![1u8; 1000], vec![2u8; 70_000]);
+    let manifest = manifest_json(&config, &[&l1, &l2, &l1], GZIP);
+    ok(&routes, "/v2/team/app/manifests/v1", "", manifest.clone());
+    for blob in [&config, &l1, &l2] {
+        ok(
+            &routes,
+            &format!("/v2/team/app/blobs/{}", sha256_digest(blob)),
+            "",
+            blob.clone(),
+        );
+    }
+    (routes, addr, manifest)
+}
+
+#[tokio::test]
+async fn pull_and_export_against_a_double_with_a_redirect() {
+    let (routes, addr, manifest) = fake_registry().await;
+    // The second layer's blob is redirected, as storage backends do.
+    let l2 = sha256_digest(&[2u8; 70_000]);
+    let blob_path = format!("/v2/team/app/blobs/{l2}");
+    let body = routes.lock().unwrap().remove(&blob_path).unwrap();
+    routes.lock().unwrap().insert("/storage/l2".into(), body);
+    routes.lock().unwrap().insert(
+        blob_path,
+        (
+            "307 Temporary Redirect".into(),
+            "Location: /storage/l2\r\n".into(),
+            Vec::new(),
+        ),
+    );
+    let source = RegistrySource::new();
+    let pulled = source.pull_image(&image(&addr, "v1")).await.unwrap();
+    assert_eq!(pulled.image_id, sha256_digest(&config_json(3)));
+    assert_eq!(pulled.reference, format!("{addr}/team/app:v1"));
+    let mut out = Vec::new();
+    let mut tar = source.export_image(&pulled).unwrap();
+    tar.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out.len() as u64, pulled.size_hint);
+    let plan = pulled.archive.as_ref().unwrap();
+    assert_eq!(plan.layers.len(), 2, "the repeated layer is written once");
+    let names: Vec<String> = tar::Archive::new(&out[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1 + 2 * 2 + 1, "{names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("manifest.json"));
+    let _ = manifest;
+}
+
+#[tokio::test]
+async fn manifest_by_digest_is_verified() {
+    let (routes, addr, manifest) = fake_registry().await;
+    let digest = sha256_digest(&manifest);
+    let mut by_digest = image(&addr, "v1");
+    by_digest.digest = Some(digest.clone());
+    // Served under its digest but with one byte changed.
+    let mut tampered = manifest.clone();
+    tampered.push(b' ');
+    ok(
+        &routes,
+        &format!("/v2/team/app/manifests/{digest}"),
+        "",
+        tampered,
+    );
+    let err = RegistrySource::new()
+        .pull_image(&by_digest)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+    assert!(err.to_string().contains("expected"), "{err}");
+    ok(
+        &routes,
+        &format!("/v2/team/app/manifests/{digest}"),
+        "",
+        manifest,
+    );
+    RegistrySource::new().pull_image(&by_digest).await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_manifest_and_config_are_refused() {
+    let (routes, addr, _) = fake_registry().await;
+    // A manifest body past the limit: refused while reading, not buffered whole.
+    ok(
+        &routes,
+        "/v2/team/app/manifests/big",
+        "",
+        vec![b' '; MAX_MANIFEST + 1],
+    );
+    let err = RegistrySource::new()
+        .pull_image(&image(&addr, "big"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    // A config whose descriptor says more than MAX_CONFIG: refused before the request.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": manifest::DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": sha256_digest(b"x"), "size": MAX_CONFIG + 1},
+        "layers": [],
+    })
+    .to_string()
+    .into_bytes();
+    ok(&routes, "/v2/team/app/manifests/bigconfig", "", manifest);
+    let err = RegistrySource::new()
+        .pull_image(&image(&addr, "bigconfig"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    // A config longer than its descriptor says.
+    let config = config_json(0);
+    let mut longer = config.clone();
+    longer.extend_from_slice(b"   ");
+    let m = manifest_json(&config, &[], GZIP);
+    ok(&routes, "/v2/team/app/manifests/liar", "", m);
+    ok(
+        &routes,
+        &format!("/v2/team/app/blobs/{}", sha256_digest(&config)),
+        "",
+        longer,
+    );
+    let err = RegistrySource::new()
+        .pull_image(&image(&addr, "liar"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn what_docker_could_do_is_marked_for_fallback() {
+    let (routes, addr, _) = fake_registry().await;
+    let set = |path: &str, status: &str, headers: &str, body: &str| {
+        routes.lock().unwrap().insert(
+            path.into(),
+            (status.into(), headers.into(), body.as_bytes().to_vec()),
+        );
+    };
+    set(
+        "/v2/team/app/manifests/auth",
+        "401 Unauthorized",
+        "WWW-Authenticate: Bearer realm=\"https://auth/token\"\r\n",
+        "{\"errors\":[]}",
+    );
+    set(
+        "/v2/team/app/manifests/tls",
+        "400 Bad Request",
+        "",
+        "Client sent an HTTP request to an HTTPS server.",
+    );
+    set(
+        "/v2/team/app/manifests/moved",
+        "301 Moved Permanently",
+        "Location: https://secure/v2/team/app/manifests/moved\r\n",
+        "",
+    );
+    set(
+        "/v2/team/app/manifests/zstd",
+        "200 OK",
+        "",
+        std::str::from_utf8(&manifest_json(
+            b"c",
+            &[b"l"],
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ))
+        .unwrap(),
+    );
+    let source = RegistrySource::new();
+    for tag in ["auth", "tls", "moved", "zstd"] {
+        let err = source.pull_image(&image(&addr, tag)).await.unwrap_err();
+        assert!(err.wants_fallback() && !err.retryable(), "{tag}: {err:?}");
+    }
+    for registry in [
+        "registry.example.com",
+        "registry.example.com:443",
+        "docker.io",
+    ] {
+        let err = source.pull_image(&image(registry, "v1")).await.unwrap_err();
+        assert!(err.wants_fallback(), "{registry}: {err:?}");
+    }
+    // Not for Docker either: missing, or the registry failing (retryable).
+    let err = source.pull_image(&image(&addr, "nope")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+    set(
+        "/v2/team/app/manifests/down",
+        "503 Service Unavailable",
+        "",
+        "",
+    );
+    let err = source.pull_image(&image(&addr, "down")).await.unwrap_err();
+    assert!(err.retryable() && !err.wants_fallback(), "{err:?}");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let err = source.pull_image(&image(&dead, "v1")).await.unwrap_err();
+    assert!(err.retryable(), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+    let e: SourceError = err.into();
+    assert!(e.retryable);
+}
+
+/// A source standing in for Docker: counts pulls, answers with a marker.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl ImageSource for Counting {
+    fn pull<'a>(&'a self, image: &'a ImageRef) -> BoxFuture<'a, Result<PulledImage, SourceError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(PulledImage {
+                image_id: "sha256:docker".into(),
+                reference: image.pull_reference(),
+                size_hint: 3,
+                archive: None,
+            })
+        })
+    }
+
+    fn export<'a>(&'a self, _: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>> {
+        Box::pin(async move { Ok(Box::pin(&b"abc"[..]) as Tarball) })
+    }
+}
+
+#[tokio::test]
+async fn fallback_source_dispatches() {
+    let (routes, addr, _) = fake_registry().await;
+    routes.lock().unwrap().insert(
+        "/v2/team/app/manifests/auth".into(),
+        ("401 Unauthorized".into(), String::new(), Vec::new()),
+    );
+    let docker = Arc::new(Counting(Default::default()));
+    let both = FallbackSource::new(RegistrySource::new(), docker.clone());
+    // The registry can: no Docker pull; export streams the archive.
+    let pulled = both.pull(&image(&addr, "v1")).await.unwrap();
+    assert!(pulled.archive.is_some());
+    let mut out = Vec::new();
+    both.export(&pulled)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out.len() as u64, pulled.size_hint);
+    assert_eq!(docker.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Credentials needed: Docker pulls and exports.
+    let pulled = both.pull(&image(&addr, "auth")).await.unwrap();
+    assert_eq!(pulled.image_id, "sha256:docker");
+    let mut out = Vec::new();
+    both.export(&pulled)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, b"abc");
+    assert_eq!(docker.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Missing: not Docker's business either.
+    let err = both.pull(&image(&addr, "missing")).await.unwrap_err();
+    assert!(!err.retryable, "{err}");
+    assert_eq!(docker.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
