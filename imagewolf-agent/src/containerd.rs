@@ -28,8 +28,9 @@
 //!   at once instead of unpacking on first use. `--all-platforms` keeps an image whose
 //!   platform differs from the node's (a `docker save` tarball holds exactly one platform;
 //!   without the flag, ctr would silently import nothing for it).
-//! - **This node receives only** ([`ReceiveOnly`]): pulling and exporting still needs Docker
-//!   on the node where the push is heard (or the planned registry-API source).
+//! - **No runtime fallback for pulls** ([`ReceiveOnly`]): a containerd node originates through
+//!   the registry-API source; what that source cannot read (https, credentials) needs an
+//!   agent with Docker to hear the push.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -301,8 +302,9 @@ impl ImageLoader for Containerd {
     }
 }
 
-/// The source of a containerd node: it cannot pull (that needs Docker today, or the planned
-/// registry-API source); it receives what other agents distribute.
+/// The fallback source of a containerd node, behind the registry-API source: containerd
+/// cannot be asked to pull and export, so what the registry source cannot read is refused
+/// with a message saying where to send the notification instead.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReceiveOnly;
 
@@ -311,8 +313,9 @@ impl ImageSource for ReceiveOnly {
         Box::pin(async move {
             Err(SourceError {
                 message: format!(
-                    "cannot pull {image}: a --runtime containerd agent only receives images; \
-                     send the notification to an agent running with --runtime docker"
+                    "cannot pull {image}: the registry's API cannot be read from here (https \
+                     or credentials) and a --runtime containerd agent has no Docker to fall \
+                     back on; send the notification to an agent running with --runtime docker"
                 ),
                 retryable: false,
             })

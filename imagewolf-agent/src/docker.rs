@@ -588,6 +588,29 @@ impl ImageLoader for Docker {
         Box::pin(async move { self.do_load(path).await.map_err(LoaderError::from) })
     }
 
+    /// dockerd skips the layers it has when it loads an image (legacy image store).
+    fn loads_layers_ahead(&self) -> bool {
+        true
+    }
+
+    fn remove_image<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LoaderError>> {
+        Box::pin(async move {
+            validate_image_id(id).map_err(LoaderError::from)?;
+            timed(
+                "remove",
+                CONTROL_TIMEOUT,
+                self.client.remove_image(
+                    id,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                ),
+            )
+            .await
+            .map(|_| ())
+            .map_err(LoaderError::from)
+        })
+    }
+
     /// dockerd stages the whole archive before it registers any layer or image, so the
     /// verified prefix goes in while the download runs (see `distributor/feed.rs`).
     fn load_streamed<'a>(

@@ -23,6 +23,20 @@ pub trait ImageLoader: Send + Sync + 'static {
     /// Streams the tarball at `path` into the runtime.
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>>;
 
+    /// Whether loading an archive whose config lists only an image's first layers registers
+    /// those layers, and a later load of the whole image skips them (Docker: yes). Then
+    /// receivers load each layer as it arrives (`distributor/preload.rs`).
+    fn loads_layers_ahead(&self) -> bool {
+        false
+    }
+
+    /// Removes the image `id` (a partial image made to load layers ahead; the layers stay
+    /// while another image uses them).
+    fn remove_image<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LoaderError>> {
+        let _ = id;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Loads the tarball being written at `path`, reading it through `tarball`: a stream
     /// that yields only verified bytes, waits while the download catches up, and fails
     /// instead of ending if the whole file does not verify (see `distributor/feed.rs`). A

@@ -82,6 +82,9 @@ pub struct ImageStats {
     pub load_seconds: Option<f64>,
     /// Attempts made (pull or load retries included).
     pub attempts: u32,
+    /// Layers loaded into the runtime ahead of the whole image, while later ones were still
+    /// downloading (Docker nodes, archives read from the registry's API).
+    pub layers_loaded_ahead: u32,
 }
 
 impl ImageState {

@@ -181,6 +181,20 @@ async fn pushed_image_reaches_every_node_from_one_registry_pull() {
     assert_eq!(origin.len(), 1);
     assert_eq!(origin[0]["origin"], true);
     assert_eq!(origin[0]["image_id"], image_id.as_str());
+    // Receivers loaded every layer but the last ahead of the whole image (the archive read
+    // from the registry's API puts the config first), and left no partial image behind:
+    // each dockerd has exactly the builder's image.
+    for (ip, d) in ips[1..NODES - 1].iter().zip(&dockerds[1..NODES - 1]) {
+        let receiver = stats(*ip).await;
+        assert_eq!(
+            receiver[0]["layers_loaded_ahead"],
+            LAYERS - 1,
+            "{receiver:?}"
+        );
+        let all = d.run_cli(&["images", "-a", "-q", "--no-trunc"]).unwrap();
+        let ids: Vec<&str> = all.split_whitespace().collect();
+        assert_eq!(ids, [image_id.as_str()], "images left on {ip}");
+    }
 
     // 2. The same push again: the registry notifies again; nothing is pulled twice.
     builder.run_cli(&["push", &reference]).unwrap();

@@ -115,7 +115,7 @@ async fn registry_archive_loads_into_a_fresh_dockerd_with_id_and_tag() {
     let written = export_to(&source, &pulled, &by_tag).await.expect("export");
     eprintln!("export of {written} bytes took {:?}", t.elapsed());
     assert_eq!(written, pulled.size_hint, "archive length == size_hint");
-    assert!(written > 4 * 3 << 20, "{written}");
+    assert!(written > (4 * 3) << 20, "{written}");
 
     // The fresh dockerd loads it (gzip layers as they came: dockerd decompresses them and
     // checks them against the config's diff_ids): same id, and the tag.

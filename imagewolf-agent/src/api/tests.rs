@@ -70,6 +70,7 @@ impl AgentApi for FakeApi {
             loaded_at: None,
             load_seconds: None,
             attempts: 1,
+            layers_loaded_ahead: 0,
         }]
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Readable {
     /// Bytes from the start whose pieces are verified: every segment up to there is complete.
     pub(crate) upto: u64,
     /// The whole tarball is there and its SHA-256 matches: its length.
+    pub(crate) hashed: Option<u64>,
+    /// The end may be read: `hashed`, and the layers loaded ahead (`preload.rs`) are done.
     pub(crate) verified: Option<u64>,
     /// The download failed: readers fail with this.
     pub(crate) failed: Option<String>,

@@ -76,6 +76,7 @@ mod admit;
 mod feed;
 mod lifecycle;
 mod origin;
+mod preload;
 mod receive;
 mod records;
 mod retry;

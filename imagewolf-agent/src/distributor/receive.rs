@@ -64,15 +64,23 @@ impl Distributor {
             Ok::<_, String>(started.elapsed())
         };
         let download = async {
-            let result = self.download(key, &mut updates, &path, &readable_tx).await;
-            if let Err(e) = &result {
-                readable_tx.send_modify(|r| r.failed = Some(e.clone()));
+            // Layers are loaded ahead while later ones download (see preload.rs); the end
+            // of the archive is released to the real load only once that is done, so the
+            // real load finds them.
+            let (result, preloaded) = tokio::join!(
+                self.download(key, &mut updates, &path, &readable_tx),
+                self.preload_layers(key, &path, readable.clone())
+            );
+            match &result {
+                Ok((_, len)) => readable_tx.send_modify(|r| r.verified = Some(*len)),
+                Err(e) => readable_tx.send_modify(|r| r.failed = Some(e.clone())),
             }
-            result
+            result.map(|(torrents, _)| (torrents, preloaded))
         };
         let (downloaded, loaded) = tokio::join!(download, load);
-        let torrents = downloaded?;
+        let (torrents, preloaded) = downloaded?;
         let load_time = loaded?;
+        self.forget_preloaded(preloaded).await;
         let secs = load_time.as_secs_f64();
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
@@ -86,8 +94,8 @@ impl Distributor {
     }
 
     /// Adds each announced segment's torrent as it is announced, publishes the verified
-    /// prefix in `readable`, hashes it, and returns the torrents once the whole tarball is
-    /// there and its SHA-256 matches. Fails if the distribution makes no progress (no
+    /// prefix in `readable`, hashes it, and returns the torrents and the tarball's length
+    /// once the whole tarball is there and its SHA-256 matches (`readable.hashed`). Fails if the distribution makes no progress (no
     /// payload, no verified piece, no new segment) for `stall_timeout`: a torrent nobody
     /// seeds must not hold a `--max-torrents` slot forever.
     async fn download(
@@ -96,7 +104,7 @@ impl Distributor {
         updates: &mut watch::Receiver<Distribution>,
         path: &Path,
         readable: &watch::Sender<Readable>,
-    ) -> Result<Vec<TorrentHandle>, String> {
+    ) -> Result<(Vec<TorrentHandle>, u64), String> {
         // An earlier run that failed kept the file: its verified pieces are checked, reused.
         let resume = path.exists();
         let mut torrents: Vec<TorrentHandle> = Vec::new();
@@ -138,13 +146,13 @@ impl Distributor {
                              not loading it"
                         ));
                     }
-                    readable.send_modify(|r| r.verified = Some(upto));
+                    readable.send_modify(|r| r.hashed = Some(upto));
                     self.update(key, |r| {
                         r.stats.completed_at = Some(now_secs());
                         r.stats.size = Some(upto);
                         r.stats.state = ImageState::Loading;
                     });
-                    return Ok(torrents);
+                    return Ok((torrents, upto));
                 }
             }
             // Stalled?

@@ -482,6 +482,7 @@ pub(super) fn new_stats(image: &ImageRef, origin: bool, state: ImageState) -> Im
         loaded_at: None,
         load_seconds: None,
         attempts: 0,
+        layers_loaded_ahead: 0,
     }
 }
 

@@ -59,7 +59,7 @@ fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
-fn padded(n: u64) -> u64 {
+pub(crate) fn padded(n: u64) -> u64 {
     n.div_ceil(BLOCK) * BLOCK
 }
 
@@ -121,8 +121,8 @@ pub trait BlobSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError>>;
 }
 
-/// A ustar header block for `path`.
-fn header(path: &str, size: u64, dir: bool) -> io::Result<Bytes> {
+/// A ustar header block for `path` (deterministic: mode, owner and time fixed).
+pub(crate) fn header(path: &str, size: u64, dir: bool) -> io::Result<Bytes> {
     let mut h = tar::Header::new_ustar();
     h.set_path(path)?;
     h.set_size(size);

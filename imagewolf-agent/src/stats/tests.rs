@@ -23,6 +23,7 @@ fn image(reference: &str, state: ImageState) -> ImageStats {
         loaded_at: None,
         load_seconds: None,
         attempts: 1,
+        layers_loaded_ahead: 0,
     }
 }
 

@@ -152,7 +152,8 @@ async fn layout_listed_by_tar_and_exact_length() {
 async fn a_bad_blob_fails_the_stream_and_names_the_blob() {
     let (plan, blobs) = plan();
     let victim = plan.layers[2].digest.clone();
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+    type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Corrupt); 3] = [
         ("digest mismatch", Box::new(|b: &mut Vec<u8>| b[10] ^= 1)),
         (
             "sent 4095 bytes",
