@@ -22,8 +22,10 @@
 //!   during which >= 90 % of the cores were busy is flagged, and the two swarms are then also
 //!   run at a lower rate, where bandwidth rather than CPU is what is measured.
 
+mod ceiling;
 mod docker_runs;
 mod measure;
+mod netlog;
 mod plot;
 mod report;
 mod seed_stats;
@@ -40,7 +42,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use imagewolf::cluster::{require_root_and_tools, ClusterBuilder};
 use imagewolf::docker::{build_test_image, Dockerd, Registry};
-use imagewolf::{ChildGuard, TempDir};
+use imagewolf::TempDir;
 
 use report::{Context, RunResult};
 
@@ -64,8 +66,11 @@ struct Args {
     /// rate was CPU-bound; 0 disables.
     #[arg(long)]
     low_rate_mbit: Option<u32>,
-    /// Which runs: any of bt, lt, herd, e2e, rss (comma-separated). `rss` measures the
-    /// agents' memory while distributing a `--rss-mib` image over unshaped links.
+    /// Which runs: any of ceiling, bt, lt, herd, e2e, rss (comma-separated). `ceiling`
+    /// measures TCP goodput per node with every node sending to the next at once (iperf3,
+    /// 10 s), at each swarm rate; it also runs with bt or lt unless `--no-iperf`. `rss`
+    /// measures the agents' memory while distributing a `--rss-mib` image over unshaped
+    /// links.
     #[arg(long, default_value = "bt,lt,herd,e2e")]
     runs: String,
     /// Image size for the `rss` run, MiB.
@@ -80,7 +85,7 @@ struct Args {
     /// Where process logs go (kept for diagnosis).
     #[arg(long, default_value = "target/bench-cluster")]
     logs: PathBuf,
-    /// Skip the iperf3 goodput measurement.
+    /// Skip the ceiling (iperf3 goodput) measurement that runs with the swarms.
     #[arg(long)]
     no_iperf: bool,
     /// Repeat each swarm run this many times (alternating the clients) and report the
@@ -169,8 +174,8 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let wanted: Vec<&str> = args.runs.split(',').map(str::trim).collect();
     for w in &wanted {
-        if !["bt", "lt", "herd", "e2e", "rss"].contains(w) {
-            bail!("--runs: unknown run {w:?} (bt, lt, herd, e2e, rss)");
+        if !["ceiling", "bt", "lt", "herd", "e2e", "rss"].contains(w) {
+            bail!("--runs: unknown run {w:?} (ceiling, bt, lt, herd, e2e, rss)");
         }
     }
     if args.nodes < 2 || args.e2e_nodes < 2 || args.size_mib < 4 || args.rate_mbit == 0 {
@@ -215,7 +220,9 @@ fn run() -> anyhow::Result<()> {
     let daemons_needed = pick(has("herd"), args.nodes)
         .max(pick(has("e2e"), args.e2e_nodes))
         .max(pick(has("rss"), args.rss_nodes));
-    let total_nodes = pick(has("bt") || has("lt"), args.nodes).max(daemons_needed);
+    let ceiling_wanted = has("ceiling") || ((has("bt") || has("lt")) && !args.no_iperf);
+    let total_nodes =
+        pick(has("bt") || has("lt") || ceiling_wanted, args.nodes).max(daemons_needed);
     let cluster = ClusterBuilder {
         nodes: total_nodes,
         rate_mbit: Some(args.rate_mbit),
@@ -234,17 +241,18 @@ fn run() -> anyhow::Result<()> {
         command: std::env::var("BENCH_COMMAND")
             .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
         machine: machine_description(),
-        goodput_mbit: None,
+        ceilings: Vec::new(),
         notes: Vec::new(),
     };
-    if !args.no_iperf {
-        let g = goodput(&cluster, args.nodes)?;
-        eprintln!(
-            "iperf3 goodput per node with all {} sending at once: {g:.1} Mbit/s",
-            args.nodes
-        );
-        ctx.goodput_mbit = Some(g);
-    }
+    let measure_ceiling = |ctx: &mut Context, rate: u32| -> anyhow::Result<()> {
+        if ceiling_wanted {
+            let c = ceiling::measure(&cluster, args.nodes, rate)?;
+            eprintln!("{}", c.describe());
+            ctx.ceilings.push(c);
+        }
+        Ok(())
+    };
+    measure_ceiling(&mut ctx, args.rate_mbit)?;
 
     let mut results: Vec<RunResult> = Vec::new();
     let mut e2e_pair: Option<(usize, usize)> = None;
@@ -300,6 +308,7 @@ fn run() -> anyhow::Result<()> {
                 ));
             }
             cluster.set_rate(Some(low), Some(args.rate_mbit))?;
+            measure_ceiling(&mut ctx, low)?;
             if let Some(rate) = args.seed_rate_mbit {
                 cluster.set_node_rate(0, Some(rate))?;
             }
@@ -548,7 +557,13 @@ fn raw_json(results: &[RunResult], ctx: &Context) -> serde_json::Value {
     serde_json::json!({
         "command": ctx.command,
         "machine": ctx.machine,
-        "goodput_mbit": ctx.goodput_mbit,
+        "ceilings": ctx.ceilings.iter().map(|c| serde_json::json!({
+            "rate_mbit": c.rate_mbit,
+            "goodput_per_node_mbit": c.per_node_mbit,
+            "link_busy": c.link_busy,
+            "tbf_drops": c.drops,
+            "tcp_retransmissions": c.retrans,
+        })).collect::<Vec<_>>(),
         "runs": results.iter().map(|r| serde_json::json!({
             "name": r.name,
             "nodes": r.nodes,
@@ -620,49 +635,6 @@ fn start_dockerds(n: usize, insecure: &[&str]) -> anyhow::Result<Vec<Dockerd>> {
         return Err(e.into());
     }
     Ok(daemons)
-}
-
-/// Per-node TCP goodput with every node sending to the next at once (iperf3, 5 s), Mbit/s,
-/// the median over nodes.
-fn goodput(cluster: &imagewolf::cluster::Cluster, n: usize) -> anyhow::Result<f64> {
-    let mut servers = Vec::with_capacity(n);
-    for i in 0..n {
-        let node = cluster.node(i);
-        let mut cmd = node.command("iperf3");
-        cmd.args(["-s", "-1", "-B", &node.ip.to_string(), "-p", "5201"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        servers.push(ChildGuard::spawn(&format!("iperf3 server {i}"), &mut cmd)?);
-    }
-    for i in 0..n {
-        cluster
-            .node(i)
-            .wait_listening(5201, Duration::from_secs(10))?;
-    }
-    let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
-        let to = cluster.node((i + 1) % n).ip.to_string();
-        let mut cmd = cluster.node(i).command("iperf3");
-        cmd.args(["-c", &to, "-p", "5201", "-t", "5", "-J"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        clients.push(ChildGuard::spawn(&format!("iperf3 client {i}"), &mut cmd)?);
-    }
-    let mut rates = Vec::with_capacity(n);
-    for mut c in clients {
-        let mut out = String::new();
-        if let Some(mut stdout) = c.child.stdout.take() {
-            std::io::Read::read_to_string(&mut stdout, &mut out)?;
-        }
-        c.wait_timeout(Duration::from_secs(30))?;
-        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            rates.push(bps / 1e6);
-        }
-    }
-    drop(servers);
-    rates.sort_by(f64::total_cmp);
-    report::quantile(&rates, 0.5).context("no iperf3 result")
 }
 
 fn machine_description() -> String {

@@ -99,8 +99,8 @@ pub struct Context {
     pub command: String,
     /// One line describing the machine.
     pub machine: String,
-    /// Per-node TCP goodput measured with iperf3 on the same links (Mbit/s), if measured.
-    pub goodput_mbit: Option<f64>,
+    /// TCP goodput per node measured on the same links (the ceiling run), per rate.
+    pub ceilings: Vec<crate::ceiling::Ceiling>,
     /// Extra notes for below the table.
     pub notes: Vec<String>,
 }
@@ -110,11 +110,11 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| run | nodes | U Mbit/s | S MiB | S/U s | p50 s | p90 s | max s | p50 / (S/U) | max / (S/U) | CPU s per GiB | cores busy: run / machine | agent peak RSS |"
+        "| run | nodes | U Mbit/s | S MiB | S/U s | p50 s | p90 s | max s | p50 / (S/U) | max / (S/U) | p50 / (S/G) | max / (S/G) | CPU s per GiB | cores busy: run / machine | agent peak RSS |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in runs.iter().filter(|r| !r.memory_only) {
         let bound = r.bound();
@@ -122,9 +122,17 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
             (Some(m), _) => format!("{m:.1}"),
             (None, f) => format!("{f} failed"),
         };
+        // S/G: the floor TCP over these links allows (G = the ceiling run's median goodput
+        // at this rate), for runs whose nodes all receive over such links.
+        let floor = ctx
+            .ceilings
+            .iter()
+            .find(|c| c.rate_mbit == r.rate_mbit)
+            .map(|c| bound * f64::from(r.rate_mbit) / c.median_mbit());
+        let vs_floor = |v: Option<f64>| floor.map_or("-".into(), |f| ratio(v, f));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2}{} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2}{} | {} |",
             r.name,
             r.nodes,
             r.rate_mbit,
@@ -135,6 +143,8 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
             max,
             ratio(r.quantile(0.5), bound),
             ratio(r.max(), bound),
+            vs_floor(r.quantile(0.5)),
+            vs_floor(r.max()),
             r.cpu_per_gib().map_or("-".into(), |v| format!("{v:.1}")),
             if r.cpu.wall > 0.0 {
                 r.cpu.process_seconds / r.cpu.wall
@@ -167,12 +177,8 @@ pub fn markdown(runs: &[RunResult], ctx: &Context) -> String {
         }
         let _ = writeln!(out);
     }
-    if let Some(g) = ctx.goodput_mbit {
-        let _ = writeln!(
-            out,
-            "TCP goodput per node measured on the same links (iperf3, every node sending to the next at once): {g:.1} Mbit/s; so the practical floor for one node is {:.3} x S/U.",
-            runs.first().map_or(1.0, |r| f64::from(r.rate_mbit)) / g
-        );
+    for c in &ctx.ceilings {
+        let _ = writeln!(out, "{}", c.describe());
         let _ = writeln!(out);
     }
     for line in &ctx.notes {

@@ -23,6 +23,7 @@ use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::tracker::{TrackerConfig, TrackerServer};
 
 use crate::measure::{process_cpu_seconds, CpuMeter, CpuUse};
+use crate::netlog::{NetLog, NetSampler};
 use crate::report::RunResult;
 use crate::{interrupted, signal_term, Tools};
 
@@ -195,7 +196,9 @@ pub fn run(
     fs::create_dir_all(&out_dir)?;
     // Children count through our own cutime once reaped; the seed's set-up CPU is taken out.
     let meter = CpuMeter::start(&[]);
+    let sampler = NetSampler::start(&cluster.nodes()[..setup.nodes]);
     let t0 = Instant::now();
+    let net_offset = t0.duration_since(sampler.started).as_secs_f64();
     let mut downloaders = Vec::with_capacity(setup.nodes - 1);
     for i in 1..setup.nodes {
         let node = cluster.node(i);
@@ -278,6 +281,7 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(5));
     }
     let active = meter.read();
+    let net = sampler.finish();
     let seed_uploaded = seed_uploaded_mib(client, &seed_log);
 
     // Stop the seed gracefully (the imagewolf-bt seed prints its totals), then reap everyone,
@@ -349,6 +353,13 @@ pub fn run(
         wasted as f64 / (total_mib * 1_048_576.0) * 100.0,
         setup.nodes - 1
     ));
+    notes.extend(net_notes(
+        &net,
+        net_offset,
+        &downloaders,
+        setup.rate_mbit,
+        &setup.logs.join(format!("{tag}-net.csv")),
+    ));
     if !self_reported.is_empty() {
         self_reported.sort_by(f64::total_cmp);
         notes.push(format!(
@@ -384,6 +395,58 @@ pub fn run(
         result.cpu.machine_cores
     );
     Ok(result)
+}
+
+/// What the link counters say about a swarm run (see `netlog.rs`); writes the per-100 ms
+/// series to `csv`.
+fn net_notes(
+    net: &NetLog,
+    offset: f64,
+    downloaders: &[Downloader],
+    rate_mbit: u32,
+    csv: &Path,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Err(e) = net.write_csv(csv) {
+        eprintln!("   writing {}: {e}", csv.display());
+    }
+    let first = downloaders
+        .iter()
+        .filter_map(|d| d.done.map(|(t, _)| t))
+        .fold(f64::INFINITY, f64::min);
+    if first.is_finite() {
+        if let Some((seed, up, down)) = net.busy(offset, offset + first, rate_mbit) {
+            notes.push(format!(
+                "link use (frame bytes / U) from the start to the first completion ({first:.1} s): seed upload {:.0} %, downloaders' upload {:.0} %, download {:.0} %; downloaders' download per second, %: {:?}",
+                100.0 * seed,
+                100.0 * up,
+                100.0 * down,
+                net.down_per_second(offset, offset + first, rate_mbit)
+            ));
+        }
+    }
+    let own: Vec<f64> = downloaders
+        .iter()
+        .filter_map(|d| {
+            let (t, _) = d.done?;
+            net.node_down(d.node, offset, offset + t, rate_mbit)
+        })
+        .collect();
+    if !own.is_empty() {
+        notes.push(format!(
+            "each downloader's download link busy from the start to its own completion: mean {:.1} %, min {:.1} %",
+            100.0 * own.iter().sum::<f64>() / own.len() as f64,
+            100.0 * own.iter().copied().fold(f64::INFINITY, f64::min)
+        ));
+    }
+    notes.push(format!(
+        "tbf drops {} (most on one node {}), TCP segments retransmitted {} (most on one node {})",
+        net.drops.iter().sum::<u64>(),
+        net.drops.iter().max().copied().unwrap_or(0),
+        net.retrans.iter().sum::<u64>(),
+        net.retrans.iter().max().copied().unwrap_or(0)
+    ));
+    notes
 }
 
 fn read_torrent(path: &Path) -> anyhow::Result<Metainfo> {
