@@ -26,8 +26,9 @@ pub(crate) const HOLD_BACK: u64 = 64 << 10;
 /// Read size.
 const CHUNK: usize = 256 << 10;
 
-/// How much of the tarball may be read, published by the download.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How much of the tarball may be read, published by the download (and by the walk that
+/// loads layers ahead, `preload.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Readable {
     /// Bytes from the start whose pieces are verified: every segment up to there is complete.
     pub(crate) upto: u64,
@@ -37,6 +38,35 @@ pub(crate) struct Readable {
     pub(crate) verified: Option<u64>,
     /// The download failed: readers fail with this.
     pub(crate) failed: Option<String>,
+    /// Bytes the walk that loads layers ahead has decided on: the feed passes nothing
+    /// beyond (`u64::MAX` when no walk runs, or once it is over).
+    pub(crate) decided: u64,
+    /// Byte ranges (tar entries of layers loaded ahead) the feed leaves out.
+    pub(crate) skip: Vec<(u64, u64)>,
+}
+
+impl Default for Readable {
+    fn default() -> Self {
+        Readable {
+            upto: 0,
+            hashed: None,
+            verified: None,
+            failed: None,
+            decided: u64::MAX,
+            skip: Vec::new(),
+        }
+    }
+}
+
+impl Readable {
+    /// The state a download starts from; with `walked`, the feed waits for the walk that
+    /// loads layers ahead to decide on each entry.
+    pub(crate) fn new(walked: bool) -> Self {
+        Readable {
+            decided: if walked { 0 } else { u64::MAX },
+            ..Readable::default()
+        }
+    }
 }
 
 /// SHA-256 of a file's prefix, extended as the prefix grows (the download hashes each
@@ -89,17 +119,20 @@ impl PrefixHasher {
 }
 
 /// The verified tarball at `path` as a stream of chunks (for [`tokio_util::io::StreamReader`]),
-/// read as `readable` allows. Each call starts a new read from the beginning, so a retried
-/// load gets the whole tarball again.
+/// read as `readable` allows, leaving out its `skip` ranges if `skipping`. Each call starts a
+/// new read from the beginning, so a retried load gets the tarball again (a retry should not
+/// skip: what was loaded ahead may be gone).
 pub(crate) fn verified_chunks(
     path: PathBuf,
     readable: watch::Receiver<Readable>,
+    skipping: bool,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let state = Feed {
         path,
         file: None,
         pos: 0,
         readable,
+        skipping,
         done: false,
     };
     futures::stream::unfold(state, |mut feed| async move {
@@ -122,24 +155,41 @@ struct Feed {
     file: Option<tokio::fs::File>,
     pos: u64,
     readable: watch::Receiver<Readable>,
+    skipping: bool,
     done: bool,
 }
 
 impl Feed {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         loop {
-            let now = self.readable.borrow_and_update().clone();
+            let mut now = self.readable.borrow_and_update().clone();
             if let Some(why) = now.failed {
                 return Err(io::Error::other(why));
             }
+            if !self.skipping {
+                now.skip.clear();
+            }
+            // Entries left out: jump over them (a new read position).
+            while let Some(&(_, end)) = now.skip.iter().find(|(start, _)| *start == self.pos) {
+                self.pos = end;
+                self.file = None;
+            }
             let free = now
                 .verified
-                .unwrap_or_else(|| now.upto.saturating_sub(HOLD_BACK));
+                .unwrap_or_else(|| now.upto.saturating_sub(HOLD_BACK))
+                .min(now.decided);
+            let next_skip = now
+                .skip
+                .iter()
+                .map(|(start, _)| *start)
+                .filter(|start| *start > self.pos)
+                .min()
+                .unwrap_or(u64::MAX);
             if self.pos < free {
-                let len = (free - self.pos).min(CHUNK as u64) as usize;
+                let len = (free.min(next_skip) - self.pos).min(CHUNK as u64) as usize;
                 return self.read(len).await.map(Some);
             }
-            if now.verified.is_some() {
+            if now.verified.is_some_and(|end| self.pos >= end) {
                 return Ok(None);
             }
             if self.readable.changed().await.is_err() {
@@ -198,7 +248,7 @@ mod tests {
     async fn releases_the_verified_prefix_and_the_end_only_once_hashed() {
         let (dir, data) = setup(1 << 20);
         let (tx, rx) = watch::channel(Readable::default());
-        let mut chunks = Box::pin(verified_chunks(dir.path().join("t.tar"), rx));
+        let mut chunks = Box::pin(verified_chunks(dir.path().join("t.tar"), rx, true));
         let mut got = Vec::new();
         // The first half verified: everything but the hold-back of it comes out.
         tx.send_modify(|r| r.upto = 512 << 10);
@@ -228,7 +278,7 @@ mod tests {
         let (dir, _) = setup(300 << 10);
         let (tx, rx) = watch::channel(Readable::default());
         tx.send_modify(|r| r.upto = 300 << 10);
-        let mut chunks = Box::pin(verified_chunks(dir.path().join("t.tar"), rx));
+        let mut chunks = Box::pin(verified_chunks(dir.path().join("t.tar"), rx, true));
         let mut got = 0;
         let next = tokio::spawn(async move {
             loop {
@@ -244,6 +294,37 @@ mod tests {
         assert!(err.to_string().contains("mismatch"));
         assert!(got <= (300 << 10) - HOLD_BACK);
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn skipped_entries_are_left_out_and_undecided_bytes_wait() {
+        let (dir, data) = setup(1 << 20);
+        let (tx, rx) = watch::channel(Readable::new(true));
+        tx.send_modify(|r| r.upto = 1 << 20);
+        let mut chunks = Box::pin(verified_chunks(dir.path().join("t.tar"), rx, true));
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), chunks.next());
+        assert!(
+            early.await.is_err(),
+            "passed bytes the walk had not decided on"
+        );
+        tx.send_modify(|r| {
+            r.skip.push((1000, 300_000));
+            r.decided = 400_000;
+        });
+        let mut got = Vec::new();
+        while got.len() < 1000 + 100_000 {
+            got.extend_from_slice(&chunks.next().await.unwrap().unwrap());
+        }
+        tx.send_modify(|r| {
+            r.decided = u64::MAX;
+            r.verified = Some(1 << 20);
+        });
+        while let Some(chunk) = chunks.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        let mut expected = data[..1000].to_vec();
+        expected.extend_from_slice(&data[300_000..]);
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]

@@ -73,7 +73,7 @@ impl Distributor {
                 return Ok(());
             }
             self.with_retries(key, "load", None, || {
-                let chunks = verified_chunks(path.clone(), readable.clone());
+                let chunks = verified_chunks(path.clone(), readable.clone(), false);
                 self.loader
                     .load_streamed(Box::pin(tokio_util::io::StreamReader::new(chunks)), &path)
             })

@@ -12,7 +12,10 @@
 //! needs is the one the registry source writes: the config first, then each layer in the
 //! config's order. Anything else (a `docker save` tarball, a layer listed twice) stops the
 //! walk and the final load does all the work, as before. A failed partial load stops it too.
-//! The partial images (untagged, named by their configs) are removed after the real load.
+//! The real load then skips the entries of the layers loaded ahead (the feed leaves them out
+//! of the stream, `Readable::skip`), so dockerd stages only what it has yet to apply; the
+//! feed passes no byte the walk has not decided on yet (`Readable::decided`). The partial
+//! images (untagged, named by their configs) are removed after the real load.
 //! Nothing here is on the path of correctness: every byte comes from verified segments, and
 //! dockerd checks each layer against the diff id in the config.
 
@@ -66,28 +69,50 @@ impl Distributor {
         &self,
         key: &str,
         path: &Path,
-        mut readable: watch::Receiver<Readable>,
+        readable_tx: &watch::Sender<Readable>,
     ) -> Vec<String> {
         let mut made = Vec::new();
-        if !self.loader.loads_layers_ahead() {
-            return made;
+        if self.loader.loads_layers_ahead() {
+            self.walk_and_preload(key, path, readable_tx, &mut made)
+                .await;
         }
+        // Whatever stopped the walk, the real load now takes the rest as it is.
+        readable_tx.send_modify(|r| r.decided = u64::MAX);
+        made
+    }
+
+    async fn walk_and_preload(
+        &self,
+        key: &str,
+        path: &Path,
+        readable_tx: &watch::Sender<Readable>,
+        made: &mut Vec<String>,
+    ) {
+        let mut readable = readable_tx.subscribe();
         let mut walk = Walk::default();
         loop {
             let now = readable.borrow_and_update().clone();
             if now.failed.is_some() {
-                return made;
+                return;
             }
             loop {
+                let entry = walk.at;
                 match walk.step(path, now.upto).await {
                     Ok(None) => break,
-                    Ok(Some(Step::Next)) => {}
-                    Ok(Some(Step::Stop)) => return made,
+                    Ok(Some(Step::Next)) => {
+                        readable_tx.send_modify(|r| r.decided = walk.at);
+                    }
+                    Ok(Some(Step::Stop)) => return,
                     Ok(Some(Step::Layer { k, offset, len })) => {
                         match self.load_ahead(&walk, k, path, offset, len).await {
                             Ok(id) => {
                                 made.push(id);
                                 self.update(key, |r| r.stats.layers_loaded_ahead += 1);
+                                // The real load needs neither the layer's header nor its data.
+                                readable_tx.send_modify(|r| {
+                                    r.skip.push((entry, walk.at));
+                                    r.decided = walk.at;
+                                });
                             }
                             Err(e) => {
                                 tracing::warn!(
@@ -95,18 +120,18 @@ impl Distributor {
                                     layer = k,
                                     "loading a layer ahead failed; the whole load will do it: {e}"
                                 );
-                                return made;
+                                return;
                             }
                         }
                     }
                     Err(e) => {
                         tracing::debug!(key, "not loading layers ahead: {e}");
-                        return made;
+                        return;
                     }
                 }
             }
             if now.hashed.is_some() || readable.changed().await.is_err() {
-                return made;
+                return;
             }
         }
     }

@@ -45,20 +45,28 @@ impl Distributor {
         }
         let slot = self.take_slot(key, ImageState::Downloading).await;
         let path = self.received_tarball(&d.id);
-        let (readable_tx, readable) = watch::channel(Readable::default());
+        let (readable_tx, readable) =
+            watch::channel(Readable::new(self.loader.loads_layers_ahead()));
         // The runtime reads what is verified while the download runs (see feed.rs).
         let load = async {
             let started = Instant::now();
-            self.with_retries(key, "load", None, || async {
-                if let Some(why) = readable.borrow().failed.clone() {
-                    return Err(LoadError::DownloadFailed(why));
+            let mut first = true;
+            self.with_retries(key, "load", None, || {
+                // Only the first attempt leaves out the layers loaded ahead.
+                let skipping = std::mem::replace(&mut first, false);
+                let readable = readable.clone();
+                let path = path.clone();
+                async move {
+                    if let Some(why) = readable.borrow().failed.clone() {
+                        return Err(LoadError::DownloadFailed(why));
+                    }
+                    let chunks = verified_chunks(path.clone(), readable, skipping);
+                    let tarball = Box::pin(tokio_util::io::StreamReader::new(chunks));
+                    self.loader
+                        .load_streamed(tarball, &path)
+                        .await
+                        .map_err(LoadError::Loader)
                 }
-                let chunks = verified_chunks(path.clone(), readable.clone());
-                let tarball = Box::pin(tokio_util::io::StreamReader::new(chunks));
-                self.loader
-                    .load_streamed(tarball, &path)
-                    .await
-                    .map_err(LoadError::Loader)
             })
             .await?;
             Ok::<_, String>(started.elapsed())
@@ -69,7 +77,7 @@ impl Distributor {
             // real load finds them.
             let (result, preloaded) = tokio::join!(
                 self.download(key, &mut updates, &path, &readable_tx),
-                self.preload_layers(key, &path, readable.clone())
+                self.preload_layers(key, &path, &readable_tx)
             );
             match &result {
                 Ok((_, len)) => readable_tx.send_modify(|r| r.verified = Some(*len)),
