@@ -380,13 +380,12 @@ fn phases(stats: &[serde_json::Value], t0_unix: f64) -> String {
     if let Some(o) = origin {
         if let (Some(s), Some(c)) = (rel(o, "started_at"), rel(o, "completed_at")) {
             parts.push(format!(
-                "origin heard the push at {s:.1} s and had pulled + exported + hashed the tarball at {c:.1} s"
+                "origin heard the push at {s:.1} s and had read the image from the registry \
+                 into segments (seeded as each was written) by {c:.1} s"
             ));
         }
         if let Some(l) = rel(o, "loaded_at") {
-            parts.push(format!(
-                "origin loaded (already in its dockerd) at {l:.1} s"
-            ));
+            parts.push(format!("origin loaded it into its own dockerd by {l:.1} s"));
         }
     }
     let others: Vec<&serde_json::Value> = stats.iter().filter(|s| s["origin"] != true).collect();
@@ -412,7 +411,7 @@ fn phases(stats: &[serde_json::Value], t0_unix: f64) -> String {
     }
     if let Some(p50) = quantile(&loads, 0.5) {
         parts.push(format!(
-            "docker load took p50 {p50:.1} s, max {:.1} s",
+            "docker load (streamed from the first segment on, so it includes the download) took p50 {p50:.1} s, max {:.1} s",
             loads.last().copied().unwrap_or(p50)
         ));
     }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 /// registered before its end, so withholding the end withholds the image.
 pub(crate) const HOLD_BACK: u64 = 64 << 10;
 /// Read size.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 
 /// How much of the tarball may be read, published by the download (and by the walk that
 /// loads layers ahead, `preload.rs`).
@@ -95,7 +95,7 @@ impl PrefixHasher {
         let hasher = tokio::task::spawn_blocking(move || -> io::Result<Sha256> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; 128 << 10];
             let mut at = from;
             while at < to {
                 let n = ((to - at) as usize).min(buf.len());

@@ -36,7 +36,7 @@ use crate::registry::archive::{header, padded};
 /// Largest config read from the archive.
 const MAX_CONFIG: u64 = 8 << 20;
 /// Read size when streaming a layer into a partial archive.
-const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = 128 << 10;
 
 /// What the walk has found so far.
 #[derive(Default)]

@@ -19,6 +19,12 @@ use super::{now_secs, Distributor, Retryable};
 use crate::image::{Distribution, Segment};
 use crate::stats::ImageState;
 
+/// Segments a receiver downloads at once (the next starts when one completes). Each
+/// segment's torrent holds up to `PIECE_MEMORY_PER_SEGMENT` of pieces in progress, so this
+/// bounds a download's memory however many segments are announced (a late joiner sees all
+/// of them at once); the origin announces them in order, so two keep every link busy.
+pub(super) const SEGMENTS_IN_FLIGHT: usize = 2;
+
 /// How often a download looks at its torrents (completed segments are passed on to the
 /// loader at most this late).
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -125,7 +131,9 @@ impl Distributor {
         let mut since = Instant::now();
         loop {
             let d = updates.borrow_and_update().clone();
-            for segment in &d.segments[torrents.len()..] {
+            let in_flight = torrents.iter().filter(|t| !t.stats().is_complete()).count();
+            let room = SEGMENTS_IN_FLIGHT.saturating_sub(in_flight);
+            for segment in d.segments[torrents.len()..].iter().take(room) {
                 let start = ends.last().copied().unwrap_or(0);
                 let handle = self.add_segment(&d, segment, path, start, resume).await?;
                 self.update(key, |r| r.torrents.push(handle.clone()));

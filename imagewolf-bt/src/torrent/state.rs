@@ -360,9 +360,17 @@ impl TorrentState {
         }
     }
 
+    /// Frees the spare piece buffers (the torrent is complete).
+    pub fn release_spare_buffers(&mut self) {
+        self.spare_buffers = Vec::new();
+    }
+
     /// Keeps a finished piece buffer for the next piece: fresh allocations of this size are
     /// fresh pages from the kernel (a page fault and a zeroing per 4 KiB), reuse is free.
     pub fn recycle_buffer(&mut self, data: Vec<u8>) {
+        if self.is_complete() {
+            return;
+        }
         let max = (SPARE_BUFFER_BYTES / self.lengths.piece_len() as usize).max(1);
         if self.spare_buffers.len() < max {
             self.spare_buffers.push(data);

@@ -158,7 +158,13 @@ pub(crate) fn publish_stats(torrent: &Torrent) {
 ///
 /// [`Storage::flush`]: crate::storage::Storage::flush
 pub(crate) async fn on_complete(torrent: &Arc<Torrent>) {
-    torrent.state().status = TorrentStatus::Seeding;
+    {
+        let mut state = torrent.state();
+        state.status = TorrentStatus::Seeding;
+        // A seed assembles no more pieces: spare piece buffers would only hold memory while
+        // it seeds (up to 4 MiB per torrent; an agent seeds many segments' torrents).
+        state.release_spare_buffers();
+    }
     publish_stats(torrent);
     torrent.emit(TorrentEvent::Completed);
     if let Some(announcer) = torrent
