@@ -104,7 +104,8 @@ fn segment_len(size_hint: u64, piece_length: u32) -> u64 {
     wanted.next_multiple_of(u64::from(piece_length))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (digests in announcements, ids, file names).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

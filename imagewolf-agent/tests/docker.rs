@@ -57,31 +57,9 @@ fn image_ref(
 /// Builds a `LAYERS`-layer image in `builder`, pushes it, returns (image id, manifest digest).
 fn build_and_push(builder: &Dockerd, reference: &str) -> (String, String) {
     let t = Instant::now();
-    let id = build_test_image(builder, reference, LAYERS, LAYER_MIB)
-        .unwrap_or_else(|e| panic!("building {reference}: {e}\n{}", builder.log_tail()));
-    let built = t.elapsed();
-    builder
-        .run_cli(&["push", reference])
-        .unwrap_or_else(|e| panic!("pushing {reference}: {e}"));
-    let repo_digest = builder
-        .run_cli(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{index .RepoDigests 0}}",
-            reference,
-        ])
-        .expect("repo digest after push");
-    let digest = repo_digest
-        .trim()
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_owned())
-        .expect("RepoDigests entry has an @digest");
-    eprintln!(
-        "built {reference} in {built:?}, pushed in {:?}",
-        t.elapsed() - built
-    );
-    (id, digest)
+    let pushed = imagewolf::docker::build_and_push(builder, reference, LAYERS, LAYER_MIB);
+    eprintln!("built and pushed {reference} in {:?}", t.elapsed());
+    pushed
 }
 
 async fn connect(d: &Dockerd) -> Docker {

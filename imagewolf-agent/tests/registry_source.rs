@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use imagewolf::docker::{build_test_image, Dockerd, Registry};
+use imagewolf::docker::{build_and_push, Dockerd, Registry};
 use imagewolf::TempDir;
 use imagewolf_agent::docker::Docker;
 use imagewolf_agent::image::ImageRef;
@@ -31,35 +31,6 @@ fn start_daemons(names: &[&str]) -> Vec<Dockerd> {
                 .unwrap_or_else(|e| panic!("dockerd did not start: {e}"))
         })
         .collect()
-}
-
-/// Builds a `layers` x `layer_mib` image, pushes it; returns (image id, manifest digest).
-fn build_and_push(
-    builder: &Dockerd,
-    reference: &str,
-    layers: usize,
-    layer_mib: usize,
-) -> (String, String) {
-    let id = build_test_image(builder, reference, layers, layer_mib)
-        .unwrap_or_else(|e| panic!("building {reference}: {e}\n{}", builder.log_tail()));
-    builder
-        .run_cli(&["push", reference])
-        .unwrap_or_else(|e| panic!("pushing {reference}: {e}"));
-    let repo_digest = builder
-        .run_cli(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{index .RepoDigests 0}}",
-            reference,
-        ])
-        .expect("repo digest after push");
-    let digest = repo_digest
-        .trim()
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_owned())
-        .expect("RepoDigests entry has an @digest");
-    (id, digest)
 }
 
 fn image_ref(

@@ -777,6 +777,36 @@ pub fn build_test_image(
     result
 }
 
+/// [`build_test_image`], then `docker push`; returns (image id, manifest digest). Panics
+/// with the daemon's log on failure (a test helper).
+pub fn build_and_push(
+    builder: &Dockerd,
+    reference: &str,
+    layers: usize,
+    layer_mib: usize,
+) -> (String, String) {
+    let id = build_test_image(builder, reference, layers, layer_mib)
+        .unwrap_or_else(|e| panic!("building {reference}: {e}\n{}", builder.log_tail()));
+    builder
+        .run_cli(&["push", reference])
+        .unwrap_or_else(|e| panic!("pushing {reference}: {e}"));
+    let repo_digest = builder
+        .run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .RepoDigests 0}}",
+            reference,
+        ])
+        .expect("repo digest after push");
+    let digest = repo_digest
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_owned())
+        .expect("RepoDigests entry has an @digest");
+    (id, digest)
+}
+
 fn build_in(
     dockerd: &Dockerd,
     ctx: &Path,

@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
+use crate::tarball::hex;
+
 /// Bytes kept back until the whole tarball's SHA-256 is checked. Every archive format the
 /// runtimes read ends with its index (`manifest.json`, tar's end blocks) and is not
 /// registered before its end, so withholding the end withholds the image.
@@ -220,10 +222,6 @@ async fn open(path: &Path) -> io::Result<tokio::fs::File> {
     tokio::fs::File::open(path)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

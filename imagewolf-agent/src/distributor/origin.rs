@@ -234,15 +234,10 @@ fn distribution_id(key: &str, origin: &SocketAddr, now: f64) -> String {
     h.update(key.as_bytes());
     h.update(origin.to_string().as_bytes());
     h.update(now.to_be_bytes());
-    h.finalize()
-        .iter()
-        .take(20)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::tarball::hex(&h.finalize()[..20])
 }
 
 /// A file name for an image key (keys contain `/`, `:` and `@`).
 fn file_stem(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    crate::tarball::hex(&Sha256::digest(key.as_bytes())[..16])
 }

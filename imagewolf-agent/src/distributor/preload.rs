@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use super::feed::Readable;
 use super::Distributor;
 use crate::registry::archive::{header, padded};
+use crate::tarball::hex;
 
 /// Largest config read from the archive.
 const MAX_CONFIG: u64 = 8 << 20;
@@ -322,10 +323,6 @@ async fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, String
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("reading the tarball: {e}"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

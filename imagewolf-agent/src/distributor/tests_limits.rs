@@ -4,6 +4,7 @@
 //! working limit get 503 and the registry's resend is taken, and a download nobody can finish
 //! fails after the stall timeout, frees its slot and keeps its verified part for a later run.
 
+use crate::tarball::hex;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -405,10 +406,6 @@ fn distribution_with_pieces(
         now_secs() as u64,
     );
     (d, meta)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
