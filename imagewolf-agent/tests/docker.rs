@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imagewolf::docker::{build_test_image, free_port, Dockerd, Registry};
+use imagewolf::docker::{build_test_image, free_port, start_daemons, Dockerd, Registry};
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http;
 use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
@@ -20,25 +20,6 @@ use imagewolf_agent::source::{ImageSource, PulledImage};
 
 const LAYERS: usize = 3;
 const LAYER_MIB: usize = 7;
-
-/// Starts several daemons at once (each takes ~1-6 s to answer its first ping).
-fn start_daemons(names: &[&str]) -> Vec<Dockerd> {
-    let handles: Vec<_> = names
-        .iter()
-        .map(|n| {
-            let n = n.to_string();
-            std::thread::spawn(move || Dockerd::start(&n, &[]))
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| {
-            h.join()
-                .expect("dockerd start thread panicked")
-                .unwrap_or_else(|e| panic!("dockerd did not start: {e}"))
-        })
-        .collect()
-}
 
 fn image_ref(
     registry: &str,

@@ -7,31 +7,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use imagewolf::docker::{build_and_push, Dockerd, Registry};
+use imagewolf::docker::{build_and_push, start_daemons, Dockerd, Registry};
 use imagewolf::TempDir;
 use imagewolf_agent::docker::Docker;
 use imagewolf_agent::image::ImageRef;
 use imagewolf_agent::loader::ImageLoader;
 use imagewolf_agent::registry::RegistrySource;
 use imagewolf_agent::source::{ImageSource, PulledImage};
-
-fn start_daemons(names: &[&str]) -> Vec<Dockerd> {
-    let handles: Vec<_> = names
-        .iter()
-        .map(|n| {
-            let n = n.to_string();
-            std::thread::spawn(move || Dockerd::start(&n, &[]))
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| {
-            h.join()
-                .expect("dockerd start thread panicked")
-                .unwrap_or_else(|e| panic!("dockerd did not start: {e}"))
-        })
-        .collect()
-}
 
 fn image_ref(
     registry: &str,

@@ -777,6 +777,26 @@ pub fn build_test_image(
     result
 }
 
+/// Starts one daemon per name at once (each takes ~1-6 s to answer its first ping). Panics
+/// if one does not start (a test helper).
+pub fn start_daemons(names: &[&str]) -> Vec<Dockerd> {
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let n = n.to_string();
+            std::thread::spawn(move || Dockerd::start(&n, &[]))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .expect("dockerd start thread panicked")
+                .unwrap_or_else(|e| panic!("dockerd did not start: {e}"))
+        })
+        .collect()
+}
+
 /// [`build_test_image`], then `docker push`; returns (image id, manifest digest). Panics
 /// with the daemon's log on failure (a test helper).
 pub fn build_and_push(
