@@ -109,16 +109,11 @@ impl RegistryHttp {
         accept: Option<&str>,
         max_body: usize,
     ) -> Result<Bounded, HttpError> {
-        let work = async {
+        within_deadline(url, async {
             let resp = self.send(method, url, accept).await?;
             read_bounded(url, resp, max_body).await
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
-            .await
-            .map_err(|_| HttpError::Timeout {
-                url: url.to_owned(),
-                after: REQUEST_TIMEOUT,
-            })?
+        })
+        .await
     }
 
     /// A GET whose body is read whole (at most `max_body` bytes), following redirects.
@@ -128,16 +123,11 @@ impl RegistryHttp {
         accept: Option<&str>,
         max_body: usize,
     ) -> Result<Bounded, HttpError> {
-        let work = async {
+        within_deadline(url, async {
             let (url, resp) = self.get_following(url, accept).await?;
             read_bounded(&url, resp, max_body).await
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, work)
-            .await
-            .map_err(|_| HttpError::Timeout {
-                url: url.to_owned(),
-                after: REQUEST_TIMEOUT,
-            })?
+        })
+        .await
     }
 
     /// A GET following redirects, returning the final URL and the response with its body
@@ -295,6 +285,19 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 pub fn digest_of(hash: &[u8]) -> String {
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// `work` (a request to `url`) bounded by [`REQUEST_TIMEOUT`].
+async fn within_deadline<T>(
+    url: &str,
+    work: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| HttpError::Timeout {
+            url: url.to_owned(),
+            after: REQUEST_TIMEOUT,
+        })?
 }
 
 #[cfg(test)]

@@ -102,15 +102,7 @@ impl FileStorage {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_writable(path)?;
         if file.metadata()?.len() < end {
             file.set_len(end)?;
         }
@@ -156,15 +148,7 @@ impl FileStorage {
         for (rel, len) in files {
             let path = safe_join(root, rel)?;
             let file = if writable {
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)?;
+                let file = open_writable(&path)?;
                 if file.metadata()?.len() != *len {
                     file.set_len(*len)?;
                 }
@@ -249,6 +233,19 @@ impl Storage for FileStorage {
     fn flush(&self) -> io::Result<()> {
         self.spans.iter().try_for_each(|s| s.file.sync_data())
     }
+}
+
+/// Opens `path` read-write, creating it (and its directory) if missing, keeping its contents.
+fn open_writable(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// `root/rel`, refusing absolute paths and `..` so a torrent cannot name a file outside `root`.
