@@ -2,6 +2,8 @@
 //! torrents (piece hashes) and the whole file's SHA-256 are computed in the same pass.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use imagewolf_bt::metainfo::{piece_length_for, Metainfo, TorrentBuilder};
 use sha2::{Digest, Sha256};
@@ -51,6 +53,7 @@ impl SegmentWriter {
             sink: Sha256Writer {
                 inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
                 hasher: Sha256::new(),
+                counted: None,
             },
             offset: 0,
             piece_length,
@@ -58,6 +61,13 @@ impl SegmentWriter {
             announce,
             segments: 0,
         })
+    }
+
+    /// Also adds every byte written to `counter` (the node's intake, see
+    /// `distributor/pacing.rs`).
+    pub(crate) fn counting_into(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.sink.counted = Some(counter);
+        self
     }
 
     /// Reads the next segment to disk and returns its torrent and offset in the file, or
@@ -113,6 +123,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 struct Sha256Writer<W> {
     inner: W,
     hasher: Sha256,
+    /// Bytes written are added here too, when set.
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Sha256Writer<W> {
@@ -125,6 +137,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Sha256Writer<W> {
         let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &poll {
             this.hasher.update(&buf[..*n]);
+            if let Some(c) = &this.counted {
+                c.fetch_add(*n as u64, Ordering::Relaxed);
+            }
         }
         poll
     }

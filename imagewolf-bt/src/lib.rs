@@ -54,6 +54,7 @@
 //! - [`picker`]: rarest-first piece picker with strict endgame.
 //! - [`tracker`]: announce parsing and replies, plus an HTTP tracker server and client.
 //! - [`storage`]: where payloads live (files or memory), positioned I/O.
+//! - [`rate`]: the session-wide upload cap ([`Session::set_upload_rate`]).
 //! - [`Session`] / [`TorrentHandle`]: connections, choking, verification, progress.
 //!
 //! See ARCHITECTURE.md in the repository for data flow, invariants and locking rules.
@@ -66,6 +67,7 @@ mod id;
 pub mod metainfo;
 mod peer;
 pub mod picker;
+pub mod rate;
 mod session;
 pub mod storage;
 mod torrent;

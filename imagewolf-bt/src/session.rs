@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::SessionConfig;
 use crate::picker::Picker;
+use crate::rate::UploadLimit;
 use crate::torrent::state::TorrentState;
 use crate::torrent::{
     AddTorrent, Counters, StartFrom, Torrent, TorrentError, TorrentHandle, TorrentStats,
@@ -79,6 +80,8 @@ struct Inner {
     listen_addr: SocketAddr,
     torrents: TorrentTable,
     hashing: Arc<Semaphore>,
+    /// Piece data every torrent's writers may send (unlimited unless set).
+    upload_limit: Arc<UploadLimit>,
 }
 
 /// Why a session could not start.
@@ -107,6 +110,7 @@ impl Session {
             config: Arc::new(config),
             listen_addr,
             torrents: Mutex::new(HashMap::new()),
+            upload_limit: Arc::default(),
         });
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
         Ok(Session { inner, accept_task })
@@ -120,6 +124,18 @@ impl Session {
     /// The session's settings.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
+    }
+
+    /// Caps the piece data all torrents of this session upload together, in bytes per
+    /// second (`None` lifts the cap; unlimited is the default). Takes effect at once, also
+    /// for connections already open; see [`crate::rate`] for when a cap helps.
+    pub fn set_upload_rate(&self, bytes_per_sec: Option<u64>) {
+        self.inner.upload_limit.set_rate(bytes_per_sec);
+    }
+
+    /// The cap set by [`Session::set_upload_rate`], if any.
+    pub fn upload_rate(&self) -> Option<u64> {
+        self.inner.upload_limit.rate()
     }
 
     /// Adds a torrent and starts it: downloading, seeding, or checking first, as
@@ -187,6 +203,7 @@ impl Session {
             state: Mutex::new(state),
             counters: Counters::default(),
             hashing: Arc::clone(&self.inner.hashing),
+            upload_limit: Arc::clone(&self.inner.upload_limit),
             verifying_bytes: Default::default(),
             verify_drained: Notify::new(),
             stats_tx: watch::Sender::new(initial),

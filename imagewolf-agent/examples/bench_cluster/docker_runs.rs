@@ -199,7 +199,11 @@ fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
         .arg(&data)
         .args(["--docker-host", &setup.dockerds[i].docker_host()])
         .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
-        .env("RUST_LOG", "info,imagewolf_bt=info")
+        // BENCH_AGENT_LOG (a RUST_LOG filter) for diagnosis, e.g. `info,imagewolf_agent=debug`.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null());

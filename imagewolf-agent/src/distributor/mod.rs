@@ -56,7 +56,8 @@
 //!
 //! Files: `admit.rs` (entry points and their gates), `origin.rs`, `receive.rs`, `lifecycle.rs`
 //! (slots, seeding after the load, cleanup), `records.rs`, `retry.rs`, `views.rs` (/stats,
-//! /metrics, the catch-up listing, the tracker, the HTTP API adapter).
+//! /metrics, the catch-up listing, the tracker, the HTTP API adapter), `pacing.rs` (the
+//! upload cap while an origin reads its source).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -76,6 +77,7 @@ mod admit;
 mod feed;
 mod lifecycle;
 mod origin;
+mod pacing;
 mod preload;
 mod receive;
 mod records;
@@ -145,6 +147,8 @@ pub struct Distributor {
     records: Mutex<Records>,
     /// One permit per `--max-torrents` slot.
     slots: Arc<Semaphore>,
+    /// What origins read from image sources; caps the upload while they do (`pacing.rs`).
+    intake: Arc<pacing::IntakeMeter>,
 }
 
 /// Why the distributor could not start.
@@ -208,8 +212,10 @@ impl Distributor {
             tracker: Mutex::new(tracker),
             records: Mutex::new(Records::default()),
             slots: Arc::new(Semaphore::new(config.max_torrents.max(1))),
+            intake: Arc::default(),
             config,
         });
+        tokio::spawn(pacing::pace_uploads(Arc::downgrade(&this)));
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
             loop {

@@ -46,7 +46,9 @@ impl Distributor {
             .map_err(|e| format!("export: {e}"))?;
         let path = self.origin_tarball(key);
         let mut writer =
-            SegmentWriter::create(tarball, &path, pulled.size_hint, self.tracker_url()).await?;
+            SegmentWriter::create(tarball, &path, pulled.size_hint, self.tracker_url())
+                .await?
+                .counting_into(self.intake.counter());
         let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());
         let created = now_secs() as u64;
         let mut d = Distribution {
@@ -82,9 +84,11 @@ impl Distributor {
         let spread = async {
             let (announce_tx, announce_rx) = watch::channel(None);
             let announcer = tokio::spawn(Arc::clone(self).announce_updates(announce_rx));
+            let pulling = self.intake.pulling();
             let result = self
                 .export_segments(key, &mut writer, &mut d, &announce_tx, &readable_tx)
                 .await;
+            drop(pulling);
             drop(announce_tx);
             // The last announcement goes out before the origin calls its part done.
             let _ = announcer.await;

@@ -152,6 +152,7 @@ impl Distributor {
                     .await
                     .map_err(|e| format!("hashing {}: {e}", path.display()))?;
                 readable.send_modify(|r| r.upto = upto);
+                tracing::debug!(key, segments = done, upto, "verified prefix");
             }
             if let Some(expected) = &d.sha256 {
                 if done == torrents.len() {

@@ -70,6 +70,10 @@ pub(super) async fn run(
         if !frames.is_empty() {
             let len = next_chunk(&mut frame_lens, WRITE_CHUNK);
             let chunk = frames.split_to(len.min(frames.len()));
+            tokio::select! {
+                _ = torrent.upload_limit.acquire(chunk.len() as u64) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            }
             write.write_all(&chunk).await?;
             if frames.is_empty() {
                 Counters::add(&torrent.counters.uploaded, frames_payload);

@@ -91,6 +91,8 @@ pub(crate) struct Torrent {
     pub counters: Counters,
     /// Bounds the number of pieces being hashed at once (session-wide).
     pub hashing: Arc<Semaphore>,
+    /// The session-wide cap on piece data sent (see [`crate::rate`]).
+    pub upload_limit: Arc<crate::rate::UploadLimit>,
     /// Bytes of complete pieces waiting to be hashed and written. Peers stop requesting
     /// while it is above [`Torrent::piece_memory_limit`], so a disk slower than the network
     /// costs bounded memory instead of piling up buffers.
