@@ -137,7 +137,11 @@ async fn run(
         }
         // An initial seed starts by showing nothing; the reader then shows pieces a few at a
         // time (see `SeedSpreader`).
-        let spreading = state.spread.as_mut().map(|s| s.peer_joined(key)).is_some();
+        let spreading = state
+            .spread
+            .as_mut()
+            .map(|s| s.peer_joined(key, std::time::Instant::now()))
+            .is_some();
         let have = state.picker.have();
         let have_count = if spreading {
             0

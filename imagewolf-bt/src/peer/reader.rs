@@ -316,7 +316,7 @@ impl Reader {
             || !have
             || io.serve.len() >= self.torrent.config.max_queued_peer_requests;
         if let (false, Some(spread)) = (refuse, &mut state.spread) {
-            spread.requested(self.link.key, block.piece());
+            spread.requested(self.link.key, block.piece(), Instant::now());
         }
         drop(state);
         if refuse {

@@ -9,23 +9,34 @@
 //! [`SeedSpreader`] is the sans-IO state machine of a BEP 16-style "super seed" tuned for a
 //! LAN. The seed first tells each peer it has nothing, then *shows* it pieces one HAVE at a
 //! time:
-//! - each peer always has [`SeedSpreader::WINDOW`] shown pieces it has neither requested nor
-//!   got, so its request pipeline to the seed never runs dry; a request for a shown piece
-//!   shows the next one, so a fast peer is shown pieces as fast as it asks for them;
-//! - the piece shown next is the one shown least often so far (ties at random), so peers
-//!   receive distinct pieces from the seed and trade them among themselves;
+//! - each peer always has up to [`SeedSpreader::WINDOW_BYTES`] of shown pieces it has neither
+//!   requested nor got, so its request pipeline to the seed never runs dry; a request for a
+//!   shown piece shows the next one, so a fast peer is shown pieces as fast as it asks;
+//! - only *free* pieces are shown: not gone out, and not waiting in another peer's window.
+//!   The least-shown free piece goes first (ties at random), so peers receive distinct pieces
+//!   from the seed and trade them among themselves;
+//! - when no free piece is left (the last ones wait in peers' windows), nothing is shown:
+//!   showing a piece a second time then would spend the seed's upload on a copy. A window's
+//!   pieces are freed for others only when its peer leaves, or stalls (asks the seed for
+//!   nothing for [`SeedSpreader::STALL`]; see [`SeedSpreader::release_stalled`]);
 //! - once every piece has *gone out* (some peer requested it from us, or announced having
 //!   it), spreading is over: the caller shows every peer all remaining pieces
 //!   ([`SeedSpreader::unshown`]) and seeds normally from then on, which lets the seed's
 //!   upload help with the swarm's tail.
 //!
-//! Invariants (checked by the tests and the property test below):
+//! Measured on the 16-node cluster bench (`docs/bench/cluster-swarm-notes.md`): showing the
+//! pieces waiting in other windows again, as this did before, cost the seed 1.1-1.2 copies
+//! per piece and kept the last 40 distinct pieces from leaving it for 2.4 s.
+//!
+//! Invariants (checked by [`SeedSpreader::check`] after every step of the property test):
 //! - a piece is shown to one peer at most once;
-//! - a peer's pending list holds at most `WINDOW` pieces, all shown to it, none requested by
-//!   it or announced by it;
+//! - a peer's window holds at most `window_len` pieces, all shown to it;
+//! - a piece is *free* (listed in `free`) iff it has not gone out and is in no window, so a
+//!   piece that has not gone out is in at most one window;
 //! - `gone_out_count` equals the number of set bits of `gone_out`.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bitvec::{order::Msb0, slice::BitSlice};
 use rand::{rngs::SmallRng, SeedableRng};
@@ -39,29 +50,52 @@ use crate::{Lengths, PieceIndex};
 struct Shown {
     /// Pieces we sent a HAVE for.
     shown: Bitfield,
-    /// Shown pieces the peer has neither requested from us nor announced (at most `WINDOW`).
-    pending: Vec<u32>,
+    /// The window: shown pieces the peer has neither requested from us nor announced (at
+    /// most `window_len`).
+    window: Vec<u32>,
+    /// When the peer last asked us for a block, or was shown a piece into an empty window:
+    /// a window older than [`SeedSpreader::STALL`] past this is released.
+    last_progress: Instant,
+    /// Pieces that went out to this peer: it was the first to ask us for them.
+    given: u32,
 }
 
 /// Chooses which pieces an initial seed shows to which peer (see the module docs).
 #[derive(Clone, Debug)]
 pub struct SeedSpreader {
     lengths: Lengths,
-    /// Every piece, ranked by how often it was shown (plus one once it has gone out).
-    ranked: RankedSet,
+    /// The free pieces (not gone out, in no window), ranked by how often each was shown.
+    /// Counts are kept for pieces that are not listed.
+    free: RankedSet,
     rng: SmallRng,
     /// Pieces that some peer requested from us or announced having.
     gone_out: Bitfield,
     /// Set bits of `gone_out`.
     gone_out_count: u32,
+    /// Pieces in a full window: [`SeedSpreader::WINDOW_BYTES`] of them, at least
+    /// [`SeedSpreader::MIN_WINDOW`].
+    window_len: usize,
     peers: HashMap<PeerKey, Shown>,
+    /// Sum of `given` over `peers`.
+    total_given: u64,
 }
 
 impl SeedSpreader {
-    /// Shown pieces a peer may hold without having requested them.
-    pub const WINDOW: usize = 2;
+    /// Bytes of shown pieces a peer may hold without having requested them (at least
+    /// [`SeedSpreader::MIN_WINDOW`] pieces). A show costs a round trip through the seed's
+    /// busy uplink and back before the peer can ask for it, so the window must cover that
+    /// round trip at the peer's share of the seed's link: with 2 pieces of 64 KiB, peers
+    /// whose requests came back slower got a smaller share of the seed's distinct pieces
+    /// and the rest of the swarm waited on the ones that got more.
+    pub const WINDOW_BYTES: u64 = 512 * 1024;
+    /// The fewest shown pieces a peer may hold without having requested them.
+    pub const MIN_WINDOW: usize = 2;
     /// Counts saturate here, so memory stays bounded however long the seed runs.
     pub const MAX_COUNT: u32 = u16::MAX as u32;
+    /// A peer that asks the seed for nothing this long has its window's pieces freed for
+    /// others. A live peer asks within a round trip of being shown a piece (its pipeline to
+    /// the seed is about a second deep), so this only catches a peer that stopped.
+    pub const STALL: Duration = Duration::from_secs(1);
 
     /// A spreader for a seed none of whose pieces has gone out yet.
     pub fn new(lengths: Lengths) -> Self {
@@ -75,17 +109,20 @@ impl SeedSpreader {
 
     fn from_rng(lengths: Lengths, mut rng: SmallRng) -> Self {
         let n = lengths.num_pieces();
-        let mut ranked = RankedSet::new(n, Self::MAX_COUNT);
+        let mut free = RankedSet::new(n, Self::MAX_COUNT);
         for p in 0..n {
-            ranked.insert(p, &mut rng);
+            free.insert(p, &mut rng);
         }
         Self {
             lengths,
-            ranked,
+            free,
             rng,
             gone_out: Bitfield::repeat(false, n as usize),
             gone_out_count: 0,
+            window_len: ((Self::WINDOW_BYTES / u64::from(lengths.piece_len())) as usize)
+                .max(Self::MIN_WINDOW),
             peers: HashMap::new(),
+            total_given: 0,
         }
     }
 
@@ -94,37 +131,80 @@ impl SeedSpreader {
         self.gone_out_count == self.lengths.num_pieces()
     }
 
+    /// Pieces a full window holds.
+    pub fn window_len(&self) -> usize {
+        self.window_len
+    }
+
     /// Pieces that have gone out so far.
     pub fn gone_out_count(&self) -> u32 {
         self.gone_out_count
     }
 
-    /// Times `piece` was shown, plus one if it has gone out.
+    /// Times `piece` was shown to a peer.
     pub fn shown_count(&self, piece: PieceIndex) -> u32 {
-        self.ranked.count(piece.get())
+        self.free.count(piece.get())
     }
 
     /// A peer connected; nothing is shown to it yet.
-    pub fn peer_joined(&mut self, peer: PeerKey) {
+    pub fn peer_joined(&mut self, peer: PeerKey, now: Instant) {
         let n = self.lengths.num_pieces() as usize;
-        self.peers.insert(
-            peer,
-            Shown {
-                shown: Bitfield::repeat(false, n),
-                pending: Vec::with_capacity(Self::WINDOW),
-            },
-        );
+        let fresh = Shown {
+            shown: Bitfield::repeat(false, n),
+            window: Vec::with_capacity(self.window_len),
+            last_progress: now,
+            given: 0,
+        };
+        // A key joining twice starts over; what its old window held is free again.
+        if let Some(old) = self.peers.insert(peer, fresh) {
+            self.total_given -= u64::from(old.given);
+            self.free_all(&old.window);
+        }
     }
 
-    /// A peer disconnected. Pieces shown only to it are shown to others as they ask for more
-    /// (they stay least-shown among those that have not gone out).
+    /// A peer disconnected. The pieces in its window are free again: shown to others first
+    /// among those shown before (they are the least shown).
     pub fn peer_left(&mut self, peer: PeerKey) {
-        self.peers.remove(&peer);
+        if let Some(shown) = self.peers.remove(&peer) {
+            self.total_given -= u64::from(shown.given);
+            self.free_all(&shown.window);
+        }
+    }
+
+    /// Frees the windows of peers that asked us for nothing for [`SeedSpreader::STALL`]
+    /// (call it every tick): their pieces are shown to others. The peer keeps what it was
+    /// shown and may still ask for it. Returns how many pieces were freed.
+    pub fn release_stalled(&mut self, now: Instant) -> usize {
+        let mut freed = Vec::new();
+        for shown in self.peers.values_mut() {
+            if !shown.window.is_empty()
+                && now.saturating_duration_since(shown.last_progress) >= Self::STALL
+            {
+                freed.append(&mut shown.window);
+            }
+        }
+        self.free_all(&freed);
+        freed.len()
+    }
+
+    fn free_all(&mut self, pieces: &[u32]) {
+        for &p in pieces {
+            if !self.gone_out[p as usize] {
+                self.free.insert(p, &mut self.rng);
+            }
+        }
     }
 
     /// `peer` asked us for a block of `piece`: the piece is on its way out.
-    pub fn requested(&mut self, peer: PeerKey, piece: PieceIndex) {
-        self.settle(peer, piece);
+    pub fn requested(&mut self, peer: PeerKey, piece: PieceIndex, now: Instant) {
+        let first = self.settle(peer, piece);
+        if let Some(shown) = self.peers.get_mut(&peer) {
+            shown.last_progress = now;
+            if first {
+                shown.given = shown.given.saturating_add(1);
+                self.total_given += 1;
+            }
+        }
     }
 
     /// `peer` announced `piece` (HAVE): it got it, from us or from another peer.
@@ -148,20 +228,30 @@ impl SeedSpreader {
         }
     }
 
-    fn settle(&mut self, peer: PeerKey, piece: PieceIndex) {
+    /// Takes `piece` out of `peer`'s window and marks it gone out. Returns whether this is
+    /// the first time it went out.
+    fn settle(&mut self, peer: PeerKey, piece: PieceIndex) -> bool {
         let p = piece.get();
         if let Some(shown) = self.peers.get_mut(&peer) {
-            shown.pending.retain(|&q| q != p);
+            shown.window.retain(|&q| q != p);
         }
-        if !self.gone_out.replace(piece.as_usize(), true) {
-            self.gone_out_count += 1;
-            // Rank it behind the pieces that are shown but still only here.
-            self.ranked.increment(p, &mut self.rng);
+        if self.gone_out.replace(piece.as_usize(), true) {
+            return false;
         }
+        self.gone_out_count += 1;
+        self.free.remove(p);
+        true
     }
 
-    /// Shows `peer` more pieces until its window is full, appending them to `out` (send a
-    /// HAVE for each). `peer_bits` / `peer_has_all` are what the peer announced; pieces it
+    /// Whether a peer that was given `given` pieces is ahead of its share: more than 5/4 of
+    /// the average over connected peers, plus a window.
+    fn ahead_of_share(&self, given: u32) -> bool {
+        let peers = self.peers.len().max(1) as u64;
+        u64::from(given) > self.total_given * 5 / (4 * peers) + self.window_len as u64
+    }
+
+    /// Shows `peer` more free pieces until its window is full, appending them to `out` (send
+    /// a HAVE for each). `peer_bits` / `peer_has_all` are what the peer announced; pieces it
     /// has are never shown. Returns how many were added. Nothing is shown once spreading is
     /// done (see [`SeedSpreader::unshown`]).
     pub fn top_up(
@@ -169,20 +259,25 @@ impl SeedSpreader {
         peer: PeerKey,
         peer_bits: &BitSlice<u8, Msb0>,
         peer_has_all: bool,
+        now: Instant,
         out: &mut Vec<PieceIndex>,
     ) -> usize {
-        if peer_has_all || self.is_done() {
+        if peer_has_all || self.is_done() || self.free.order().is_empty() {
             return 0;
+        }
+        match self.peers.get(&peer) {
+            Some(shown) if !self.ahead_of_share(shown.given) => {}
+            _ => return 0,
         }
         let Some(shown) = self.peers.get_mut(&peer) else {
             return 0;
         };
-        let want = Self::WINDOW.saturating_sub(shown.pending.len());
+        let want = self.window_len.saturating_sub(shown.window.len());
         if want == 0 {
             return 0;
         }
         let before = out.len();
-        for &p in self.ranked.order() {
+        for &p in self.free.order() {
             if out.len() - before == want {
                 break;
             }
@@ -194,10 +289,15 @@ impl SeedSpreader {
                 out.push(piece);
             }
         }
+        if out.len() > before && shown.window.is_empty() {
+            shown.last_progress = now;
+        }
         for piece in &out[before..] {
+            let p = piece.get();
             shown.shown.set(piece.as_usize(), true);
-            shown.pending.push(piece.get());
-            self.ranked.increment(piece.get(), &mut self.rng);
+            shown.window.push(p);
+            self.free.remove(p);
+            self.free.increment(p, &mut self.rng);
         }
         out.len() - before
     }
@@ -224,18 +324,35 @@ impl SeedSpreader {
                 out.push(piece);
             }
         }
-        shown.pending.clear();
+        shown.window.clear();
     }
 
     /// Checks the invariants in the module docs; for tests.
     #[cfg(test)]
     pub(crate) fn check(&self) {
         assert_eq!(self.gone_out.count_ones() as u32, self.gone_out_count);
+        self.free.check().unwrap();
+        let given: u64 = self.peers.values().map(|s| u64::from(s.given)).sum();
+        assert_eq!(given, self.total_given);
+        let mut windows = vec![0u32; self.lengths.num_pieces() as usize];
         for shown in self.peers.values() {
-            assert!(shown.pending.len() <= Self::WINDOW);
-            for &p in &shown.pending {
+            assert!(shown.window.len() <= self.window_len);
+            for &p in &shown.window {
                 assert!(shown.shown[p as usize]);
+                windows[p as usize] += 1;
             }
+        }
+        for (p, &in_windows) in windows.iter().enumerate() {
+            let gone_out = self.gone_out[p];
+            assert_eq!(
+                self.free.contains(p as u32),
+                !gone_out && in_windows == 0,
+                "piece {p}: free iff not gone out and in no window"
+            );
+            assert!(
+                gone_out || in_windows <= 1,
+                "piece {p} in {in_windows} windows"
+            );
         }
     }
 }
@@ -245,17 +362,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Pieces big enough that a window is [`SeedSpreader::MIN_WINDOW`] of them.
+    const PIECE: u64 = SeedSpreader::WINDOW_BYTES / SeedSpreader::MIN_WINDOW as u64;
+
+    /// A fixed clock reading for the tests (the spreader only compares instants).
+    fn t0() -> Instant {
+        use std::sync::OnceLock;
+        static T0: OnceLock<Instant> = OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
+
     fn bits(n: usize) -> Bitfield {
         Bitfield::repeat(false, n)
     }
 
     #[test]
     fn every_piece_is_shown_once_before_any_twice() {
-        let l = Lengths::new(40 * 1024, 1024).unwrap();
+        let l = Lengths::new(40 * PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 3);
         let peers: Vec<PeerKey> = (0..4).map(PeerKey).collect();
         for &p in &peers {
-            s.peer_joined(p);
+            s.peer_joined(p, t0());
         }
         let empty = bits(40);
         let mut shown = Vec::new();
@@ -263,9 +390,9 @@ mod tests {
         for _ in 0..10 {
             for &peer in &peers {
                 let mut out = Vec::new();
-                s.top_up(peer, &empty, false, &mut out);
+                s.top_up(peer, &empty, false, t0(), &mut out);
                 for piece in out {
-                    s.requested(peer, piece);
+                    s.requested(peer, piece, t0());
                     shown.push(piece.get());
                 }
             }
@@ -279,54 +406,58 @@ mod tests {
 
     #[test]
     fn window_stays_full_until_requested() {
-        let l = Lengths::new(10 * 1024, 1024).unwrap();
+        let l = Lengths::new(10 * PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 1);
         let a = PeerKey(1);
-        s.peer_joined(a);
+        s.peer_joined(a, t0());
         let empty = bits(10);
         let mut out = Vec::new();
-        assert_eq!(s.top_up(a, &empty, false, &mut out), SeedSpreader::WINDOW);
-        assert_eq!(s.top_up(a, &empty, false, &mut out), 0, "window is full");
-        s.requested(a, out[0]);
-        assert_eq!(s.top_up(a, &empty, false, &mut out), 1);
-        assert_eq!(out.len(), SeedSpreader::WINDOW + 1);
+        assert_eq!(s.top_up(a, &empty, false, t0(), &mut out), s.window_len());
+        assert_eq!(
+            s.top_up(a, &empty, false, t0(), &mut out),
+            0,
+            "window is full"
+        );
+        s.requested(a, out[0], t0());
+        assert_eq!(s.top_up(a, &empty, false, t0(), &mut out), 1);
+        assert_eq!(out.len(), s.window_len() + 1);
         s.check();
     }
 
     #[test]
     fn never_shows_what_the_peer_has() {
-        let l = Lengths::new(4 * 1024, 1024).unwrap();
+        let l = Lengths::new(4 * PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 1);
         let a = PeerKey(1);
-        s.peer_joined(a);
+        s.peer_joined(a, t0());
         let mut have = bits(4);
         have.set(0, true);
         have.set(1, true);
         have.set(2, true);
         s.peer_bitfield(a, &have);
         let mut out = Vec::new();
-        assert_eq!(s.top_up(a, &have, false, &mut out), 1);
+        assert_eq!(s.top_up(a, &have, false, t0(), &mut out), 1);
         assert_eq!(out[0].get(), 3);
-        assert_eq!(s.top_up(a, &have, true, &mut out), 0);
+        assert_eq!(s.top_up(a, &have, true, t0(), &mut out), 0);
     }
 
     #[test]
     fn done_when_every_piece_went_out_then_shows_the_rest() {
-        let l = Lengths::new(6 * 1024, 1024).unwrap();
+        let l = Lengths::new(6 * PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 7);
         let (a, b) = (PeerKey(1), PeerKey(2));
-        s.peer_joined(a);
-        s.peer_joined(b);
+        s.peer_joined(a, t0());
+        s.peer_joined(b, t0());
         let empty = bits(6);
         let mut shown_a = Vec::new();
-        s.top_up(a, &empty, false, &mut shown_a);
+        s.top_up(a, &empty, false, t0(), &mut shown_a);
         for p in l.pieces() {
             assert!(!s.is_done());
             s.peer_has(b, p);
         }
         assert!(s.is_done());
         let mut out = Vec::new();
-        assert_eq!(s.top_up(a, &empty, false, &mut out), 0);
+        assert_eq!(s.top_up(a, &empty, false, t0(), &mut out), 0);
         s.unshown(a, &empty, false, &mut out);
         assert_eq!(out.len() + shown_a.len(), 6);
         assert!(out.iter().all(|p| !shown_a.contains(p)));
@@ -334,22 +465,22 @@ mod tests {
 
     #[test]
     fn a_departed_peers_pieces_are_shown_to_others_first() {
-        let l = Lengths::new(8 * 1024, 1024).unwrap();
+        let l = Lengths::new(8 * PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 5);
         let (a, b) = (PeerKey(1), PeerKey(2));
-        s.peer_joined(a);
+        s.peer_joined(a, t0());
         let empty = bits(8);
         let mut to_a = Vec::new();
-        s.top_up(a, &empty, false, &mut to_a);
+        s.top_up(a, &empty, false, t0(), &mut to_a);
         s.peer_left(a);
-        s.peer_joined(b);
+        s.peer_joined(b, t0());
         // Pieces shown to a but never gone out rank with count 1; unshown ones (count 0)
         // come first, then a's.
         let mut to_b = Vec::new();
         for _ in 0..4 {
-            s.top_up(b, &empty, false, &mut to_b);
+            s.top_up(b, &empty, false, t0(), &mut to_b);
             for &p in &to_b[to_b.len().saturating_sub(2)..] {
-                s.requested(b, p);
+                s.requested(b, p, t0());
             }
         }
         assert!(to_b.len() >= 6);
@@ -357,19 +488,73 @@ mod tests {
             to_b[..6].iter().all(|p| !to_a.contains(p)),
             "{to_a:?} {to_b:?}"
         );
-        s.top_up(b, &empty, false, &mut to_b);
+        s.top_up(b, &empty, false, t0(), &mut to_b);
         assert!(to_a.iter().all(|p| to_b.contains(p)));
     }
 
     #[test]
+    fn waiting_windows_are_not_shown_again_until_their_peer_stalls() {
+        let l = Lengths::new(4 * PIECE, PIECE as u32).unwrap();
+        let mut s = SeedSpreader::with_rng_seed(l, 2);
+        let (a, b) = (PeerKey(1), PeerKey(2));
+        s.peer_joined(a, t0());
+        s.peer_joined(b, t0());
+        let empty = bits(4);
+        let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+        s.top_up(a, &empty, false, t0(), &mut to_a);
+        s.top_up(b, &empty, false, t0(), &mut to_b);
+        // a asks for both of its pieces; every other piece waits in b's window.
+        let half = t0() + SeedSpreader::STALL / 2;
+        for &p in &to_a {
+            s.requested(a, p, half);
+        }
+        assert_eq!(s.top_up(a, &empty, false, half, &mut to_a), 0);
+        assert_eq!(
+            s.release_stalled(half),
+            0,
+            "b was shown its window just now"
+        );
+        assert_eq!(
+            s.release_stalled(t0() + SeedSpreader::STALL),
+            2,
+            "b asked for nothing for STALL"
+        );
+        assert_eq!(s.top_up(a, &empty, false, half, &mut to_a), 2);
+        assert!(to_b.iter().all(|p| to_a.contains(p)), "{to_a:?} {to_b:?}");
+        s.check();
+        // b may still ask for what it was shown.
+        s.requested(b, to_b[0], half);
+        s.check();
+    }
+
+    #[test]
+    fn a_peer_that_keeps_asking_keeps_its_window() {
+        let l = Lengths::new(8 * PIECE, PIECE as u32).unwrap();
+        let mut s = SeedSpreader::with_rng_seed(l, 4);
+        let a = PeerKey(1);
+        s.peer_joined(a, t0());
+        let empty = bits(8);
+        let mut out = Vec::new();
+        s.top_up(a, &empty, false, t0(), &mut out);
+        s.requested(a, out[0], t0() + SeedSpreader::STALL / 2);
+        s.top_up(a, &empty, false, t0() + SeedSpreader::STALL / 2, &mut out);
+        assert_eq!(s.release_stalled(t0() + SeedSpreader::STALL), 0);
+        assert_eq!(
+            s.release_stalled(t0() + SeedSpreader::STALL * 2),
+            s.window_len()
+        );
+        s.check();
+    }
+
+    #[test]
     fn counts_saturate() {
-        let l = Lengths::new(1024, 1024).unwrap();
+        let l = Lengths::new(PIECE, PIECE as u32).unwrap();
         let mut s = SeedSpreader::with_rng_seed(l, 1);
         let empty = bits(1);
         for k in 0..SeedSpreader::MAX_COUNT + 5 {
             let peer = PeerKey(u64::from(k));
-            s.peer_joined(peer);
-            s.top_up(peer, &empty, false, &mut Vec::new());
+            s.peer_joined(peer, t0());
+            s.top_up(peer, &empty, false, t0(), &mut Vec::new());
             s.peer_left(peer);
         }
         assert_eq!(s.shown_count(l.piece(0).unwrap()), SeedSpreader::MAX_COUNT);
@@ -382,6 +567,8 @@ mod tests {
         TopUp(u8),
         RequestPending(u8),
         Has(u8, u16),
+        /// Time passes (ms) and stalled windows are released.
+        Tick(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -391,6 +578,7 @@ mod tests {
             (0u8..6).prop_map(Op::TopUp),
             (0u8..6).prop_map(Op::RequestPending),
             ((0u8..6), (0u16..64)).prop_map(|(p, i)| Op::Has(p, i)),
+            (0u16..1500).prop_map(Op::Tick),
         ]
     }
 
@@ -400,16 +588,17 @@ mod tests {
         /// only those.
         #[test]
         fn invariants_hold(ops in proptest::collection::vec(op(), 1..300), pieces in 1u32..64) {
-            let l = Lengths::new(u64::from(pieces) * 1024, 1024).unwrap();
+            let l = Lengths::new(u64::from(pieces) * PIECE, PIECE as u32).unwrap();
             let mut s = SeedSpreader::with_rng_seed(l, 9);
             let mut have: HashMap<u8, Bitfield> = HashMap::new();
             let mut shown_to: HashMap<u8, Vec<u32>> = HashMap::new();
             let mut times_shown = vec![0u32; pieces as usize];
             let mut gone_out = vec![false; pieces as usize];
+            let mut now = t0();
             for op in ops {
                 match op {
                     Op::Join(p) => {
-                        s.peer_joined(PeerKey(p.into()));
+                        s.peer_joined(PeerKey(p.into()), now);
                         have.insert(p, bits(pieces as usize));
                         shown_to.insert(p, Vec::new());
                     }
@@ -426,7 +615,7 @@ mod tests {
                             .filter(|&i| times_shown[i as usize] == 0 && !gone_out[i as usize] && !bits[i as usize])
                             .collect();
                         let mut out = Vec::new();
-                        s.top_up(PeerKey(p.into()), bits, false, &mut out);
+                        s.top_up(PeerKey(p.into()), bits, false, now, &mut out);
                         let got: Vec<u32> = out.iter().map(|p| p.get()).collect();
                         if got.iter().any(|i| !fresh.contains(i)) {
                             prop_assert!(fresh.iter().all(|i| got.contains(i)),
@@ -443,7 +632,7 @@ mod tests {
                     }
                     Op::RequestPending(p) => {
                         if let Some(&piece) = shown_to.get(&p).and_then(|l| l.last()) {
-                            s.requested(PeerKey(p.into()), l.piece(piece).unwrap());
+                            s.requested(PeerKey(p.into()), l.piece(piece).unwrap(), now);
                             gone_out[piece as usize] = true;
                         }
                     }
@@ -454,6 +643,10 @@ mod tests {
                             s.peer_has(PeerKey(p.into()), l.piece(i).unwrap());
                             gone_out[i as usize] = true;
                         }
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms.into());
+                        s.release_stalled(now);
                     }
                 }
                 s.check();

@@ -387,7 +387,13 @@ impl TorrentState {
         let mut pieces = Vec::new();
         if !spread.is_done() {
             if let Some(entry) = self.peers.get(&key) {
-                spread.top_up(key, &entry.bitfield, entry.has_all, &mut pieces);
+                spread.top_up(
+                    key,
+                    &entry.bitfield,
+                    entry.has_all,
+                    Instant::now(),
+                    &mut pieces,
+                );
                 entry.link.send_haves(&pieces);
             }
             return true;

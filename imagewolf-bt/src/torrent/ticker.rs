@@ -28,6 +28,10 @@ pub(crate) async fn run(torrent: Arc<Torrent>) {
         }
         dial_candidates(&torrent);
         let now = Instant::now();
+        if let Some(spread) = &mut torrent.state().spread {
+            // A stalled peer's window goes to the others (see `SeedSpreader::STALL`).
+            spread.release_stalled(now);
+        }
         if now.duration_since(last_rechoke) >= RECHOKE_EVERY {
             last_rechoke = now;
             rechoke(&torrent);
