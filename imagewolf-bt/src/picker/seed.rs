@@ -19,6 +19,11 @@
 //!   showing a piece a second time then would spend the seed's upload on a copy. A window's
 //!   pieces are freed for others only when its peer leaves, or stalls (asks the seed for
 //!   nothing for [`SeedSpreader::STALL`]; see [`SeedSpreader::release_stalled`]);
+//! - a peer that was given more than 5/4 of the average share of distinct pieces (plus a
+//!   window) is shown nothing until the others catch up. TCP does not share the seed's
+//!   uplink fairly among its connections (under BBR the first peers to connect took 20-40x
+//!   the bytes of the others for seconds), and a peer holding few distinct pieces has little
+//!   its neighbours need, so its own uplink idles while theirs is the bottleneck;
 //! - once every piece has *gone out* (some peer requested it from us, or announced having
 //!   it), spreading is over: the caller shows every peer all remaining pieces
 //!   ([`SeedSpreader::unshown`]) and seeds normally from then on, which lets the seed's
@@ -28,12 +33,13 @@
 //! pieces waiting in other windows again, as this did before, cost the seed 1.1-1.2 copies
 //! per piece and kept the last 40 distinct pieces from leaving it for 2.4 s.
 //!
-//! Invariants (checked by [`SeedSpreader::check`] after every step of the property test):
+//! Invariants (checked by `SeedSpreader::check` after every step of the property test):
 //! - a piece is shown to one peer at most once;
 //! - a peer's window holds at most `window_len` pieces, all shown to it;
 //! - a piece is *free* (listed in `free`) iff it has not gone out and is in no window, so a
 //!   piece that has not gone out is in at most one window;
-//! - `gone_out_count` equals the number of set bits of `gone_out`.
+//! - `gone_out_count` equals the number of set bits of `gone_out`, and `total_given` the sum
+//!   of every peer's `given`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -543,6 +549,50 @@ mod tests {
             s.release_stalled(t0() + SeedSpreader::STALL * 2),
             s.window_len()
         );
+        s.check();
+    }
+
+    #[test]
+    fn a_peer_ahead_of_its_share_waits_for_the_others() {
+        let l = Lengths::new(64 * PIECE, PIECE as u32).unwrap();
+        let mut s = SeedSpreader::with_rng_seed(l, 6);
+        let (fast, slow) = (PeerKey(1), PeerKey(2));
+        s.peer_joined(fast, t0());
+        s.peer_joined(slow, t0());
+        let empty = bits(64);
+        let mut to_slow = Vec::new();
+        s.top_up(slow, &empty, false, t0(), &mut to_slow);
+        // The fast peer asks for everything it is shown; the slow one asks for nothing.
+        let mut given_fast = 0;
+        loop {
+            let mut out = Vec::new();
+            if s.top_up(fast, &empty, false, t0(), &mut out) == 0 {
+                break;
+            }
+            for p in out {
+                s.requested(fast, p, t0());
+                given_fast += 1;
+            }
+        }
+        // Average share with the slow peer at 0: given / 2; the fast one stops once it is
+        // more than a window past 5/4 of that.
+        let window = s.window_len();
+        assert!(
+            given_fast > window,
+            "the fast peer was served: {given_fast}"
+        );
+        assert!(given_fast <= 3 * window + 1, "{given_fast} > 3 windows");
+        assert!(!s.is_done());
+        // Once the slow peer takes its pieces, the fast one is shown more.
+        for &p in &to_slow {
+            s.requested(slow, p, t0());
+        }
+        let mut out = Vec::new();
+        s.top_up(slow, &empty, false, t0(), &mut out);
+        for p in out {
+            s.requested(slow, p, t0());
+        }
+        assert!(s.top_up(fast, &empty, false, t0(), &mut Vec::new()) > 0);
         s.check();
     }
 
