@@ -89,10 +89,10 @@ pub struct SeedSpreader {
 impl SeedSpreader {
     /// Bytes of shown pieces a peer may hold without having requested them (at least
     /// [`SeedSpreader::MIN_WINDOW`] pieces). A show costs a round trip through the seed's
-    /// busy uplink and back before the peer can ask for it, so the window must cover that
-    /// round trip at the peer's share of the seed's link: with 2 pieces of 64 KiB, peers
-    /// whose requests came back slower got a smaller share of the seed's distinct pieces
-    /// and the rest of the swarm waited on the ones that got more.
+    /// busy uplink (its queue holds 100-200 ms on the bench) before the peer can ask for it,
+    /// so the window should cover that round trip at the peer's share of the seed's link.
+    /// Two pieces did when pieces were 256 KiB; the window is kept at that many bytes for
+    /// 64 KiB pieces (a 2-piece window measured no better, within the bench's noise).
     pub const WINDOW_BYTES: u64 = 512 * 1024;
     /// The fewest shown pieces a peer may hold without having requested them.
     pub const MIN_WINDOW: usize = 2;
