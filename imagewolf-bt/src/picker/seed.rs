@@ -18,9 +18,11 @@
 //! - when no free piece is left (the last ones wait in peers' windows), nothing is shown:
 //!   showing a piece a second time then would spend the seed's upload on a copy. A window's
 //!   pieces are freed for others only when its peer leaves, or stalls (asks the seed for
-//!   nothing for [`SeedSpreader::STALL`]; see [`SeedSpreader::release_stalled`]);
+//!   nothing for [`SeedSpreader::STALL`]; see [`SeedSpreader::tick`]);
 //! - a peer that was given more than 5/4 of the average share of distinct pieces (plus a
-//!   window) is shown nothing until the others catch up. TCP does not share the seed's
+//!   window) is shown nothing until the others catch up. The average is over live peers
+//!   (those that asked the seed for something within [`SeedSpreader::STALL`], as of the
+//!   last tick or since), so a stalled peer cannot hold the others back. TCP does not share the seed's
 //!   uplink fairly among its connections (under BBR the first peers to connect took 20-40x
 //!   the bytes of the others for seconds), and a peer holding few distinct pieces has little
 //!   its neighbours need, so its own uplink idles while theirs is the bottleneck;
@@ -38,8 +40,8 @@
 //! - a peer's window holds at most `window_len` pieces, all shown to it;
 //! - a piece is *free* (listed in `free`) iff it has not gone out and is in no window, so a
 //!   piece that has not gone out is in at most one window;
-//! - `gone_out_count` equals the number of set bits of `gone_out`, and `total_given` the sum
-//!   of every peer's `given`.
+//! - `gone_out_count` equals the number of set bits of `gone_out`; `live_peers` and
+//!   `live_given` count the peers marked live and their `given`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -64,6 +66,9 @@ struct Shown {
     last_progress: Instant,
     /// Pieces that went out to this peer: it was the first to ask us for them.
     given: u32,
+    /// Counted in the fair share: it asked us for something within
+    /// [`SeedSpreader::STALL`] as of the last tick, or since.
+    live: bool,
 }
 
 /// Chooses which pieces an initial seed shows to which peer (see the module docs).
@@ -82,8 +87,9 @@ pub struct SeedSpreader {
     /// [`SeedSpreader::MIN_WINDOW`].
     window_len: usize,
     peers: HashMap<PeerKey, Shown>,
-    /// Sum of `given` over `peers`.
-    total_given: u64,
+    /// Live peers, and the sum of their `given`: the fair share is their average.
+    live_peers: u64,
+    live_given: u64,
 }
 
 impl SeedSpreader {
@@ -128,7 +134,8 @@ impl SeedSpreader {
             window_len: ((Self::WINDOW_BYTES / u64::from(lengths.piece_len())) as usize)
                 .max(Self::MIN_WINDOW),
             peers: HashMap::new(),
-            total_given: 0,
+            live_peers: 0,
+            live_given: 0,
         }
     }
 
@@ -160,10 +167,12 @@ impl SeedSpreader {
             window: Vec::with_capacity(self.window_len),
             last_progress: now,
             given: 0,
+            live: true,
         };
+        self.live_peers += 1;
         // A key joining twice starts over; what its old window held is free again.
         if let Some(old) = self.peers.insert(peer, fresh) {
-            self.total_given -= u64::from(old.given);
+            self.forget_live(&old);
             self.free_all(&old.window);
         }
     }
@@ -172,25 +181,44 @@ impl SeedSpreader {
     /// among those shown before (they are the least shown).
     pub fn peer_left(&mut self, peer: PeerKey) {
         if let Some(shown) = self.peers.remove(&peer) {
-            self.total_given -= u64::from(shown.given);
+            self.forget_live(&shown);
             self.free_all(&shown.window);
         }
     }
 
-    /// Frees the windows of peers that asked us for nothing for [`SeedSpreader::STALL`]
-    /// (call it every tick): their pieces are shown to others. The peer keeps what it was
-    /// shown and may still ask for it. Returns how many pieces were freed.
-    pub fn release_stalled(&mut self, now: Instant) -> usize {
+    /// Call once per tick. Frees the windows of peers that asked us for nothing for
+    /// [`SeedSpreader::STALL`] (their pieces are shown to others; the peer keeps what it was
+    /// shown and may still ask for it), and recomputes the share cap from the peers that did.
+    /// Returns how many pieces were freed.
+    pub fn tick(&mut self, now: Instant) -> usize {
         let mut freed = Vec::new();
+        (self.live_peers, self.live_given) = (0, 0);
         for shown in self.peers.values_mut() {
-            if !shown.window.is_empty()
-                && now.saturating_duration_since(shown.last_progress) >= Self::STALL
-            {
+            shown.live = now.saturating_duration_since(shown.last_progress) < Self::STALL;
+            if shown.live {
+                self.live_peers += 1;
+                self.live_given += u64::from(shown.given);
+            } else {
                 freed.append(&mut shown.window);
             }
         }
         self.free_all(&freed);
         freed.len()
+    }
+
+    fn forget_live(&mut self, shown: &Shown) {
+        if shown.live {
+            self.live_peers -= 1;
+            self.live_given -= u64::from(shown.given);
+        }
+    }
+
+    /// Whether a peer that was given `given` pieces may be shown more: at most 5/4 of the
+    /// live peers' average plus a window (no cap while no peer is live).
+    fn within_share(&self, given: u32) -> bool {
+        self.live_peers == 0
+            || u64::from(given)
+                <= self.live_given * 5 / (4 * self.live_peers) + self.window_len as u64
     }
 
     fn free_all(&mut self, pieces: &[u32]) {
@@ -206,9 +234,14 @@ impl SeedSpreader {
         let first = self.settle(peer, piece);
         if let Some(shown) = self.peers.get_mut(&peer) {
             shown.last_progress = now;
-            if first {
-                shown.given = shown.given.saturating_add(1);
-                self.total_given += 1;
+            if !shown.live {
+                shown.live = true;
+                self.live_peers += 1;
+                self.live_given += u64::from(shown.given);
+            }
+            if first && shown.given < u32::MAX {
+                shown.given += 1;
+                self.live_given += 1;
             }
         }
     }
@@ -249,13 +282,6 @@ impl SeedSpreader {
         true
     }
 
-    /// Whether a peer that was given `given` pieces is ahead of its share: more than 5/4 of
-    /// the average over connected peers, plus a window.
-    fn ahead_of_share(&self, given: u32) -> bool {
-        let peers = self.peers.len().max(1) as u64;
-        u64::from(given) > self.total_given * 5 / (4 * peers) + self.window_len as u64
-    }
-
     /// Shows `peer` more free pieces until its window is full, appending them to `out` (send
     /// a HAVE for each). `peer_bits` / `peer_has_all` are what the peer announced; pieces it
     /// has are never shown. Returns how many were added. Nothing is shown once spreading is
@@ -272,7 +298,7 @@ impl SeedSpreader {
             return 0;
         }
         match self.peers.get(&peer) {
-            Some(shown) if !self.ahead_of_share(shown.given) => {}
+            Some(shown) if self.within_share(shown.given) => {}
             _ => return 0,
         }
         let Some(shown) = self.peers.get_mut(&peer) else {
@@ -338,8 +364,12 @@ impl SeedSpreader {
     pub(crate) fn check(&self) {
         assert_eq!(self.gone_out.count_ones() as u32, self.gone_out_count);
         self.free.check().unwrap();
-        let given: u64 = self.peers.values().map(|s| u64::from(s.given)).sum();
-        assert_eq!(given, self.total_given);
+        let live = self.peers.values().filter(|s| s.live);
+        assert_eq!(live.clone().count() as u64, self.live_peers);
+        assert_eq!(
+            live.map(|s| u64::from(s.given)).sum::<u64>(),
+            self.live_given
+        );
         let mut windows = vec![0u32; self.lengths.num_pieces() as usize];
         for shown in self.peers.values() {
             assert!(shown.window.len() <= self.window_len);
@@ -515,13 +545,9 @@ mod tests {
             s.requested(a, p, half);
         }
         assert_eq!(s.top_up(a, &empty, false, half, &mut to_a), 0);
+        assert_eq!(s.tick(half), 0, "b was shown its window just now");
         assert_eq!(
-            s.release_stalled(half),
-            0,
-            "b was shown its window just now"
-        );
-        assert_eq!(
-            s.release_stalled(t0() + SeedSpreader::STALL),
+            s.tick(t0() + SeedSpreader::STALL),
             2,
             "b asked for nothing for STALL"
         );
@@ -544,11 +570,8 @@ mod tests {
         s.top_up(a, &empty, false, t0(), &mut out);
         s.requested(a, out[0], t0() + SeedSpreader::STALL / 2);
         s.top_up(a, &empty, false, t0() + SeedSpreader::STALL / 2, &mut out);
-        assert_eq!(s.release_stalled(t0() + SeedSpreader::STALL), 0);
-        assert_eq!(
-            s.release_stalled(t0() + SeedSpreader::STALL * 2),
-            s.window_len()
-        );
+        assert_eq!(s.tick(t0() + SeedSpreader::STALL), 0);
+        assert_eq!(s.tick(t0() + SeedSpreader::STALL * 2), s.window_len());
         s.check();
     }
 
@@ -593,6 +616,43 @@ mod tests {
             s.requested(slow, p, t0());
         }
         assert!(s.top_up(fast, &empty, false, t0(), &mut Vec::new()) > 0);
+        s.check();
+    }
+
+    #[test]
+    fn a_stalled_peer_does_not_hold_the_share_back() {
+        let l = Lengths::new(64 * PIECE, PIECE as u32).unwrap();
+        let mut s = SeedSpreader::with_rng_seed(l, 8);
+        let (fast, stuck) = (PeerKey(1), PeerKey(2));
+        s.peer_joined(fast, t0());
+        s.peer_joined(stuck, t0());
+        let empty = bits(64);
+        s.top_up(stuck, &empty, false, t0(), &mut Vec::new());
+        let half = t0() + SeedSpreader::STALL / 2;
+        let serve_fast = |s: &mut SeedSpreader, at: Instant| {
+            let mut n = 0;
+            loop {
+                let mut out = Vec::new();
+                if s.top_up(fast, &empty, false, at, &mut out) == 0 {
+                    return n;
+                }
+                for p in out {
+                    s.requested(fast, p, at);
+                    n += 1;
+                }
+            }
+        };
+        assert!(serve_fast(&mut s, half) > 0);
+        assert_eq!(
+            serve_fast(&mut s, half),
+            0,
+            "capped by the stuck peer's share"
+        );
+        // The stuck peer asked for nothing for STALL: its window is freed and it no longer
+        // counts in the average, so the fast peer is served until every piece is out.
+        assert_eq!(s.tick(t0() + SeedSpreader::STALL), s.window_len());
+        serve_fast(&mut s, t0() + SeedSpreader::STALL);
+        assert!(s.is_done(), "{} of 64 out", s.gone_out_count());
         s.check();
     }
 
@@ -696,7 +756,7 @@ mod tests {
                     }
                     Op::Tick(ms) => {
                         now += Duration::from_millis(ms.into());
-                        s.release_stalled(now);
+                        s.tick(now);
                     }
                 }
                 s.check();

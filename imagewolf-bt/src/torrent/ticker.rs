@@ -29,8 +29,8 @@ pub(crate) async fn run(torrent: Arc<Torrent>) {
         dial_candidates(&torrent);
         let now = Instant::now();
         if let Some(spread) = &mut torrent.state().spread {
-            // A stalled peer's window goes to the others (see `SeedSpreader::STALL`).
-            spread.release_stalled(now);
+            // Stalled windows go to the others; the fair-share cap follows the live peers.
+            spread.tick(now);
         }
         if now.duration_since(last_rechoke) >= RECHOKE_EVERY {
             last_rechoke = now;
