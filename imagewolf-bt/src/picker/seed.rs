@@ -188,7 +188,8 @@ impl SeedSpreader {
 
     /// Call once per tick. Frees the windows of peers that asked us for nothing for
     /// [`SeedSpreader::STALL`] (their pieces are shown to others; the peer keeps what it was
-    /// shown and may still ask for it), and recomputes the share cap from the peers that did.
+    /// shown and may still ask for it), and recounts the live peers whose average is the
+    /// fair share.
     /// Returns how many pieces were freed.
     pub fn tick(&mut self, now: Instant) -> usize {
         let mut freed = Vec::new();
