@@ -243,21 +243,26 @@ fn running_processes_pick_up_hosts_updates() {
 /// Runs an iperf3 test from `client` to the server in `server` (`reverse`: server sends) and
 /// returns the receiver's goodput in Mbit/s.
 fn iperf(server: &Node, client: &Node, reverse: bool) -> f64 {
+    let direction: &[&str] = if reverse { &["-R"] } else { &[] };
+    iperf_with(server, client, 5201, direction)
+}
+
+/// [`iperf`] on `port` with extra client arguments (two can run at once on distinct ports).
+fn iperf_with(server: &Node, client: &Node, port: u16, extra: &[&str]) -> f64 {
     let ip = server.ip.to_string();
+    let port_arg = port.to_string();
     let _srv = imagewolf::ChildGuard::spawn(
         "iperf3 server",
         server
             .command("iperf3")
-            .args(["-s", "-1", "-B", &ip, "-p", "5201"])
+            .args(["-s", "-1", "-B", &ip, "-p", &port_arg])
             .stdout(Stdio::null()),
     )
     .unwrap();
-    server.wait_listening(5201, Duration::from_secs(5)).unwrap();
+    server.wait_listening(port, Duration::from_secs(5)).unwrap();
     let mut cmd = client.command("iperf3");
-    cmd.args(["-c", &ip, "-p", "5201", "-t", "2", "-J"]);
-    if reverse {
-        cmd.arg("-R");
-    }
+    cmd.args(["-c", &ip, "-p", &port_arg, "-t", "2", "-J"]);
+    cmd.args(extra);
     let out = cmd.output().unwrap();
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "iperf3 failed: {json}");
@@ -294,6 +299,29 @@ fn shaping_limits_upload_and_download_to_the_rate() {
             "{what}: {mbit:.1} Mbit/s is outside 40%-105% of {rate}"
         );
     }
+}
+
+/// A node's upload queue is the kernel's default qdisc under the rate limit, so traffic
+/// marked as bulk yields to the node's other traffic, as on a real host (the agents' peer
+/// connections are marked so; `imagewolf_bt::SessionConfig::bulk_traffic`). Two uploads at
+/// once from one node: one marked bulk (TOS "throughput", which Linux maps to
+/// `TC_PRIO_BULK`), one not. With a single FIFO they would share the link about evenly.
+#[test]
+fn bulk_marked_uploads_yield_to_other_traffic() {
+    require();
+    let cluster = shaped(1, 1);
+    let (node, free) = (cluster.node(0), cluster.extra(0));
+    let (plain, bulk) = std::thread::scope(|s| {
+        let plain = s.spawn(|| iperf_with(free, node, 5301, &[]));
+        let bulk = s.spawn(|| iperf_with(free, node, 5302, &["-S", "0x08"]));
+        (plain.join().unwrap(), bulk.join().unwrap())
+    });
+    let rate = f64::from(RATE_MBIT);
+    eprintln!("best effort {plain:.1} Mbit/s, bulk {bulk:.1} Mbit/s, of {rate}");
+    assert!(
+        plain > 3.0 * bulk && plain > 0.6 * rate,
+        "best effort {plain:.1} Mbit/s did not get ahead of bulk {bulk:.1} Mbit/s on a {rate} Mbit/s uplink"
+    );
 }
 
 #[test]

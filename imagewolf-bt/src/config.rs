@@ -60,6 +60,14 @@ pub struct SessionConfig {
     /// upload then carries only distinct pieces while they exist nowhere else. Off: it
     /// announces every piece at once, as a plain seed does.
     pub spread_initial_seed: bool,
+    /// Marks peer connections as background bulk traffic: DSCP "Lower Effort" (RFC 8622)
+    /// in the IP header for the network, and the `TC_PRIO_BULK` socket priority for this
+    /// host's own queue (the lowest band of `pfifo_fast`, the kernel's default qdisc).
+    /// Why: a node seeding at line rate fills its NIC queue, and whatever else the node
+    /// sends waits behind it: the ACKs of the registry download that feeds the seed (its
+    /// intake then falls well below the link), the kubelet's and the applications' traffic.
+    /// Off: peer traffic is sent as best effort, like everything else.
+    pub bulk_traffic: bool,
 }
 
 impl Default for SessionConfig {
@@ -80,6 +88,7 @@ impl Default for SessionConfig {
             snub_timeout: Duration::from_secs(15),
             keepalive_interval: Duration::from_secs(30),
             spread_initial_seed: true,
+            bulk_traffic: true,
         }
     }
 }

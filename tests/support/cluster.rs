@@ -14,7 +14,9 @@
 //! Design decisions and invariants:
 //! - Shaping: `tbf` on the namespace end shapes the node's upload, on the bridge end its
 //!   download, like a full-duplex NIC. Burst is 256 KiB (or 10 ms at line rate, if larger: tbf
-//!   needs at least rate/HZ), latency 100 ms, as measured in /work/shared/notes/test-cluster.md.
+//!   needs at least rate/HZ), queues hold 100 ms, as measured in
+//!   /work/shared/notes/test-cluster.md. The upload queue is a `pfifo_fast` (the kernel's
+//!   default qdisc) under the tbf, so traffic marked as bulk yields as on a real host.
 //! - No default route by default: this machine forwards IPv4 (`ip_forward=1`), so a default
 //!   route via `S.1` would let a stray packet from a node leave the machine. Everything a test
 //!   needs is on the bridge's /24, which is a connected route. The namespaces get an
@@ -642,7 +644,14 @@ impl Cluster {
     }
 }
 
-/// Shapes both ends of `node`'s veth to `rate_mbit` with tbf, or removes the shaping.
+/// Shapes both ends of `node`'s veth to `rate_mbit`, or removes the shaping.
+///
+/// Download (the bridge end, a switch port): tbf, whose own FIFO holds 100 ms. Upload (the
+/// namespace end, the node's NIC): tbf with `pfifo_fast` under it, holding 100 ms per band,
+/// because that is where a real host queues what its NIC cannot send yet: in its default
+/// qdisc, whose bands let traffic marked as bulk (`SO_PRIORITY`) yield to the rest. A single
+/// FIFO here would make every host's ACKs wait behind its own bulk uploads, which no real
+/// host does.
 fn shape(node: &Node, rate_mbit: Option<u32>) -> Result<(), ClusterError> {
     let (host, inner, ns) = (
         node.host_veth.as_str(),
@@ -656,11 +665,11 @@ fn shape(node: &Node, rate_mbit: Option<u32>) -> Result<(), ClusterError> {
         return Ok(());
     };
     let rate = format!("{mbit}mbit");
+    let bytes_per_second = u64::from(mbit) * 1_000_000 / 8;
     // tbf needs a bucket of at least one timer tick's worth of bytes.
-    let burst_bytes = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
-    let burst = format!("{burst_bytes}b");
+    let burst = format!("{}b", (bytes_per_second / 100).max(256 * 1024));
     let tbf = [
-        "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+        "handle", "1:", "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
     ];
     let mut args = vec!["qdisc", "replace", "dev", host];
     args.extend(tbf);
@@ -668,6 +677,35 @@ fn shape(node: &Node, rate_mbit: Option<u32>) -> Result<(), ClusterError> {
     let mut args = vec!["-n", ns, "qdisc", "replace", "dev", inner];
     args.extend(tbf);
     run("tc", &args)?;
+    // pfifo_fast holds `txqueuelen` packets per band: 100 ms of full-size frames.
+    let packets = (bytes_per_second / 10 / 1514).max(16).to_string();
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "dev",
+            inner,
+            "txqueuelen",
+            &packets,
+        ],
+    )?;
+    run(
+        "tc",
+        &[
+            "-n",
+            ns,
+            "qdisc",
+            "replace",
+            "dev",
+            inner,
+            "parent",
+            "1:",
+            "pfifo_fast",
+        ],
+    )?;
     Ok(())
 }
 

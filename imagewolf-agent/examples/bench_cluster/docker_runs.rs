@@ -254,6 +254,10 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .run_cli(&["push", reference])
         .context("docker push")?;
     let push_secs = pushed_at.elapsed().as_secs_f64();
+    // Every node's link, and the registry's as the last column pair.
+    let mut links: Vec<Node> = setup.cluster.nodes()[..n].to_vec();
+    links.push(setup.registry_node.clone());
+    let sampler = crate::netlog::NetSampler::start(&links);
     let t0 = Instant::now();
     let t0_unix = unix_now();
     eprintln!("   push took {push_secs:.1} s; waiting for every node's dockerd to have it");
@@ -299,6 +303,15 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .map(|ip| agent_record(setup.rt, *ip, reference))
         .collect();
     let served = registry.blob_get_count();
+    let tag: String = setup
+        .name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let csv = setup.logs.join(format!("{tag}-net.csv"));
+    if let Err(e) = sampler.finish().write_csv(&csv) {
+        eprintln!("   writing {}: {e}", csv.display());
+    }
     drop(agents);
     drop(registry);
 

@@ -661,7 +661,7 @@ fn machine_description() -> String {
         .unwrap_or_default();
     let lt = imagewolf::require_libtorrent().unwrap_or_default();
     format!(
-        "{} vCPU ({model}), {mem_gib:.0} GiB RAM, {os}, Linux {}, libtorrent {lt}, links emulated with tc tbf on veth pairs (burst max(256 KiB, 10 ms), latency 100 ms)",
+        "{} vCPU ({model}), {mem_gib:.0} GiB RAM, {os}, Linux {}, libtorrent {lt}, links emulated with tc tbf on veth pairs (burst max(256 KiB, 10 ms), queues of 100 ms; the upload queue a pfifo_fast, the kernel default qdisc, under the tbf)",
         measure::cpu_count(),
         kernel.trim()
     )

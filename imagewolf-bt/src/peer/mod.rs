@@ -51,7 +51,7 @@ pub(crate) async fn dial(torrent: Arc<Torrent>, addr: SocketAddr) {
     let attempt = tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        limit_unsent(&stream);
+        tune_socket(&stream, torrent.config.bulk_traffic);
         stream.write_all(&ours.encode()).await?;
         let mut buf = [0u8; Handshake::LEN];
         stream.read_exact(&mut buf).await?;
@@ -103,7 +103,7 @@ async fn run(
     }
     let Ok(addr) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
-    limit_unsent(&stream);
+    tune_socket(&stream, torrent.config.bulk_traffic);
     let fast = theirs.supports_fast();
     let link = {
         let mut state = torrent.state();
@@ -223,15 +223,36 @@ async fn run(
 /// congestion window still fills.
 const NOTSENT_LOWAT: u32 = 64 * 1024;
 
-fn limit_unsent(stream: &TcpStream) {
+/// The DSCP "Lower Effort" code point (RFC 8622) in the IP header's TOS / traffic class
+/// byte (the DSCP sits in its upper six bits).
+const TOS_LOWER_EFFORT: u32 = 1 << 2;
+
+/// Linux's `TC_PRIO_BULK`: `pfifo_fast` (and `prio`) queue it in their last band.
+const TC_PRIO_BULK: u32 = 2;
+
+/// Socket options of every peer connection: the unsent-bytes limit ([`NOTSENT_LOWAT`]) and,
+/// with [`crate::SessionConfig::bulk_traffic`], the bulk marking. Best effort: a platform or
+/// sandbox that refuses an option leaves the connection as it is.
+fn tune_socket(stream: &TcpStream, bulk: bool) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        let socket = socket2::SockRef::from(stream);
+        if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
             tracing::debug!("TCP_NOTSENT_LOWAT: {e}");
+        }
+        if bulk {
+            // IP_TOS also resets the socket priority (from the TOS bits), so it goes first.
+            let tos = match stream.local_addr() {
+                Ok(std::net::SocketAddr::V6(_)) => socket.set_tclass_v6(TOS_LOWER_EFFORT),
+                _ => socket.set_tos_v4(TOS_LOWER_EFFORT),
+            };
+            if let Err(e) = tos.and_then(|()| socket.set_priority(TC_PRIO_BULK)) {
+                tracing::debug!("marking peer traffic as bulk: {e}");
+            }
         }
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = stream;
+    let _ = (stream, bulk);
 }
 
 /// Our BEP 10 handshake: no extension messages, a large `reqq` (libtorrent caps its queue
@@ -251,5 +272,33 @@ fn extension_handshake(torrent: &Torrent, addr: SocketAddr) -> Message {
     Message::Extended {
         id: crate::wire::EXTENDED_HANDSHAKE_ID,
         payload: hs.encode(),
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+
+    async fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (dialled.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bulk_marking_sets_lower_effort_and_the_bulk_priority() {
+        let (a, b) = connected_pair().await;
+        tune_socket(&a, true);
+        tune_socket(&b, false);
+        let marked = socket2::SockRef::from(&a);
+        assert_eq!(marked.tos_v4().unwrap(), TOS_LOWER_EFFORT);
+        // Setting IP_TOS after the priority would have reset it to best effort (0).
+        assert_eq!(marked.priority().unwrap(), TC_PRIO_BULK);
+        assert_eq!(marked.tcp_notsent_lowat().unwrap(), NOTSENT_LOWAT);
+        let plain = socket2::SockRef::from(&b);
+        assert_eq!(plain.tos_v4().unwrap(), 0);
+        assert_eq!(plain.priority().unwrap(), 0);
+        assert_eq!(plain.tcp_notsent_lowat().unwrap(), NOTSENT_LOWAT);
     }
 }
