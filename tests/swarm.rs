@@ -90,6 +90,69 @@ async fn one_seed_eight_downloaders_through_the_tracker() {
     seed.shutdown().await;
 }
 
+/// A seed added with `holding_spread` shows nothing more once every piece has gone out
+/// (here: all to one downloader, which then leaves), so a later peer gets nothing from it
+/// until `release_spreading`; then it seeds normally and the later peer completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_seed_shows_nothing_more_until_released() {
+    let payload = random_payload(2 << 20, 7);
+    let meta = build(&payload, None);
+    let seed = Session::new(loopback()).await.unwrap();
+    let held = seed
+        .add_torrent(
+            AddTorrent::new(
+                meta.clone(),
+                Arc::new(MemoryStorage::from_vec(payload.clone())),
+                StartFrom::Complete,
+            )
+            .holding_spread(),
+        )
+        .await
+        .unwrap();
+    let downloader = |name: &'static str| {
+        let meta = meta.clone();
+        let seed_addr = seed.listen_addr();
+        async move {
+            let session = Session::new(loopback()).await.unwrap();
+            let storage = Arc::new(MemoryStorage::new(meta.total_len()));
+            let handle = session
+                .add_torrent(
+                    AddTorrent::new(meta, storage, StartFrom::Empty).with_peers([seed_addr]),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            (session, handle)
+        }
+    };
+    let (first, first_handle) = downloader("first").await;
+    tokio::time::timeout(Duration::from_secs(60), first_handle.wait_complete())
+        .await
+        .expect("the first downloader did not complete")
+        .unwrap();
+    first.shutdown().await;
+
+    let (later, later_handle) = downloader("later").await;
+    let mut progress = later_handle.progress();
+    tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|s| s.peers > 0))
+        .await
+        .expect("the later peer did not connect to the seed")
+        .unwrap();
+    // Time for the seed to have shown it pieces, had it not been held.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        later_handle.stats().have_pieces,
+        0,
+        "a held seed showed pieces after every piece had gone out"
+    );
+    held.release_spreading();
+    tokio::time::timeout(Duration::from_secs(60), later_handle.wait_complete())
+        .await
+        .expect("the later peer did not complete after the release")
+        .unwrap();
+    later.shutdown().await;
+    seed.shutdown().await;
+}
+
 /// Serves whatever its inner storage holds, with one byte of every block flipped.
 struct CorruptStorage(MemoryStorage);
 

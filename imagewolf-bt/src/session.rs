@@ -148,6 +148,7 @@ impl Session {
             start_from,
             peers,
             use_trackers,
+            hold_spread,
         } = add;
         let lengths = metainfo.lengths();
         if storage.len() != lengths.total_len() {
@@ -178,6 +179,7 @@ impl Session {
         let spreading = start_from == StartFrom::Complete && self.inner.config.spread_initial_seed;
         if spreading {
             state.spread = Some(crate::picker::SeedSpreader::new(lengths));
+            state.spread_held = hold_spread;
         }
         let initial = TorrentStats {
             status,

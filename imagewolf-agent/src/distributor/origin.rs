@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, StartFrom};
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -89,6 +89,10 @@ impl Distributor {
                 .export_segments(key, &mut writer, &mut d, &announce_tx, &readable_tx)
                 .await;
             drop(pulling);
+            // Nothing newer will need the uplink: the segments' seeds help with the tail.
+            for torrent in self.record_torrents(key) {
+                torrent.release_spreading();
+            }
             drop(announce_tx);
             // The last announcement goes out before the origin calls its part done.
             let _ = announcer.await;
@@ -100,12 +104,7 @@ impl Distributor {
         let (spread, loaded) = tokio::join!(spread, own_load);
         spread?;
         loaded?;
-        let torrents = self
-            .records()
-            .by_key
-            .get(key)
-            .map(|r| r.torrents.clone())
-            .unwrap_or_default();
+        let torrents = self.record_torrents(key);
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
             r.stats.loaded_at = Some(now_secs());
@@ -136,11 +135,11 @@ impl Distributor {
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
             let handle = self
                 .session
-                .add_torrent(AddTorrent::new(
-                    meta,
-                    Arc::new(storage),
-                    StartFrom::Complete,
-                ))
+                .add_torrent(
+                    // Held: while the pull runs, the origin's uplink is the only source of
+                    // the newest segment and should carry nothing the receivers can trade.
+                    AddTorrent::new(meta, Arc::new(storage), StartFrom::Complete).holding_spread(),
+                )
                 .await
                 .map_err(|e| format!("seeding: {e}"))?;
             d.segments.push(segment);
@@ -175,6 +174,15 @@ impl Distributor {
             "exported and seeding"
         );
         Ok(())
+    }
+
+    /// The torrents of `key`'s record (none if it is gone).
+    fn record_torrents(&self, key: &str) -> Vec<TorrentHandle> {
+        self.records()
+            .by_key
+            .get(key)
+            .map(|r| r.torrents.clone())
+            .unwrap_or_default()
     }
 
     /// Signs `d`, keeps it in the record (catch-up listings offer it) and hands it to the

@@ -47,6 +47,9 @@ pub struct AddTorrent {
     pub peers: Vec<SocketAddr>,
     /// Whether to announce to the torrent's trackers (on by default).
     pub use_trackers: bool,
+    /// Keep spreading after every piece has gone out, until
+    /// [`TorrentHandle::release_spreading`] (see [`AddTorrent::holding_spread`]).
+    pub hold_spread: bool,
 }
 
 impl AddTorrent {
@@ -58,6 +61,7 @@ impl AddTorrent {
             start_from,
             peers: Vec::new(),
             use_trackers: true,
+            hold_spread: false,
         }
     }
 
@@ -71,6 +75,24 @@ impl AddTorrent {
     /// [`TorrentHandle::add_peers`]).
     pub fn without_trackers(mut self) -> Self {
         self.use_trackers = false;
+        self
+    }
+
+    /// For a seed that spreads ([`StartFrom::Complete`] with
+    /// [`crate::SessionConfig::spread_initial_seed`]) while its uplink is also needed for
+    /// something newer: once every piece has gone out it shows nothing more, instead of
+    /// showing every peer everything and seeding normally, until
+    /// [`TorrentHandle::release_spreading`]. The peers complete it among themselves.
+    ///
+    /// Why: a node that reads a payload in parts and seeds each part as a torrent of its own
+    /// is the only source of the newest part, at the rate it reads it. Normal seeding of
+    /// the older parts spends that uplink on copies the peers could trade among
+    /// themselves (measured on the agent's cluster bench: the origin's uplink carried 1.27
+    /// copies of the image, and receivers ended 8 s after the origin instead of 4).
+    /// Caveat: a piece whose only copy left with a departing peer is not shown again until
+    /// the release, so the caller must release when its reading ends, however it ends.
+    pub fn holding_spread(mut self) -> Self {
+        self.hold_spread = true;
         self
     }
 }
@@ -235,6 +257,13 @@ impl TorrentHandle {
     /// Gives the torrent more peers to connect to.
     pub fn add_peers(&self, peers: impl IntoIterator<Item = SocketAddr>) {
         super::add_candidates(&self.torrent, peers);
+    }
+
+    /// Ends the hold of [`AddTorrent::holding_spread`]: if every piece has gone out, every
+    /// peer is shown everything now and the torrent seeds normally; otherwise spreading
+    /// goes on and ends that way. Idempotent; a no-op for a torrent that is not spreading.
+    pub fn release_spreading(&self) {
+        self.torrent.release_spreading();
     }
 
     /// Stops the torrent: closes its connections, sends `stopped` to its trackers (bounded by a

@@ -145,6 +145,16 @@ impl Torrent {
         }
     }
 
+    /// Ends a hold on spreading (see [`crate::AddTorrent::holding_spread`]).
+    pub fn release_spreading(&self) {
+        let mut state = self.state();
+        state.spread_held = false;
+        if state.spread.as_ref().is_some_and(|s| s.is_done()) {
+            state.finish_spreading();
+            self.spreading.store(false, Ordering::Relaxed);
+        }
+    }
+
     pub fn emit(&self, event: TorrentEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events_tx.send(event);

@@ -114,6 +114,8 @@ pub(crate) struct TorrentState {
     /// (see [`SeedSpreader`]). `None` once every piece has gone out, and for any torrent
     /// that did not start as a complete seed.
     pub spread: Option<SeedSpreader>,
+    /// Spreading stays on after every piece has gone out (`AddTorrent::holding_spread`).
+    pub spread_held: bool,
 }
 
 impl TorrentState {
@@ -136,6 +138,7 @@ impl TorrentState {
             hash_failures: 0,
             checking: false,
             spread: None,
+            spread_held: false,
         }
     }
 
@@ -378,8 +381,8 @@ impl TorrentState {
     }
 
     /// Initial seeding: shows peer `key` more pieces (HAVE) as its window frees up; once
-    /// every piece has gone out, shows every peer everything and stops spreading. Returns
-    /// whether spreading is still going on.
+    /// every piece has gone out (and unless held), shows every peer everything and stops
+    /// spreading. Returns whether spreading is still going on.
     pub fn spread_step(&mut self, key: PeerKey) -> bool {
         let Some(spread) = &mut self.spread else {
             return false;
@@ -398,6 +401,19 @@ impl TorrentState {
             }
             return true;
         }
+        if self.spread_held {
+            return true;
+        }
+        self.finish_spreading();
+        false
+    }
+
+    /// Ends spreading: shows every peer every piece it was not shown and does not have.
+    pub fn finish_spreading(&mut self) {
+        let Some(spread) = &mut self.spread else {
+            return;
+        };
+        let mut pieces = Vec::new();
         for (&key, entry) in &self.peers {
             pieces.clear();
             spread.unshown(key, &entry.bitfield, entry.has_all, &mut pieces);
@@ -405,7 +421,6 @@ impl TorrentState {
         }
         tracing::debug!("every piece has left the seed: seeding normally");
         self.spread = None;
-        false
     }
 
     /// Bytes of verified pieces.
