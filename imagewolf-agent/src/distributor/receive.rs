@@ -273,4 +273,3 @@ impl Retryable for LoadError {
         matches!(self, LoadError::Loader(_))
     }
 }
-
