@@ -180,14 +180,19 @@ pub struct E2eSetup<'a> {
     pub name: String,
 }
 
+impl E2eSetup<'_> {
+    /// The run's name as a file-name prefix for its logs.
+    fn log_tag(&self) -> String {
+        self.name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect()
+    }
+}
+
 fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
     let node = setup.cluster.node(i);
-    let tag: String = setup
-        .name
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let log_path = setup.logs.join(format!("{tag}-agent{i}.log"));
+    let log_path = setup.logs.join(format!("{}-agent{i}.log", setup.log_tag()));
     let log = File::create(&log_path)?;
     let data = setup.scratch.join(format!("agent{i}"));
     let mut cmd = node.command(&setup.tools.agent);
@@ -303,12 +308,7 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .map(|ip| agent_record(setup.rt, *ip, reference))
         .collect();
     let served = registry.blob_get_count();
-    let tag: String = setup
-        .name
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let csv = setup.logs.join(format!("{tag}-net.csv"));
+    let csv = setup.logs.join(format!("{}-net.csv", setup.log_tag()));
     if let Err(e) = sampler.finish().write_csv(&csv) {
         eprintln!("   writing {}: {e}", csv.display());
     }
