@@ -24,6 +24,9 @@ const SERVE_BATCH: usize = 16;
 /// every transfer that depends on it.
 const WRITE_CHUNK: usize = 32 * 1024;
 
+/// How long a closing connection may take to send its queued control messages.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn run(
     torrent: &Arc<Torrent>,
     link: &Arc<PeerLink>,
@@ -40,6 +43,14 @@ pub(super) async fn run(
     let mut frames_payload = 0u64;
     loop {
         if link.is_closing() {
+            // Control messages queued before the close still go out (piece data does not):
+            // above all the HAVE of the piece that completed us, sent just before closing a
+            // connection to a seed, which a spreading seed counts on
+            // (`SeedSpreader::peer_left`). Bounded, as the peer may be gone.
+            let out = link.io().out.split();
+            if !out.is_empty() {
+                let _ = tokio::time::timeout(CLOSE_FLUSH, write.write_all(&out)).await;
+            }
             return Ok(());
         }
         let out = {

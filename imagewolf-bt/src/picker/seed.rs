@@ -41,7 +41,9 @@
 //! - a piece is *free* (listed in `free`) iff it has not gone out and is in no window, so a
 //!   piece that has not gone out is in at most one window;
 //! - `gone_out_count` equals the number of set bits of `gone_out`; `live_peers` and
-//!   `live_given` count the peers marked live and their `given`.
+//!   `live_given` count the peers marked live and their `given`;
+//! - every piece in a peer's `given_pieces` has gone out (it is freed again only when that
+//!   peer leaves, if no peer announced it).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -66,6 +68,8 @@ struct Shown {
     last_progress: Instant,
     /// Pieces that went out to this peer: it was the first to ask us for them.
     given: u32,
+    /// Those pieces, to be freed again if the peer leaves before anyone announced them.
+    given_pieces: Vec<u32>,
     /// Counted in the fair share: it asked us for something within
     /// [`SeedSpreader::STALL`] as of the last tick, or since.
     live: bool,
@@ -83,6 +87,8 @@ pub struct SeedSpreader {
     gone_out: Bitfield,
     /// Set bits of `gone_out`.
     gone_out_count: u32,
+    /// Pieces some peer announced having (a copy exists outside the seed).
+    announced: Bitfield,
     /// Pieces in a full window: [`SeedSpreader::WINDOW_BYTES`] of them, at least
     /// [`SeedSpreader::MIN_WINDOW`].
     window_len: usize,
@@ -131,6 +137,7 @@ impl SeedSpreader {
             rng,
             gone_out: Bitfield::repeat(false, n as usize),
             gone_out_count: 0,
+            announced: Bitfield::repeat(false, n as usize),
             window_len: ((Self::WINDOW_BYTES / u64::from(lengths.piece_len())) as usize)
                 .max(Self::MIN_WINDOW),
             peers: HashMap::new(),
@@ -167,22 +174,57 @@ impl SeedSpreader {
             window: Vec::with_capacity(self.window_len),
             last_progress: now,
             given: 0,
+            given_pieces: Vec::new(),
             live: true,
         };
         self.live_peers += 1;
         // A key joining twice starts over; what its old window held is free again.
         if let Some(old) = self.peers.insert(peer, fresh) {
-            self.forget_live(&old);
-            self.free_all(&old.window);
+            self.forget(&old);
         }
     }
 
     /// A peer disconnected. The pieces in its window are free again: shown to others first
-    /// among those shown before (they are the least shown).
+    /// among those shown before (they are the least shown). So are the pieces it was the
+    /// first to ask us for that no peer has announced: their only copy may have left with
+    /// it, and a seed that shows nothing more once every piece is out
+    /// ([`crate::AddTorrent::holding_spread`]) would otherwise never send them again.
     pub fn peer_left(&mut self, peer: PeerKey) {
         if let Some(shown) = self.peers.remove(&peer) {
-            self.forget_live(&shown);
-            self.free_all(&shown.window);
+            self.forget(&shown);
+        }
+    }
+
+    /// What a peer that left (or joined again) held: its window and its unannounced pieces
+    /// are free again.
+    fn forget(&mut self, shown: &Shown) {
+        self.forget_live(shown);
+        self.free_all(&shown.window);
+        let lost: Vec<u32> = shown
+            .given_pieces
+            .iter()
+            .copied()
+            .filter(|&p| self.gone_out[p as usize] && !self.announced[p as usize])
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        for &p in &lost {
+            self.gone_out.set(p as usize, false);
+        }
+        self.gone_out_count -= lost.len() as u32;
+        // A lost piece may sit in another peer's window (shown there after this peer's
+        // window stalled): it is then not free, but waiting there.
+        let mut in_windows = Bitfield::repeat(false, self.lengths.num_pieces() as usize);
+        for other in self.peers.values() {
+            for &p in &other.window {
+                in_windows.set(p as usize, true);
+            }
+        }
+        for p in lost {
+            if !in_windows[p as usize] {
+                self.free.insert(p, &mut self.rng);
+            }
         }
     }
 
@@ -240,15 +282,19 @@ impl SeedSpreader {
                 self.live_peers += 1;
                 self.live_given += u64::from(shown.given);
             }
-            if first && shown.given < u32::MAX {
-                shown.given += 1;
-                self.live_given += 1;
+            if first {
+                shown.given_pieces.push(piece.get());
+                if shown.given < u32::MAX {
+                    shown.given += 1;
+                    self.live_given += 1;
+                }
             }
         }
     }
 
     /// `peer` announced `piece` (HAVE): it got it, from us or from another peer.
     pub fn peer_has(&mut self, peer: PeerKey, piece: PieceIndex) {
+        self.announced.set(piece.as_usize(), true);
         self.settle(peer, piece);
     }
 
@@ -256,6 +302,7 @@ impl SeedSpreader {
     pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice<u8, Msb0>) {
         for p in bits.iter_ones() {
             if let Some(piece) = self.lengths.piece(p as u32) {
+                self.announced.set(piece.as_usize(), true);
                 self.settle(peer, piece);
             }
         }
@@ -264,6 +311,7 @@ impl SeedSpreader {
     /// `peer` has every piece (HaveAll): another full copy exists, nothing is left to spread.
     pub fn peer_has_all(&mut self, peer: PeerKey) {
         for piece in self.lengths.pieces() {
+            self.announced.set(piece.as_usize(), true);
             self.settle(peer, piece);
         }
     }
@@ -373,6 +421,10 @@ impl SeedSpreader {
         );
         let mut windows = vec![0u32; self.lengths.num_pieces() as usize];
         for shown in self.peers.values() {
+            assert!(shown
+                .given_pieces
+                .iter()
+                .all(|&p| self.gone_out[p as usize]));
             assert!(shown.window.len() <= self.window_len);
             for &p in &shown.window {
                 assert!(shown.shown[p as usize]);
@@ -498,6 +550,45 @@ mod tests {
         s.unshown(a, &empty, false, &mut out);
         assert_eq!(out.len() + shown_a.len(), 6);
         assert!(out.iter().all(|p| !shown_a.contains(p)));
+    }
+
+    #[test]
+    fn pieces_whose_only_copy_left_are_free_again() {
+        let l = Lengths::new(4 * PIECE, PIECE as u32).unwrap();
+        let mut s = SeedSpreader::with_rng_seed(l, 11);
+        let (a, b) = (PeerKey(1), PeerKey(2));
+        let empty = bits(4);
+        s.peer_joined(a, t0());
+        s.peer_joined(b, t0());
+        // a asks for every piece; b announces one of them, then a leaves.
+        let mut to_a = Vec::new();
+        while s.top_up(a, &empty, false, t0(), &mut to_a) > 0 {
+            for &p in &to_a[to_a.len() - s.window_len().min(to_a.len())..] {
+                s.requested(a, p, t0());
+            }
+        }
+        assert!(s.is_done(), "{} of 4 out", s.gone_out_count());
+        let kept = to_a[0];
+        s.peer_has(b, kept);
+        s.peer_left(a);
+        s.check();
+        // The three only a had are free again and shown to b; the one b has is not.
+        assert_eq!(s.gone_out_count(), 1);
+        assert!(!s.is_done());
+        let mut to_b = Vec::new();
+        let mut has_b = bits(4);
+        has_b.set(kept.as_usize(), true);
+        while s.top_up(b, &has_b, false, t0(), &mut to_b) > 0 {
+            for &p in &to_b[to_b.len() - s.window_len().min(to_b.len())..] {
+                s.requested(b, p, t0());
+            }
+        }
+        to_b.sort();
+        let mut expected: Vec<PieceIndex> = to_a.iter().copied().filter(|&p| p != kept).collect();
+        expected.sort();
+        assert_eq!(to_b, expected);
+        assert!(s.is_done());
+        s.check();
     }
 
     #[test]

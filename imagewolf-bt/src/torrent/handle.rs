@@ -89,7 +89,8 @@ impl AddTorrent {
     /// the older parts spends that uplink on copies the peers could trade among
     /// themselves (measured on the agent's cluster bench: the origin's uplink carried 1.27
     /// copies of the image, and receivers ended 8 s after the origin instead of 4).
-    /// Caveat: a piece whose only copy left with a departing peer is not shown again until
+    /// A piece whose first taker leaves before any peer announced it is shown again (the
+    /// spreader frees it); one that leaves with the only peer that announced it waits for
     /// the release, so the caller must release when its reading ends, however it ends.
     pub fn holding_spread(mut self) -> Self {
         self.hold_spread = true;
