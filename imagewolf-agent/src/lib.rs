@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod discovery;
 pub mod distributor;
 pub mod docker;
+pub mod endpoint;
 pub mod image;
 pub mod loader;
 pub mod notification;
@@ -21,6 +22,7 @@ pub mod poll;
 pub mod registry;
 pub mod source;
 pub mod stats;
+pub mod store;
 mod tarball;
 
 pub use config::AgentConfig;

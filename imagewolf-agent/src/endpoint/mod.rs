@@ -1,0 +1,1 @@
+//! The node-local read-only registry endpoint (being written; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! The node-local content-addressed store (being written; see ARCHITECTURE.md).
