@@ -12,6 +12,7 @@
 //! | `/v1/distributions` | POST | `{"status": "started" \| "known" \| "ignored"}` |
 //! | `/v1/distributions` | GET | JSON array of [`Distribution`] |
 //! | `/announce?...` | GET | bencoded tracker reply |
+//! | `/v1/torrents/<info-hash>` | GET | a blob chunk's `.torrent` (registry-native path) |
 //!
 //! Design decisions:
 //! - **Answer webhooks at once.** A registry holds back every later notification until the
@@ -124,6 +125,12 @@ pub trait AgentApi: Send + Sync + 'static {
     /// Slots and `--allow` refusals, for /metrics.
     fn distribution_metrics(&self) -> DistributionMetrics {
         DistributionMetrics::default()
+    }
+    /// The `.torrent` of a blob chunk this agent seeds, by hex info-hash (40 lowercase hex
+    /// digits, checked by the router): receivers fetch piece hashes on demand.
+    fn torrent_file(&self, info_hash: &str) -> Option<Vec<u8>> {
+        let _ = info_hash;
+        None
     }
 }
 
@@ -472,6 +479,7 @@ enum Route {
     Metrics,
     Distributions,
     Announce,
+    Torrent,
 }
 
 impl Route {
@@ -484,6 +492,7 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/v1/distributions" => Route::Distributions,
             "/announce" => Route::Announce,
+            p if p.strip_prefix("/v1/torrents/").is_some_and(is_info_hash) => Route::Torrent,
             _ => return None,
         })
     }
@@ -497,6 +506,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Distributions => "/v1/distributions",
             Route::Announce => "/announce",
+            Route::Torrent => "/v1/torrents",
         }
     }
 
@@ -504,7 +514,9 @@ impl Route {
         match self {
             Route::RegistryNotifications | Route::HubNotifications => "POST",
             Route::Distributions => "GET, POST",
-            Route::Stats | Route::Healthz | Route::Metrics | Route::Announce => "GET",
+            Route::Stats | Route::Healthz | Route::Metrics | Route::Announce | Route::Torrent => {
+                "GET"
+            }
         }
     }
 }
@@ -668,7 +680,27 @@ async fn dispatch(
             let body = api.tracker_announce(query, remote);
             Ok(bytes_response(Bytes::from(body), "text/plain"))
         }
+        Route::Torrent => {
+            let info_hash = req.uri().path().trim_start_matches("/v1/torrents/");
+            match api.torrent_file(info_hash) {
+                Some(bytes) => Ok(bytes_response(
+                    Bytes::from(bytes),
+                    "application/x-bittorrent",
+                )),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no torrent {info_hash} here"),
+                )),
+            }
+        }
     }
+}
+
+/// 40 lowercase hex digits.
+fn is_info_hash(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The webhook answer.

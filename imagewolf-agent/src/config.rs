@@ -82,6 +82,17 @@ pub enum Runtime {
     None,
 }
 
+/// How images travel between agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DistributionMode {
+    /// As blobs by digest through the node's store; the runtime pulls from the agent's
+    /// registry endpoint and keeps the registry's digests; a new version moves only its new
+    /// layers. Images the registry API cannot read (https, credentials) still go as tarballs.
+    Blobs,
+    /// As one `docker save` tarball per image, loaded with `docker load` / `ctr import`.
+    Tarball,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -210,6 +221,65 @@ pub struct AgentConfig {
     /// network can make nodes load an image. Without it any agent's announcement is trusted.
     #[arg(long, env = "IMAGEWOLF_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+
+    /// How images travel: `blobs` (layers by digest through a node-local store and
+    /// registry endpoint: only new layers move, the runtime keeps the registry's digests)
+    /// or `tarball` (the whole image as one `docker save` archive, `docker load`ed). `blobs`
+    /// needs a runtime that can pull from the endpoint (docker, containerd).
+    #[arg(
+        long,
+        env = "IMAGEWOLF_DISTRIBUTION",
+        value_enum,
+        default_value = "tarball"
+    )]
+    pub distribution: DistributionMode,
+
+    /// Disk budget of the node's blob store (`blobs` mode), e.g. `20G`, `512M` or bytes:
+    /// past it, the least recently used blobs no image in flight needs are deleted.
+    #[arg(long, env = "IMAGEWOLF_CACHE_SIZE", default_value = "20G", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// Where the node's read-only registry endpoint listens (`blobs` mode). The runtime
+    /// pulls images from it; keep it on loopback (or a host-local address).
+    #[arg(
+        long,
+        env = "IMAGEWOLF_ENDPOINT_LISTEN",
+        default_value = "127.0.0.1:5055"
+    )]
+    pub endpoint_listen: SocketAddr,
+
+    /// The endpoint's address as the runtime reaches it, when that is not the listen
+    /// address (e.g. the agent runs in another network namespace than the runtime).
+    /// dockerd speaks plain http only to 127.0.0.0/8 unless told `--insecure-registry`.
+    #[arg(long, env = "IMAGEWOLF_ENDPOINT_ADDRESS")]
+    pub endpoint_address: Option<String>,
+}
+
+/// A byte size: digits with an optional `K`, `M`, `G` or `T` suffix (powers of 1024; `KiB`,
+/// `MB` and the like are read the same way).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 20G, 512M, 1048576)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 impl AgentConfig {
@@ -232,6 +302,18 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn peer_specs_parse() {

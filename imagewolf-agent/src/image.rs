@@ -4,6 +4,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod blobs;
+pub use blobs::{Blob, BlobSet, Chunk, ManifestDoc};
+
+/// Largest image accepted in an announcement (the sum of its segments or blobs).
+pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
+
 /// A reference to an image in a registry: `registry/repository[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ImageRef {
@@ -82,6 +88,9 @@ pub struct Distribution {
     /// has one (see [`Distribution::sign`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The image as blobs by digest (the registry-native path); `segments` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<BlobSet>,
 }
 
 /// One consecutive part of the tarball, spread as a torrent of its own.
@@ -124,19 +133,22 @@ impl Distribution {
             seeders,
             created,
             signature: None,
+            blobs: None,
         }
     }
 
-    /// True once the last segment is announced (the SHA-256 comes with it).
+    /// True once the last segment is announced (the SHA-256 comes with it), or, for a blob
+    /// distribution, the last chunk.
     pub fn is_complete(&self) -> bool {
-        self.sha256.is_some()
+        self.sha256.is_some() || self.blobs.as_ref().is_some_and(|b| b.complete)
     }
 
-    /// Bytes announced so far (the whole tarball once complete).
+    /// Bytes announced so far (the whole tarball, or every blob, once complete).
     pub fn announced_len(&self) -> u64 {
+        let blobs = self.blobs.as_ref().map_or(0, BlobSet::announced_len);
         self.segments
             .iter()
-            .fold(0u64, |sum, s| sum.saturating_add(s.len))
+            .fold(blobs, |sum, s| sum.saturating_add(s.len))
     }
 
     /// True if `self` is `earlier` grown: the same distribution, the same segments first,
@@ -149,13 +161,22 @@ impl Distribution {
             && self.segments.len() >= earlier.segments.len()
             && self.segments[..earlier.segments.len()] == earlier.segments[..]
             && (earlier.sha256.is_none() || self.sha256 == earlier.sha256)
+            && match (&self.blobs, &earlier.blobs) {
+                (None, None) => true,
+                (Some(now), Some(then)) => now.extends(then),
+                _ => false,
+            }
     }
 
     /// True if `self` adds something to `earlier` (which it [`extends`](Self::extends)).
     pub fn grows(&self, earlier: &Distribution) -> bool {
         self.extends(earlier)
             && (self.segments.len() > earlier.segments.len()
-                || self.sha256.is_some() != earlier.sha256.is_some())
+                || self.sha256.is_some() != earlier.sha256.is_some()
+                || match (&self.blobs, &earlier.blobs) {
+                    (Some(now), Some(then)) => now.grows(then),
+                    _ => false,
+                })
     }
 }
 
@@ -189,6 +210,11 @@ impl Distribution {
             fields.push(segment.info_hash.as_bytes());
             fields.push(len);
         }
+        let mut blob_fields = Vec::new();
+        if let Some(blobs) = &self.blobs {
+            blobs.signed_fields(&mut blob_fields);
+        }
+        fields.extend(blob_fields.iter().map(Vec::as_slice));
         let mut out = Vec::new();
         for field in fields {
             out.extend_from_slice(&(field.len() as u64).to_be_bytes());
@@ -259,6 +285,7 @@ mod tests {
             seeders: vec!["10.0.0.1:6000".into()],
             created: 7,
             signature: None,
+            blobs: None,
         }
     }
 

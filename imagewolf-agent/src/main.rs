@@ -6,15 +6,15 @@ use anyhow::Context;
 use clap::Parser;
 use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig, PushOutcome};
-use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
+use imagewolf_agent::config::{AgentConfig, DistributionMode, LogFormat, Runtime};
 use imagewolf_agent::distributor::{
-    Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
+    BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
 use imagewolf_agent::registry::{FallbackSource, RegistrySource};
 use imagewolf_agent::source::ImageSource;
-use imagewolf_agent::{containerd, discovery, docker, poll};
+use imagewolf_agent::{containerd, discovery, docker, endpoint, poll, store};
 
 /// Pause before a polled push the distributor was too busy for is offered again.
 const POLLED_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -105,6 +105,9 @@ async fn main() -> anyhow::Result<()> {
         agents.clone(),
     )
     .await?;
+    if config.distribution == DistributionMode::Blobs {
+        start_blob_path(&config, &distributor, shutdown_rx.clone()).await?;
+    }
     tracing::info!(
         api = %config.listen,
         bittorrent = %config.bt_listen,
@@ -143,6 +146,44 @@ async fn main() -> anyhow::Result<()> {
     shutdown_tx.send_replace(true);
     let _ = server.await;
     distributor.shutdown().await;
+    Ok(())
+}
+
+/// `--distribution blobs`: the node's store and its registry endpoint.
+async fn start_blob_path(
+    config: &AgentConfig,
+    distributor: &Arc<Distributor>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let dir = config.data_dir.join("store");
+    let store = store::Store::open(&dir, config.cache_size)
+        .with_context(|| format!("opening the blob store in {}", dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.endpoint_listen)
+        .await
+        .with_context(|| format!("endpoint: listening on {}", config.endpoint_listen))?;
+    let bound = listener.local_addr()?;
+    let address = config.endpoint_address.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
+    });
+    if config.runtime == Runtime::None {
+        tracing::warn!("--distribution blobs with --runtime none: images stay in the store and its endpoint; nothing loads them");
+    }
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "the registry endpoint listens beyond loopback: anyone who reaches it can read every image in this node's store");
+    }
+    let content =
+        distributor.enable_blobs(BlobPath::new(store, RegistrySource::new(), address.clone()));
+    tracing::info!(%bound, runtime_pulls_from = %address, cache_size = config.cache_size, "registry-native distribution: store and endpoint ready");
+    tokio::spawn(endpoint::serve(
+        listener,
+        content,
+        endpoint::EndpointConfig::default(),
+        shutdown,
+    ));
     Ok(())
 }
 

@@ -16,6 +16,8 @@ use crate::image::Distribution;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest reply accepted from another agent (a list of recent distributions).
 const MAX_REPLY: usize = 16 << 20;
+/// Largest `.torrent` of a blob chunk accepted (a chunk has at most a few thousand pieces).
+pub const MAX_TORRENT: usize = 1 << 20;
 
 /// Why a call to another agent failed (it is retried later by the catch-up loop).
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,26 @@ impl PeerClient {
             .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
         let body = self.call(agent, req).await?;
         serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
+    }
+
+    /// `GET /v1/torrents/<info_hash>` from `agent`: a blob chunk's `.torrent` (at most
+    /// [`MAX_TORRENT`] bytes; the caller checks it against the info-hash it asked for).
+    pub async fn torrent(
+        &self,
+        agent: SocketAddr,
+        info_hash: &str,
+    ) -> Result<Bytes, PeerCallError> {
+        let req = hyper::Request::get(format!("http://{agent}/v1/torrents/{info_hash}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
+        let body = self.call(agent, req).await?;
+        if body.len() > MAX_TORRENT {
+            return Err(PeerCallError::BadReply(
+                agent,
+                format!("a torrent of {} bytes", body.len()),
+            ));
+        }
+        Ok(body)
     }
 
     async fn call(

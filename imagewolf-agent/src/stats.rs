@@ -85,6 +85,21 @@ pub struct ImageStats {
     /// Layers loaded into the runtime ahead of the whole image, while later ones were still
     /// downloading (Docker nodes, archives read from the registry's API).
     pub layers_loaded_ahead: u32,
+    /// The registry-native path's counts: blobs of the image, those this node already had,
+    /// and the bytes it had to fetch (absent for tarball distributions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<BlobCounts>,
+}
+
+/// What a registry-native distribution moved on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BlobCounts {
+    /// Blobs (config and layers) of this node's platform.
+    pub total: u32,
+    /// Of those, already in the store here (from an earlier image): not fetched.
+    pub present: u32,
+    /// Bytes of the blobs this node fetched (from the swarm, or the registry at the origin).
+    pub bytes_needed: u64,
 }
 
 impl ImageState {

@@ -71,6 +71,7 @@ impl AgentApi for FakeApi {
             load_seconds: None,
             attempts: 1,
             layers_loaded_ahead: 0,
+            blobs: None,
         }]
     }
 
@@ -656,6 +657,7 @@ fn distribution(info_hash: &str) -> Distribution {
         seeders: vec!["10.77.0.2:6000".into()],
         created: 1_700_000_000,
         signature: None,
+        blobs: None,
     }
 }
 

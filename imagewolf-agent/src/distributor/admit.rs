@@ -228,7 +228,7 @@ fn grow(records: &mut Records, key: &str, d: &Distribution) {
 /// Most segments one distribution may have (a 1 TiB tarball at the largest segment size).
 pub(super) const MAX_SEGMENTS: usize = 4096;
 /// Largest tarball accepted (the sum of the segments).
-pub(super) const MAX_TARBALL: u64 = 1 << 40;
+pub(super) const MAX_TARBALL: u64 = crate::image::MAX_IMAGE_BYTES;
 
 /// Sanity checks on an announcement before anything is allocated for it.
 fn check_distribution(d: &Distribution) -> Result<(), String> {
@@ -242,7 +242,12 @@ fn check_distribution(d: &Distribution) -> Result<(), String> {
     if d.segments.len() > MAX_SEGMENTS {
         return Err(format!("more than {MAX_SEGMENTS} segments"));
     }
-    if d.sha256.is_some() && d.segments.is_empty() {
+    if let Some(blobs) = &d.blobs {
+        if !d.segments.is_empty() || d.sha256.is_some() {
+            return Err("a blob distribution with segments".into());
+        }
+        blobs.check()?;
+    } else if d.sha256.is_some() && d.segments.is_empty() {
         return Err("a complete distribution without segments".into());
     }
     let mut torrents = 0usize;

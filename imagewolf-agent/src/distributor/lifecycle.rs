@@ -71,8 +71,12 @@ impl Distributor {
                 r.stats.bytes_up = up;
                 r.torrents.clear();
             });
-            if let Err(e) = tokio::fs::remove_file(&path).await {
-                tracing::warn!("removing {}: {e}", path.display());
+            match tokio::fs::remove_file(&path).await {
+                // Blob distributions write no tarball.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
+                _ => {}
             }
             this.finish(&key, true);
         });

@@ -74,6 +74,7 @@ use crate::peers::PeerClient;
 use crate::source::ImageSource;
 
 mod admit;
+pub mod blobs;
 mod feed;
 mod lifecycle;
 mod origin;
@@ -89,6 +90,7 @@ pub use records::{
     RecordCounts, ACTIVE_PER_SLOT, FINISHED_BYTES_KEPT, FINISHED_KEPT, FORGOTTEN_KEPT,
     REFUSED_KEPT, SEEDING_PER_SLOT,
 };
+pub use blobs::BlobPath;
 pub use retry::{RetryPolicy, Retryable};
 pub use views::{DistributorApi, LISTING_BYTES_MAX};
 
@@ -149,6 +151,8 @@ pub struct Distributor {
     slots: Arc<Semaphore>,
     /// What origins read from image sources; caps the upload while they do (`pacing.rs`).
     intake: Arc<pacing::IntakeMeter>,
+    /// The registry-native path, once enabled (`blobs/`).
+    blobs: std::sync::OnceLock<BlobPath>,
 }
 
 /// Why the distributor could not start.
@@ -213,6 +217,7 @@ impl Distributor {
             records: Mutex::new(Records::default()),
             slots: Arc::new(Semaphore::new(config.max_torrents.max(1))),
             intake: Arc::default(),
+            blobs: std::sync::OnceLock::new(),
             config,
         });
         tokio::spawn(pacing::pace_uploads(Arc::downgrade(&this)));

@@ -26,6 +26,9 @@ impl Distributor {
         image: &ImageRef,
     ) -> Result<(), String> {
         let slot = self.take_slot(key, ImageState::Pulling).await;
+        if let Some(plan) = self.blob_plan(key, image).await? {
+            return self.originate_blobs(key, image, plan, slot).await;
+        }
         let pulled = self
             .with_retries(key, "pull", Some(self.config.retry.pull_attempts), || {
                 self.source.pull(image)
@@ -61,6 +64,7 @@ impl Distributor {
             seeders: vec![bt_addr.to_string()],
             created,
             signature: None,
+            blobs: None,
         };
         {
             let mut records = self.records();
@@ -177,7 +181,7 @@ impl Distributor {
     }
 
     /// The torrents of `key`'s record (none if it is gone).
-    fn record_torrents(&self, key: &str) -> Vec<TorrentHandle> {
+    pub(super) fn record_torrents(&self, key: &str) -> Vec<TorrentHandle> {
         self.records()
             .by_key
             .get(key)
@@ -187,7 +191,7 @@ impl Distributor {
 
     /// Signs `d`, keeps it in the record (catch-up listings offer it) and hands it to the
     /// announcer.
-    fn publish(
+    pub(super) fn publish(
         &self,
         key: &str,
         d: &mut Distribution,
@@ -204,7 +208,7 @@ impl Distributor {
     /// the exporter is done (the last version is always sent). Versions published while a
     /// round is out are merged into the next round: a slow agent delays updates, it does
     /// not queue them.
-    async fn announce_updates(self: Arc<Self>, mut latest: watch::Receiver<Option<Distribution>>) {
+    pub(super) async fn announce_updates(self: Arc<Self>, mut latest: watch::Receiver<Option<Distribution>>) {
         loop {
             let current = latest.borrow_and_update().clone();
             if let Some(d) = current {
@@ -241,7 +245,7 @@ impl Distributor {
 
 /// A distribution id: unique per run of a push at an origin (a re-push of the same tag is a
 /// new distribution), the same on every node.
-fn distribution_id(key: &str, origin: &SocketAddr, now: f64) -> String {
+pub(super) fn distribution_id(key: &str, origin: &SocketAddr, now: f64) -> String {
     let mut h = Sha256::new();
     h.update(key.as_bytes());
     h.update(origin.to_string().as_bytes());

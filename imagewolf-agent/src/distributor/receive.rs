@@ -41,6 +41,9 @@ impl Distributor {
         mut updates: watch::Receiver<Distribution>,
     ) -> Result<(), String> {
         let d = updates.borrow_and_update().clone();
+        if d.blobs.is_some() {
+            return self.receive_blobs(key, updates).await;
+        }
         let present = self.loader.has_image(&d.image_id).await.unwrap_or(false);
         if present {
             tracing::info!(image = %d.image, "already present here; skipping the download");

@@ -483,6 +483,7 @@ pub(super) fn new_stats(image: &ImageRef, origin: bool, state: ImageState) -> Im
         load_seconds: None,
         attempts: 0,
         layers_loaded_ahead: 0,
+        blobs: None,
     }
 }
 

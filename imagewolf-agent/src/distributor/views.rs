@@ -155,6 +155,10 @@ impl crate::api::AgentApi for DistributorApi {
     fn distribution_metrics(&self) -> DistributionMetrics {
         self.0.distribution_metrics()
     }
+
+    fn torrent_file(&self, info_hash: &str) -> Option<Vec<u8>> {
+        self.0.torrent_file(info_hash)
+    }
 }
 
 impl From<Accepted> for crate::api::PushOutcome {

@@ -163,6 +163,27 @@ fn descriptor(what: &str, raw: RawDescriptor) -> Result<Descriptor, RegistryErro
     })
 }
 
+/// The media type of a manifest body: its own `mediaType`, else the response's
+/// `Content-Type`, else what its shape says (OCI allows leaving it out).
+pub fn media_type(body: &[u8], content_type: Option<&str>) -> Option<String> {
+    let raw: RawManifest = serde_json::from_slice(body).ok()?;
+    Some(resolved_media_type(&raw, content_type))
+}
+
+fn resolved_media_type(raw: &RawManifest, content_type: Option<&str>) -> String {
+    let header_type = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_owned());
+    raw.media_type
+        .clone()
+        .or(header_type.filter(|t| !t.is_empty() && t != "application/json"))
+        .unwrap_or_else(|| {
+            if raw.manifests.is_some() {
+                OCI_INDEX.to_owned()
+            } else {
+                OCI_MANIFEST.to_owned()
+            }
+        })
+}
+
 /// Parses a manifest body. `content_type` is the response's `Content-Type` (used when the
 /// body names no `mediaType`, which OCI allows). `what` names it in errors.
 pub fn parse(
@@ -172,18 +193,7 @@ pub fn parse(
 ) -> Result<Manifest, RegistryError> {
     let raw: RawManifest =
         serde_json::from_slice(body).map_err(|e| failed(what, format!("not a manifest: {e}")))?;
-    let header_type = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_owned());
-    let media_type = raw
-        .media_type
-        .clone()
-        .or(header_type.filter(|t| !t.is_empty() && t != "application/json"))
-        .unwrap_or_else(|| {
-            if raw.manifests.is_some() {
-                OCI_INDEX.to_owned()
-            } else {
-                OCI_MANIFEST.to_owned()
-            }
-        });
+    let media_type = resolved_media_type(&raw, content_type);
     if raw.schema_version != Some(2) {
         return Err(RegistryError::Unsupported(format!(
             "{what}: schema version {:?} ({media_type}); only schema 2 / OCI is read here",

@@ -27,6 +27,7 @@ pub mod archive;
 pub mod client;
 mod fallback;
 pub mod manifest;
+pub mod plan;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ use hyper::StatusCode;
 pub use archive::ArchivePlan;
 pub use client::{RegistryHttp, MANIFEST_ACCEPT};
 pub use fallback::FallbackSource;
+pub use plan::{BlobPlan, RawManifest};
 
 use self::archive::BlobSource;
 use self::client::{sha256_digest, valid_digest, HttpError};
@@ -169,26 +171,7 @@ impl RegistrySource {
     /// kept (see [`RegistryError::wants_fallback`]).
     pub async fn pull_image(&self, image: &ImageRef) -> Result<PulledImage, RegistryError> {
         let reference = image.pull_reference();
-        validate_reference(&reference).map_err(|e| RegistryError::Failed(e.to_string()))?;
-        if let Some(d) = &image.digest {
-            if !valid_digest(d) {
-                let e = format!("digest {d:?} of {reference} is not sha256:<64 hex>");
-                return Err(if d.starts_with("sha256:") || !d.contains(':') {
-                    RegistryError::Failed(e)
-                } else {
-                    RegistryError::Unsupported(e)
-                });
-            }
-            validate_reference(&format!("{}/{}@{d}", image.registry, image.repository))
-                .map_err(|e| RegistryError::Failed(e.to_string()))?;
-        }
-        if !plain_http_plausible(&image.registry) {
-            return Err(RegistryError::Unsupported(format!(
-                "{}: a registry without a port other than 443 speaks https as far as Docker \
-                 is concerned; this source speaks http only",
-                image.registry
-            )));
-        }
+        check_reference(image)?;
         let by = image
             .digest
             .clone()
@@ -311,6 +294,33 @@ impl RegistrySource {
         };
         Ok(archive::stream(plan, Arc::new(blobs)))
     }
+}
+
+/// The checks every pull starts with: the names, the digest's form, and that the registry
+/// plausibly speaks plain http (this source's only protocol).
+fn check_reference(image: &ImageRef) -> Result<(), RegistryError> {
+    let reference = image.pull_reference();
+    validate_reference(&reference).map_err(|e| RegistryError::Failed(e.to_string()))?;
+    if let Some(d) = &image.digest {
+        if !valid_digest(d) {
+            let e = format!("digest {d:?} of {reference} is not sha256:<64 hex>");
+            return Err(if d.starts_with("sha256:") || !d.contains(':') {
+                RegistryError::Failed(e)
+            } else {
+                RegistryError::Unsupported(e)
+            });
+        }
+        validate_reference(&format!("{}/{}@{d}", image.registry, image.repository))
+            .map_err(|e| RegistryError::Failed(e.to_string()))?;
+    }
+    if !plain_http_plausible(&image.registry) {
+        return Err(RegistryError::Unsupported(format!(
+            "{}: a registry without a port other than 443 speaks https as far as Docker \
+                 is concerned; this source speaks http only",
+            image.registry
+        )));
+    }
+    Ok(())
 }
 
 fn blob_url(registry: &str, repository: &str, digest: &str) -> String {

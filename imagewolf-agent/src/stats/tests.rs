@@ -24,6 +24,7 @@ fn image(reference: &str, state: ImageState) -> ImageStats {
         load_seconds: None,
         attempts: 1,
         layers_loaded_ahead: 0,
+        blobs: None,
     }
 }
 

@@ -1,0 +1,295 @@
+//! The origin's side of the registry-native path: resolve the image over the registry API,
+//! read each blob the store lacks into it (a chunk at a time, each chunk seeded and
+//! announced as soon as it is on disk), seed the blobs the store already had, and have this
+//! node's runtime pull from the endpoint meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use base64::Engine;
+use futures::TryStreamExt;
+use imagewolf_bt::metainfo::Metainfo;
+use imagewolf_bt::storage::FileStorage;
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::chunks;
+use crate::distributor::{now_secs, Distributor};
+use crate::image::{Blob, BlobSet, Chunk, Distribution, ImageRef, ManifestDoc};
+use crate::registry::manifest::Descriptor;
+use crate::registry::BlobPlan;
+use crate::stats::{BlobCounts, ImageState};
+use crate::store::Digest;
+
+impl Distributor {
+    /// Resolves `image` for the registry-native path, with the pull's retries. `None` when
+    /// the path is off or the registry API cannot read this image (https, credentials, a
+    /// media type it does not take): the tarball path takes it then.
+    pub(in crate::distributor) async fn blob_plan(
+        &self,
+        key: &str,
+        image: &ImageRef,
+    ) -> Result<Option<BlobPlan>, String> {
+        let Some(path) = self.blob_path() else {
+            return Ok(None);
+        };
+        let attempts = Some(self.config.retry.pull_attempts);
+        self.with_retries(key, "pull", attempts, || async {
+            match path.registry.pull_plan(image).await {
+                Ok(plan) => Ok(Some(plan)),
+                Err(e) if e.wants_fallback() => {
+                    tracing::info!(image = %image, "registry-native path not possible ({e}); the tarball path takes it");
+                    Ok(None)
+                }
+                Err(e) => Err(crate::source::SourceError::from(e)),
+            }
+        })
+        .await
+    }
+
+    /// The origin's side of the registry-native path (see the module docs).
+    pub(in crate::distributor) async fn originate_blobs(
+        self: &Arc<Self>,
+        key: &str,
+        image: &ImageRef,
+        plan: BlobPlan,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), String> {
+        let path = self.blob_path().ok_or("the registry-native path is off")?;
+        let store = &path.store;
+        let blobs = plan.blobs();
+        let digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| Digest::parse(&b.digest).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let pushed = Digest::parse(&plan.pushed).map_err(|e| e.to_string())?;
+        let mut pinned = digests.clone();
+        for m in &plan.manifests {
+            pinned.push(Digest::parse(&m.digest).map_err(|e| e.to_string())?);
+        }
+        let _pin = store.pin(pinned);
+        for m in &plan.manifests {
+            let d = Digest::parse(&m.digest).map_err(|e| e.to_string())?;
+            store
+                .put_bytes(&d, &m.bytes)
+                .await
+                .map_err(|e| format!("storing manifest {d}: {e}"))?;
+            store.set_manifest_media_type(&d, &m.media_type);
+        }
+        if let Some(tag) = &image.tag {
+            store.set_tag(&image.registry, &image.repository, tag, &pushed);
+        }
+        let image_id = plan.image.config.digest.clone();
+        let total: u64 = blobs.iter().map(|b| b.size).sum();
+        let missing: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !store.contains(d))
+            .cloned()
+            .collect();
+        let counts = BlobCounts {
+            total: blobs.len() as u32,
+            present: (blobs.len() - missing.len()) as u32,
+            bytes_needed: blobs
+                .iter()
+                .zip(&digests)
+                .filter(|(_, d)| missing.contains(d))
+                .map(|(b, _)| b.size)
+                .sum(),
+        };
+        let in_runtime = self.loader.has_image(&image_id).await.unwrap_or(false);
+        let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());
+        let api = SocketAddr::new(self.config.advertise, self.config.api_port);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut d = Distribution {
+            image: image.clone(),
+            image_id: image_id.clone(),
+            id: crate::distributor::origin::distribution_id(key, &bt_addr, now_secs()),
+            size_hint: total,
+            segments: Vec::new(),
+            sha256: None,
+            seeders: vec![bt_addr.to_string()],
+            created: now_secs() as u64,
+            signature: None,
+            blobs: Some(BlobSet {
+                api: api.to_string(),
+                manifest: pushed.to_string(),
+                manifests: plan
+                    .manifests
+                    .iter()
+                    .map(|m| ManifestDoc {
+                        digest: m.digest.clone(),
+                        media_type: m.media_type.clone(),
+                        content: b64.encode(&m.bytes),
+                    })
+                    .collect(),
+                blobs: blobs
+                    .iter()
+                    .map(|b| Blob {
+                        digest: b.digest.clone(),
+                        size: b.size,
+                        chunks: Vec::new(),
+                    })
+                    .collect(),
+                complete: false,
+            }),
+        };
+        {
+            let mut records = self.records();
+            records.set_id(key, &d.id);
+            if let Some(r) = records.by_key.get_mut(key) {
+                r.stats.image_id = Some(image_id.clone());
+                r.stats.size = Some(total);
+                r.stats.blobs = Some(counts);
+            }
+        }
+        // This node's runtime pulls from the endpoint while the blobs arrive.
+        let _arriving = path.expect(&missing);
+        let own_load = async {
+            if in_runtime || !self.loader.pulls_from_endpoint() {
+                return Ok(());
+            }
+            self.with_retries(key, "load", None, || {
+                self.loader
+                    .pull_from_endpoint(&path.endpoint, image, pushed.as_str())
+            })
+            .await
+        };
+        let spread = async {
+            let (announce_tx, announce_rx) = watch::channel(None);
+            let announcer = tokio::spawn(Arc::clone(self).announce_updates(announce_rx));
+            let pulling = self.intake.pulling();
+            let result = self
+                .spread_blobs(key, image, &blobs, &digests, &mut d, &announce_tx)
+                .await;
+            drop(pulling);
+            for torrent in self.record_torrents(key) {
+                torrent.release_spreading();
+            }
+            drop(announce_tx);
+            let _ = announcer.await;
+            result
+        };
+        let (spread, loaded) = futures::future::join(spread, own_load).await;
+        spread?;
+        loaded?;
+        let torrents = self.record_torrents(key);
+        self.update(key, |r| {
+            r.stats.state = ImageState::Loaded;
+            r.stats.loaded_at = Some(now_secs());
+        });
+        drop(slot);
+        let tarball = self.origin_tarball(key);
+        self.linger_then_clean(key, torrents, tarball);
+        Ok(())
+    }
+
+    /// Seeds every blob, reading those the store lacks from the registry; announces each
+    /// chunk as it is seeded, then the whole as complete.
+    async fn spread_blobs(
+        &self,
+        key: &str,
+        image: &ImageRef,
+        blobs: &[Descriptor],
+        digests: &[Digest],
+        d: &mut Distribution,
+        announce: &watch::Sender<Option<Distribution>>,
+    ) -> Result<(), String> {
+        let path = self.blob_path().ok_or("the registry-native path is off")?;
+        let tracker = self.tracker_url();
+        for (i, (blob, digest)) in blobs.iter().zip(digests).enumerate() {
+            if let Some(file) = path.store.blob_path(digest) {
+                let metas =
+                    chunks::of_file(file.clone(), digest.clone(), blob.size, tracker.clone())
+                        .await?;
+                for (meta, (offset, len)) in metas.into_iter().zip(chunks::ranges(blob.size)) {
+                    let storage = FileStorage::open_range(&file, offset, len)
+                        .map_err(|e| format!("opening {}: {e}", file.display()))?;
+                    self.seed_chunk(key, i, meta, storage, d, announce).await?;
+                }
+                continue;
+            }
+            let stream = path
+                .registry
+                .blob_stream(image, blob)
+                .await
+                .map_err(|e| format!("blob {}: {e}", blob.digest))?;
+            let counter = self.intake.counter();
+            let stream = stream
+                .inspect_ok(move |b| {
+                    counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+                })
+                .map_err(std::io::Error::other);
+            let mut reader = tokio_util::io::StreamReader::new(stream);
+            let mut writer = path
+                .store
+                .writer(digest, blob.size)
+                .map_err(|e| format!("storing {digest}: {e}"))?;
+            for (j, (offset, len)) in chunks::ranges(blob.size).into_iter().enumerate() {
+                let meta = chunks::builder(digest, j, blob.size, &tracker)
+                    .build_from_async_reader((&mut reader).take(len), len, &mut writer)
+                    .await
+                    .map_err(|e| format!("blob {digest}: {e}"))?;
+                if meta.total_len() != len {
+                    return Err(format!(
+                        "blob {digest}: the registry sent {} bytes, the manifest says {}",
+                        offset + meta.total_len(),
+                        blob.size
+                    ));
+                }
+                let storage = FileStorage::open_range(writer.path(), offset, len)
+                    .map_err(|e| format!("opening {}: {e}", writer.path().display()))?;
+                self.seed_chunk(key, i, meta, storage, d, announce).await?;
+            }
+            writer
+                .commit()
+                .await
+                .map_err(|e| format!("blob {digest} from the registry: {e}"))?;
+            tracing::debug!(key, %digest, size = blob.size, "blob read into the store");
+        }
+        if let Some(set) = &mut d.blobs {
+            set.complete = true;
+        }
+        self.update(key, |r| {
+            r.stats.state = ImageState::Seeding;
+            r.stats.completed_at = Some(now_secs());
+        });
+        self.publish(key, d, announce);
+        tracing::info!(key, blobs = blobs.len(), "every blob seeding");
+        Ok(())
+    }
+
+    /// Seeds one chunk of blob `i` and announces it.
+    async fn seed_chunk(
+        &self,
+        key: &str,
+        i: usize,
+        meta: Metainfo,
+        storage: FileStorage,
+        d: &mut Distribution,
+        announce: &watch::Sender<Option<Distribution>>,
+    ) -> Result<(), String> {
+        let chunk = Chunk {
+            info_hash: meta.info_hash().to_hex(),
+            len: meta.total_len(),
+        };
+        let handle: TorrentHandle = match self.session.torrent(&meta.info_hash()) {
+            // Another image in flight seeds the same blob already.
+            Some(existing) => existing,
+            None => self
+                .session
+                .add_torrent(
+                    AddTorrent::new(meta, Arc::new(storage), StartFrom::Complete).holding_spread(),
+                )
+                .await
+                .map_err(|e| format!("seeding: {e}"))?,
+        };
+        if let Some(blob) = d.blobs.as_mut().and_then(|s| s.blobs.get_mut(i)) {
+            blob.chunks.push(chunk);
+        }
+        self.publish(key, d, announce);
+        self.update(key, |r| r.torrents.push(handle));
+        Ok(())
+    }
+}

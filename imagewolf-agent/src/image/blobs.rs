@@ -1,0 +1,199 @@
+//! The registry-native announcement: an image as manifests and blobs by digest (see
+//! ARCHITECTURE.md, "Registry-native distribution"). Small by design: piece hashes are not
+//! in it; a receiver fetches each chunk's `.torrent` from the announcing agent and checks it
+//! against the info-hash announced here.
+
+use serde::{Deserialize, Serialize};
+
+/// Most manifests (an index and its platform manifests) in one announcement.
+pub const MAX_MANIFESTS: usize = 64;
+/// Most bytes of manifests (base64) in one announcement.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Most blobs in one announcement (configs and layers of every platform announced).
+pub const MAX_BLOBS: usize = 1024;
+/// Most chunks of one blob (a 1 TiB blob at the largest chunk size is 4096).
+pub const MAX_CHUNKS: usize = 4096;
+
+/// An image as blobs: what the origin announces when the registry-native path carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobSet {
+    /// The announcing agent's API address (`ip:port`): where the chunks' `.torrent` files
+    /// are fetched (`GET /v1/torrents/<info-hash>`).
+    pub api: String,
+    /// The digest the image was pushed as (a manifest, or an index of per-platform
+    /// manifests): what the runtime pulls.
+    pub manifest: String,
+    /// The pushed manifest or index and the platform manifests distributed, each checked
+    /// against its digest on arrival.
+    pub manifests: Vec<ManifestDoc>,
+    /// Every blob distributed (configs and layers), all known from the start; their chunks
+    /// are announced as the origin reads them.
+    pub blobs: Vec<Blob>,
+    /// Every chunk of every blob is announced: nothing more follows.
+    pub complete: bool,
+}
+
+/// A manifest or index, carried whole (they are small, and the endpoint serves them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDoc {
+    /// `sha256:<hex>` of `content`'s bytes.
+    pub digest: String,
+    /// Its media type (what the endpoint answers as `Content-Type`).
+    pub media_type: String,
+    /// Base64 of the exact bytes.
+    pub content: String,
+}
+
+/// A blob (config or layer) and the torrents of its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its chunks so far, in order; complete when their lengths add up to `size`.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One chunk of a blob: a torrent of its own, a pure function of the blob's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Hex info-hash.
+    pub info_hash: String,
+    /// Bytes in this chunk.
+    pub len: u64,
+}
+
+impl Blob {
+    /// Bytes announced in chunks so far.
+    pub fn announced(&self) -> u64 {
+        self.chunks
+            .iter()
+            .fold(0u64, |sum, c| sum.saturating_add(c.len))
+    }
+
+    /// Every chunk is announced.
+    pub fn is_complete(&self) -> bool {
+        self.announced() == self.size
+    }
+}
+
+impl BlobSet {
+    /// Bytes announced in chunks so far.
+    pub fn announced_len(&self) -> u64 {
+        self.blobs
+            .iter()
+            .fold(0u64, |sum, b| sum.saturating_add(b.announced()))
+    }
+
+    /// True if `self` is `earlier` grown: the same image and blobs, each blob's chunks
+    /// extended, completion never taken back.
+    pub fn extends(&self, earlier: &BlobSet) -> bool {
+        self.api == earlier.api
+            && self.manifest == earlier.manifest
+            && self.manifests == earlier.manifests
+            && self.blobs.len() == earlier.blobs.len()
+            && self.blobs.iter().zip(&earlier.blobs).all(|(now, then)| {
+                now.digest == then.digest
+                    && now.size == then.size
+                    && now.chunks.len() >= then.chunks.len()
+                    && now.chunks[..then.chunks.len()] == then.chunks[..]
+            })
+            && (!earlier.complete || self.complete)
+    }
+
+    /// True if `self` adds something to `earlier`.
+    pub fn grows(&self, earlier: &BlobSet) -> bool {
+        self.extends(earlier)
+            && (self.complete != earlier.complete
+                || self
+                    .blobs
+                    .iter()
+                    .zip(&earlier.blobs)
+                    .any(|(now, then)| now.chunks.len() > then.chunks.len()))
+    }
+
+    /// Bounds and formats, checked before anything is allocated for an announcement.
+    pub fn check(&self) -> Result<(), String> {
+        let digest = |s: &str| {
+            s.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+        };
+        let hex40 = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if self.api.len() > 64 || self.api.parse::<std::net::SocketAddr>().is_err() {
+            return Err("blobs.api is not ip:port".into());
+        }
+        if !digest(&self.manifest) {
+            return Err("blobs.manifest is not sha256:<64 hex>".into());
+        }
+        if self.manifests.is_empty() || self.manifests.len() > MAX_MANIFESTS {
+            return Err(format!("1 to {MAX_MANIFESTS} manifests expected"));
+        }
+        let mut manifest_bytes = 0usize;
+        for m in &self.manifests {
+            if !digest(&m.digest) || m.media_type.len() > 255 {
+                return Err("a manifest's digest or media type is malformed".into());
+            }
+            manifest_bytes = manifest_bytes.saturating_add(m.content.len());
+        }
+        if manifest_bytes > MAX_MANIFEST_BYTES {
+            return Err(format!("manifests over {MAX_MANIFEST_BYTES} bytes"));
+        }
+        if !self.manifests.iter().any(|m| m.digest == self.manifest) {
+            return Err("the pushed manifest is not among the manifests".into());
+        }
+        if self.blobs.len() > MAX_BLOBS {
+            return Err(format!("more than {MAX_BLOBS} blobs"));
+        }
+        let mut total = 0u64;
+        for b in &self.blobs {
+            if !digest(&b.digest) {
+                return Err("a blob's digest is not sha256:<64 hex>".into());
+            }
+            if b.chunks.len() > MAX_CHUNKS {
+                return Err(format!("a blob of more than {MAX_CHUNKS} chunks"));
+            }
+            if b.chunks.iter().any(|c| !hex40(&c.info_hash) || c.len == 0) {
+                return Err("a chunk's info_hash or length is malformed".into());
+            }
+            if b.announced() > b.size {
+                return Err("a blob's chunks are longer than the blob".into());
+            }
+            if self.complete && !b.is_complete() {
+                return Err("complete, but a blob's chunks do not cover it".into());
+            }
+            total = total.saturating_add(b.size);
+        }
+        if total > super::MAX_IMAGE_BYTES {
+            return Err("blobs too large".into());
+        }
+        Ok(())
+    }
+
+    /// The fields the cluster signature covers, each its own field.
+    pub(super) fn signed_fields(&self, out: &mut Vec<Vec<u8>>) {
+        out.push(b"blobs".to_vec());
+        out.push(self.api.as_bytes().to_vec());
+        out.push(self.manifest.as_bytes().to_vec());
+        out.push(vec![u8::from(self.complete)]);
+        out.push((self.manifests.len() as u64).to_be_bytes().to_vec());
+        for m in &self.manifests {
+            out.push(m.digest.as_bytes().to_vec());
+            out.push(m.media_type.as_bytes().to_vec());
+            out.push(m.content.as_bytes().to_vec());
+        }
+        out.push((self.blobs.len() as u64).to_be_bytes().to_vec());
+        for b in &self.blobs {
+            out.push(b.digest.as_bytes().to_vec());
+            out.push(b.size.to_be_bytes().to_vec());
+            out.push((b.chunks.len() as u64).to_be_bytes().to_vec());
+            for c in &b.chunks {
+                out.push(c.info_hash.as_bytes().to_vec());
+                out.push(c.len.to_be_bytes().to_vec());
+            }
+        }
+    }
+}
