@@ -7,6 +7,7 @@
 //! | `/registryNotifications` | POST | `{"accepted": n, "duplicates": m, "ignored": k}` |
 //! | `/hubNotifications` | POST | the same shape |
 //! | `/stats` | GET | JSON array of [`ImageStats`] |
+//! | `/stats/store` | GET | the blob store's [`StoreStats`](crate::store::StoreStats) (404 without one) |
 //! | `/healthz` | GET | `{"status": "ok"}` |
 //! | `/metrics` | GET | Prometheus text 0.0.4 |
 //! | `/v1/distributions` | POST | `{"status": "started" \| "known" \| "ignored"}` |
@@ -130,6 +131,10 @@ pub trait AgentApi: Send + Sync + 'static {
     /// digits, checked by the router): receivers fetch piece hashes on demand.
     fn torrent_file(&self, info_hash: &str) -> Option<Vec<u8>> {
         let _ = info_hash;
+        None
+    }
+    /// The blob store's figures, when this agent has one (`--distribution blobs`).
+    fn store_stats(&self) -> Option<crate::store::StoreStats> {
         None
     }
 }
@@ -475,6 +480,7 @@ enum Route {
     RegistryNotifications,
     HubNotifications,
     Stats,
+    StoreStats,
     Healthz,
     Metrics,
     Distributions,
@@ -488,6 +494,7 @@ impl Route {
             "/registryNotifications" => Route::RegistryNotifications,
             "/hubNotifications" => Route::HubNotifications,
             "/stats" => Route::Stats,
+            "/stats/store" => Route::StoreStats,
             "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
             "/v1/distributions" => Route::Distributions,
@@ -502,6 +509,7 @@ impl Route {
             Route::RegistryNotifications => "/registryNotifications",
             Route::HubNotifications => "/hubNotifications",
             Route::Stats => "/stats",
+            Route::StoreStats => "/stats/store",
             Route::Healthz => "/healthz",
             Route::Metrics => "/metrics",
             Route::Distributions => "/v1/distributions",
@@ -514,9 +522,12 @@ impl Route {
         match self {
             Route::RegistryNotifications | Route::HubNotifications => "POST",
             Route::Distributions => "GET, POST",
-            Route::Stats | Route::Healthz | Route::Metrics | Route::Announce | Route::Torrent => {
-                "GET"
-            }
+            Route::Stats
+            | Route::StoreStats
+            | Route::Healthz
+            | Route::Metrics
+            | Route::Announce
+            | Route::Torrent => "GET",
         }
     }
 }
@@ -645,10 +656,18 @@ async fn dispatch(
             counts.into_response()
         }
         Route::Stats => Ok(json_response(StatusCode::OK, &api.images())),
+        Route::StoreStats => match api.store_stats() {
+            Some(stats) => Ok(json_response(StatusCode::OK, &stats)),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no blob store here (--distribution tarball)",
+            )),
+        },
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         Route::Metrics => {
             let mut agent = ctx.counters.snapshot(api.known_agents());
             agent.distribution = api.distribution_metrics();
+            agent.store = api.store_stats();
             let text = render_prometheus(&api.images(), &agent);
             Ok(bytes_response(Bytes::from(text), METRICS_CONTENT_TYPE))
         }

@@ -142,6 +142,8 @@ pub struct AgentMetrics {
     pub http_rejected: u64,
     /// The distributor's slots and refusals.
     pub distribution: DistributionMetrics,
+    /// The blob store's figures (`--distribution blobs`).
+    pub store: Option<crate::store::StoreStats>,
 }
 
 /// Agent-wide distribution figures: `--max-torrents` slots, `--allow` refusals, and the
@@ -232,6 +234,7 @@ impl HttpCounters {
             http: self.requests(),
             http_rejected: self.rejected(),
             distribution: DistributionMetrics::default(),
+            store: None,
         }
     }
 }
@@ -255,6 +258,72 @@ struct PerImage {
 
 /// Renders Prometheus text exposition format 0.0.4 (serve as
 /// `text/plain; version=0.0.4; charset=utf-8`).
+/// The blob store's families.
+fn render_store(out: &mut String, s: &crate::store::StoreStats) {
+    let gauges = [
+        (
+            "imagewolf_store_bytes",
+            "Bytes of committed blobs in the store.",
+            s.bytes,
+        ),
+        (
+            "imagewolf_store_blobs",
+            "Committed blobs in the store.",
+            s.blobs,
+        ),
+        (
+            "imagewolf_store_budget_bytes",
+            "The store's budget (--cache-size).",
+            s.budget,
+        ),
+        (
+            "imagewolf_store_partial_bytes",
+            "Bytes of blobs being received.",
+            s.partial_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(out, name, "gauge", help);
+        sample(out, name, &[], Num::Int(value));
+    }
+    let counters = [
+        (
+            "imagewolf_store_hits_total",
+            "Blob reads served from the store.",
+            s.hits,
+        ),
+        (
+            "imagewolf_store_misses_total",
+            "Blob reads of blobs the store lacked.",
+            s.misses,
+        ),
+        (
+            "imagewolf_store_evictions_total",
+            "Blobs evicted to stay within the budget.",
+            s.evictions,
+        ),
+        (
+            "imagewolf_store_evicted_bytes_total",
+            "Bytes evicted to stay within the budget.",
+            s.evicted_bytes,
+        ),
+        (
+            "imagewolf_store_commits_total",
+            "Blobs verified and committed.",
+            s.commits,
+        ),
+        (
+            "imagewolf_store_rejected_total",
+            "Blobs refused because their bytes did not match their digest.",
+            s.rejected,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(out, name, "counter", help);
+        sample(out, name, &[], Num::Int(value));
+    }
+}
+
 pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String {
     let mut out = String::with_capacity(1024 + images.len() * 512);
     family(
@@ -415,6 +484,10 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
         "Forgotten records still remembered for deduplication.",
         d.record_tombstones,
     );
+
+    if let Some(store) = &agent.store {
+        render_store(&mut out, store);
+    }
 
     let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();
     for image in images {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder};
 use imagewolf::docker::{
-    build_test_image, free_port, Dockerd, NotificationEndpoint, Registry, RegistryOptions,
+    build_test_image, extend_test_image, free_port, Dockerd, NotificationEndpoint, Registry,
+    RegistryOptions,
 };
 use imagewolf::{http, ChildGuard, TempDir};
 
@@ -282,4 +283,195 @@ async fn pushed_image_reaches_every_node_from_one_registry_pull() {
 
     drop(agents);
     drop(dockerds);
+}
+
+/// `/stats` of `ip`'s agent for the image pushed as `reference`.
+async fn image_stats(ip: Ipv4Addr, reference: &str) -> serde_json::Value {
+    stats(ip)
+        .await
+        .into_iter()
+        .find(|i| {
+            i["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(reference))
+        })
+        .unwrap_or_else(|| panic!("{ip} has no record of {reference}"))
+}
+
+/// The registry-native path (`--distribution blobs`) on a real cluster: the everyday update
+/// moves only its new layer, every dockerd keeps the registry's digests, and what the
+/// orchestrator does next (a pull by digest, a pull of a related image) fetches nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests() {
+    require_root_and_tools().unwrap_or_else(|e| panic!("{e}"));
+    const NODES: usize = 4;
+    const LAYER_MIB: usize = 8;
+    let dir = TempDir::new("cluster-blobs").unwrap();
+    let cluster = ClusterBuilder::new(NODES).build().unwrap();
+    let ips = cluster.node_ips();
+    cluster.write_hosts("imagewolf", &ips).unwrap();
+    let bridge = cluster.bridge_ip();
+    let registry_addr = format!("{bridge}:{}", free_port().unwrap());
+    let registry = Registry::start_with(
+        &registry_addr,
+        &RegistryOptions {
+            notifications: vec![NotificationEndpoint {
+                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
+                headers: Vec::new(),
+            }],
+        },
+    )
+    .unwrap();
+    // A registry nobody hears from: what an ordinary `docker pull` afterwards talks to.
+    let quiet_addr = format!("{bridge}:{}", free_port().unwrap());
+    let quiet = Registry::start(&quiet_addr).unwrap();
+    // dockerd runs in the root namespace, the agent in the node's: the endpoint listens on
+    // the node's address, which dockerd must be told is plain http.
+    let subnet = cluster.subnet();
+    let insecure = [registry_addr.as_str(), quiet_addr.as_str(), subnet.as_str()];
+    let builder = Dockerd::start("builder", &insecure).unwrap();
+    let dockerds: Vec<Dockerd> = (0..NODES)
+        .map(|i| Dockerd::start(&format!("node{i}"), &insecure).unwrap())
+        .collect();
+    let endpoints: Vec<String> = ips.iter().map(|ip| format!("{ip}:5055")).collect();
+    let _agents: Vec<ChildGuard> = (0..NODES)
+        .map(|i| {
+            let flags = [
+                "--distribution",
+                "blobs",
+                "--endpoint-listen",
+                endpoints[i].as_str(),
+            ];
+            start_agent(&cluster, i, &dockerds[i], dir.path(), &flags)
+        })
+        .collect();
+    let all: Vec<(Ipv4Addr, &Dockerd)> = ips.iter().copied().zip(dockerds.iter()).collect();
+    let repo_digest = |d: &Dockerd, reference: &str| {
+        d.run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            reference,
+        ])
+        .unwrap()
+    };
+
+    // 1. v1, three layers: every node has it, from one registry read.
+    let v1 = format!("{registry_addr}/test/app:v1");
+    let v1_id = build_test_image(&builder, &v1, LAYERS, LAYER_MIB).unwrap();
+    builder.run_cli(&["push", &v1]).unwrap();
+    let v1_digest = pushed_digest(&builder, &v1);
+    wait_loaded_everywhere(&all, &v1, Duration::from_secs(120), dir.path()).await;
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1,
+        "{:?}",
+        registry.blob_gets()
+    );
+    for d in &dockerds {
+        assert_eq!(d.image_id(&v1).unwrap(), v1_id);
+        let digests = repo_digest(d, &v1);
+        assert!(
+            digests.contains(&format!("{registry_addr}/test/app@{v1_digest}")),
+            "dockerd lacks the registry's digest of v1: {digests}"
+        );
+        assert!(
+            !digests.contains(":5055/"),
+            "the endpoint's name was left: {digests}"
+        );
+    }
+
+    // 2. The everyday update: v2 = v1 + one 1 MiB layer. Only that layer and the new config
+    //    move: the registry serves two blobs, and no receiver downloads more than about them.
+    let v2 = format!("{registry_addr}/test/app:v2");
+    let v2_id = extend_test_image(&builder, &v1, &v2, 1).unwrap();
+    let pushed = Instant::now();
+    builder.run_cli(&["push", &v2]).unwrap();
+    let v2_digest = pushed_digest(&builder, &v2);
+    wait_loaded_everywhere(&all, &v2, Duration::from_secs(120), dir.path()).await;
+    eprintln!(
+        "update (1 MiB on {} MiB): push -> loaded on {NODES} nodes in {:.2} s",
+        LAYERS * LAYER_MIB,
+        pushed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1 + 2,
+        "v2 read more than its new layer and config from the registry: {:?}",
+        registry.blob_gets()
+    );
+    for (i, (ip, d)) in all.iter().enumerate() {
+        assert_eq!(d.image_id(&v2).unwrap(), v2_id);
+        let digests = repo_digest(d, &v2);
+        assert!(
+            digests.contains(&format!("{registry_addr}/test/app@{v2_digest}")),
+            "node {i} lacks the registry's digest of v2: {digests}"
+        );
+        let s = image_stats(*ip, &v2).await;
+        assert_eq!(s["blobs"]["total"], LAYERS + 2, "{s}");
+        assert_eq!(
+            s["blobs"]["present"], LAYERS,
+            "node {i} fetched v1's layers again: {s}"
+        );
+        let needed = s["blobs"]["bytes_needed"].as_u64().unwrap();
+        assert!(
+            needed < (1 << 20) + (64 << 10),
+            "node {i} needed {needed} bytes for a 1 MiB update: {s}"
+        );
+        if i > 0 {
+            let down = s["bytes_down"].as_u64().unwrap();
+            assert!(
+                down <= needed + (64 << 10),
+                "node {i} received {down} bytes for {needed} bytes of new blobs: {s}"
+            );
+        }
+    }
+
+    // 3. What the orchestrator does next. A pull by the registry's digest fetches no blob.
+    let before = registry.blob_get_count();
+    dockerds[1]
+        .run_cli(&["pull", &format!("{registry_addr}/test/app@{v2_digest}")])
+        .unwrap();
+    assert_eq!(
+        registry.blob_get_count(),
+        before,
+        "a pull by digest fetched blobs"
+    );
+    // An ordinary pull of a related image (v1 + another layer) from a registry ImageWolf
+    // never heard of fetches only that layer and its config: dockerd knows v1's layers by
+    // their registry digests.
+    builder
+        .run_cli(&["tag", &v1, &format!("{quiet_addr}/test/app:v1")])
+        .unwrap();
+    let v3 = format!("{quiet_addr}/test/app:v3");
+    extend_test_image(&builder, &v1, &v3, 1).unwrap();
+    builder.run_cli(&["push", &v3]).unwrap();
+    let pushed_blobs = quiet.blob_get_count();
+    dockerds[2].run_cli(&["pull", &v3]).unwrap();
+    assert_eq!(
+        quiet.blob_get_count() - pushed_blobs,
+        2,
+        "an ordinary pull of v1 + one layer fetched {:?}",
+        quiet.blob_gets()
+    );
+}
+
+/// The registry's digest of `reference` as `builder` pushed it.
+fn pushed_digest(builder: &Dockerd, reference: &str) -> String {
+    let name = reference.rsplit_once(':').map_or(reference, |(n, _)| n);
+    let digests = builder
+        .run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            reference,
+        ])
+        .unwrap();
+    let list: Vec<String> = serde_json::from_str(digests.trim()).unwrap();
+    list.iter()
+        .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no digest of {reference} in {digests}"))
 }

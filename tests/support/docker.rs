@@ -777,6 +777,33 @@ pub fn build_test_image(
     result
 }
 
+/// Builds `name` in `dockerd` as `base` (an image `dockerd` has) plus one layer of
+/// `layer_mib` MiB of random bytes (a `COPY` in a classic-builder build, nothing pulled);
+/// returns its image id. The everyday update: a new version sharing every earlier layer.
+pub fn extend_test_image(
+    dockerd: &Dockerd,
+    base: &str,
+    name: &str,
+    layer_mib: usize,
+) -> io::Result<String> {
+    let ctx = dockerd
+        .dir()
+        .join(format!("build-{:08x}", rand::random::<u32>()));
+    let result = (|| {
+        fs::create_dir_all(&ctx)?;
+        let file = format!("update-{:08x}.bin", rand::random::<u32>());
+        write_random_file(&ctx.join(&file), layer_mib)?;
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {base}\nCOPY {file} /{file}\n"),
+        )?;
+        dockerd.run_cli(&["build", "-q", "-t", name, &ctx.to_string_lossy()])?;
+        dockerd.image_id(name)
+    })();
+    let _ = fs::remove_dir_all(&ctx);
+    result
+}
+
 /// Starts one daemon per name at once (each takes ~1-6 s to answer its first ping). Panics
 /// if one does not start (a test helper).
 pub fn start_daemons(names: &[&str]) -> Vec<Dockerd> {

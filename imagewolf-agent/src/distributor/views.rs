@@ -159,6 +159,10 @@ impl crate::api::AgentApi for DistributorApi {
     fn torrent_file(&self, info_hash: &str) -> Option<Vec<u8>> {
         self.0.torrent_file(info_hash)
     }
+
+    fn store_stats(&self) -> Option<crate::store::StoreStats> {
+        self.0.blob_path().map(|p| p.store.stats())
+    }
 }
 
 impl From<Accepted> for crate::api::PushOutcome {
