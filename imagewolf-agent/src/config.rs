@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::registry::manifest::Platform;
+
 /// How the agent finds the other agents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerSpec {
@@ -253,6 +255,17 @@ pub struct AgentConfig {
     /// dockerd speaks plain http only to 127.0.0.0/8 unless told `--insecure-registry`.
     #[arg(long, env = "IMAGEWOLF_ENDPOINT_ADDRESS")]
     pub endpoint_address: Option<String>,
+
+    /// This node's platform, `os/architecture[/variant]`, taken out of multi-platform
+    /// images (`blobs` mode). Default: the host's.
+    #[arg(long, env = "IMAGEWOLF_PLATFORM", value_parser = Platform::parse)]
+    pub platform: Option<Platform>,
+
+    /// Every platform the cluster's nodes run (`linux/amd64,linux/arm64`): an origin reads
+    /// and spreads each of them out of a multi-platform image, so every node finds its own
+    /// in the swarm. Default: the origin's own only.
+    #[arg(long, env = "IMAGEWOLF_PLATFORMS", value_delimiter = ',', value_parser = Platform::parse)]
+    pub platforms: Vec<Platform>,
 }
 
 /// A byte size: digits with an optional `K`, `M`, `G` or `T` suffix (powers of 1024; `KiB`,

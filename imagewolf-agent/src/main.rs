@@ -175,8 +175,16 @@ async fn start_blob_path(
     if !bound.ip().is_loopback() {
         tracing::warn!(%bound, "the registry endpoint listens beyond loopback: anyone who reaches it can read every image in this node's store");
     }
-    let content =
-        distributor.enable_blobs(BlobPath::new(store, RegistrySource::new(), address.clone()));
+    let platform = config
+        .platform
+        .unwrap_or_else(imagewolf_agent::registry::manifest::host_platform);
+    let path = BlobPath::new(
+        store,
+        RegistrySource::for_platform(platform),
+        address.clone(),
+    )
+    .with_platforms(platform, &config.platforms);
+    let content = distributor.enable_blobs(path);
     tracing::info!(%bound, runtime_pulls_from = %address, cache_size = config.cache_size, "registry-native distribution: store and endpoint ready");
     tokio::spawn(endpoint::serve(
         listener,

@@ -422,8 +422,9 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
         );
         if i > 0 {
             let down = s["bytes_down"].as_u64().unwrap();
+            // Endgame may fetch a few blocks twice; v1's 24 MiB must not move again.
             assert!(
-                down <= needed + (64 << 10),
+                down <= needed * 3 / 2,
                 "node {i} received {down} bytes for {needed} bytes of new blobs: {s}"
             );
         }

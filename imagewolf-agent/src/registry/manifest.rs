@@ -85,6 +85,42 @@ pub struct Platform {
     pub os: &'static str,
     /// Go's `GOARCH` name (`amd64`, `arm64`, ...).
     pub architecture: &'static str,
+    /// The variant (`v7`, `v8`), empty when any will do.
+    pub variant: &'static str,
+}
+
+impl Platform {
+    /// Parses `os/architecture[/variant]` (`linux/amd64`, `linux/arm/v7`), as `docker
+    /// --platform` writes it. The strings live for the program (flags are parsed once).
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let good = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 32
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| good(p)) {
+            return Err(format!(
+                "{s:?} is not os/architecture[/variant], e.g. linux/arm64"
+            ));
+        }
+        let leak = |p: &str| -> &'static str { Box::leak(p.to_ascii_lowercase().into_boxed_str()) };
+        Ok(Platform {
+            os: leak(parts[0]),
+            architecture: leak(parts[1]),
+            variant: parts.get(2).map_or("", |v| leak(v)),
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
 }
 
 /// The platform this agent runs on, in Go's names (Rust's `std::env::consts::ARCH` mapped).
@@ -92,6 +128,7 @@ pub fn host_platform() -> Platform {
     Platform {
         os: "linux",
         architecture: go_arch(std::env::consts::ARCH),
+        variant: "",
     }
 }
 
@@ -291,9 +328,10 @@ pub fn select<'a>(
                 && [DOCKER_MANIFEST, OCI_MANIFEST].contains(&e.manifest.media_type.as_str())
         })
         .collect();
-    let preferred = |e: &&&IndexEntry| match platform.architecture {
-        "arm64" => e.variant.is_empty() || e.variant == "v8",
-        _ => true,
+    let preferred = |e: &&&IndexEntry| match (platform.variant, platform.architecture) {
+        ("", "arm64") => e.variant.is_empty() || e.variant == "v8",
+        ("", _) => true,
+        (wanted, _) => e.variant == wanted,
     };
     candidates
         .iter()
@@ -315,9 +353,7 @@ pub fn select<'a>(
             failed(
                 what,
                 format!(
-                    "no image for {}/{} in the index (it has: {})",
-                    platform.os,
-                    platform.architecture,
+                    "no image for {platform} in the index (it has: {})",
                     have.join(", ")
                 ),
             )
@@ -381,6 +417,7 @@ mod tests {
         let amd64 = Platform {
             os: "linux",
             architecture: "amd64",
+            variant: "",
         };
         // Not the windows one, not the nested index: the linux/amd64 image manifest.
         assert_eq!(
@@ -390,6 +427,7 @@ mod tests {
         let arm64 = Platform {
             os: "linux",
             architecture: "arm64",
+            variant: "",
         };
         assert_eq!(
             select("idx", &entries, arm64).unwrap().manifest.digest,
@@ -398,6 +436,7 @@ mod tests {
         let s390 = Platform {
             os: "linux",
             architecture: "s390x",
+            variant: "",
         };
         let err = select("idx", &entries, s390).unwrap_err();
         assert!(!err.retryable() && !err.wants_fallback(), "{err}");
@@ -410,6 +449,17 @@ mod tests {
             assert_eq!(host_platform(), amd64);
         }
         assert_eq!(go_arch("aarch64"), "arm64");
+        let v7 = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(v7.to_string(), "linux/arm/v7");
+        assert_eq!(
+            select("idx", &entries, v7).unwrap().variant,
+            "v7",
+            "an explicit variant is matched"
+        );
+        assert_eq!(Platform::parse("linux/arm64").unwrap(), arm64);
+        for bad in ["linux", "linux/", "a/b/c/d", "linux/../x", ""] {
+            assert!(Platform::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

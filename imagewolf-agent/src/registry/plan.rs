@@ -6,7 +6,7 @@ use futures::stream::BoxStream;
 use hyper::StatusCode;
 
 use super::client::{sha256_digest, valid_digest};
-use super::manifest::{self, Descriptor, ImageManifest, Manifest};
+use super::manifest::{self, Descriptor, ImageManifest, Manifest, Platform};
 use super::{status_error, BlobSource, HttpBlobs, RegistryError, RegistrySource, MAX_MANIFEST};
 use crate::image::ImageRef;
 
@@ -28,19 +28,24 @@ pub struct BlobPlan {
     pub name: String,
     /// The digest the image was pushed as (manifest or index).
     pub pushed: String,
-    /// The pushed manifest or index first, then this platform's manifest if it was an index.
+    /// The pushed manifest or index first, then, if it was an index, the manifest of each
+    /// platform distributed.
     pub manifests: Vec<RawManifest>,
-    /// This platform's image: the config and the layers, bottom first.
-    pub image: ImageManifest,
+    /// Each platform's image distributed (the first is the origin's own when the index has
+    /// it): the config and the layers, bottom first.
+    pub images: Vec<ImageManifest>,
 }
 
 impl BlobPlan {
-    /// The blobs to distribute: the config, then each layer once (repeats dropped), in order.
+    /// The blobs to distribute: each image's config, then its layers, each blob once
+    /// (repeats and blobs shared between platforms dropped), in order.
     pub fn blobs(&self) -> Vec<Descriptor> {
-        let mut out: Vec<Descriptor> = vec![self.image.config.clone()];
-        for layer in &self.image.layers {
-            if !out.iter().any(|d| d.digest == layer.digest) {
-                out.push(layer.clone());
+        let mut out: Vec<Descriptor> = Vec::new();
+        for image in &self.images {
+            for blob in std::iter::once(&image.config).chain(&image.layers) {
+                if !out.iter().any(|d| d.digest == blob.digest) {
+                    out.push(blob.clone());
+                }
             }
         }
         out
@@ -54,6 +59,16 @@ impl RegistrySource {
     /// (layers per image, index entries, blob sizes): a manifest naming 10,000 layers or a
     /// 1 TiB blob is refused before anything is allocated for it.
     pub async fn pull_plan(&self, image: &ImageRef) -> Result<BlobPlan, RegistryError> {
+        self.pull_plan_for(image, &[self.platform]).await
+    }
+
+    /// [`RegistrySource::pull_plan`] for every platform of `platforms` the index has (at
+    /// least one must be there); a single-platform manifest is taken as it is.
+    pub async fn pull_plan_for(
+        &self,
+        image: &ImageRef,
+        platforms: &[Platform],
+    ) -> Result<BlobPlan, RegistryError> {
         super::check_reference(image)?;
         let name = format!("{}/{}", image.registry, image.repository);
         let by = image
@@ -64,28 +79,48 @@ impl RegistrySource {
         let (top, parsed) = self.raw_manifest(image, &by).await?;
         let pushed = top.digest.clone();
         let mut manifests = vec![top];
-        let image_manifest = match parsed {
-            Manifest::Image(m) => m,
+        let mut images = Vec::new();
+        match parsed {
+            Manifest::Image(m) => images.push(m),
             Manifest::Index(entries) => {
-                let entry = manifest::select(&format!("index of {name}"), &entries, self.platform)?;
-                let digest = entry.manifest.digest.clone();
-                let (platform, parsed) = self.raw_manifest(image, &digest).await?;
-                manifests.push(platform);
-                match parsed {
-                    Manifest::Image(m) => m,
-                    Manifest::Index(_) => {
-                        return Err(RegistryError::Failed(format!(
-                            "{name}: the index entry for this platform is an index again"
-                        )))
+                let what = format!("index of {name}");
+                let mut first_error = None;
+                for platform in platforms {
+                    let entry = match manifest::select(&what, &entries, *platform) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::info!("{e}: not distributed");
+                            first_error.get_or_insert(e);
+                            continue;
+                        }
+                    };
+                    let digest = entry.manifest.digest.clone();
+                    if manifests.iter().any(|m| m.digest == digest) {
+                        continue;
+                    }
+                    let (raw, parsed) = self.raw_manifest(image, &digest).await?;
+                    manifests.push(raw);
+                    match parsed {
+                        Manifest::Image(m) => images.push(m),
+                        Manifest::Index(_) => {
+                            return Err(RegistryError::Failed(format!(
+                                "{name}: the index entry for {platform} is an index again"
+                            )))
+                        }
                     }
                 }
+                if images.is_empty() {
+                    return Err(first_error.unwrap_or_else(|| {
+                        RegistryError::Failed(format!("{what}: no platform to distribute"))
+                    }));
+                }
             }
-        };
+        }
         Ok(BlobPlan {
             name,
             pushed,
             manifests,
-            image: image_manifest,
+            images,
         })
     }
 

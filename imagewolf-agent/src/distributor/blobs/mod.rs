@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::Distributor;
+use crate::registry::manifest::Platform;
 use crate::registry::RegistrySource;
 use crate::store::{Digest, Store};
 
@@ -34,6 +35,11 @@ pub struct BlobPath {
     pub registry: RegistrySource,
     /// `host:port` the runtime pulls from (the endpoint's address as the runtime sees it).
     pub endpoint: String,
+    /// This node's platform: what it takes out of an index.
+    pub platform: Platform,
+    /// The platforms an origin distributes out of an index: this node's first, then the
+    /// other platforms of the cluster's nodes (`--platforms`).
+    pub platforms: Vec<Platform>,
     /// Blobs this node is receiving, counted per distribution: the endpoint waits for these.
     expected: Arc<Mutex<HashMap<Digest, usize>>>,
 }
@@ -42,12 +48,25 @@ impl BlobPath {
     /// The path over `store`, reading registries with `registry`, the runtime pulling from
     /// `endpoint`.
     pub fn new(store: Arc<Store>, registry: RegistrySource, endpoint: String) -> Self {
+        let platform = crate::registry::manifest::host_platform();
         BlobPath {
             store,
             registry,
             endpoint,
+            platform,
+            platforms: vec![platform],
             expected: Arc::default(),
         }
+    }
+
+    /// This node takes `platform` out of indexes, and an origin here distributes
+    /// `platform` and `others` (the other platforms of the cluster's nodes).
+    pub fn with_platforms(mut self, platform: Platform, others: &[Platform]) -> Self {
+        self.platform = platform;
+        self.platforms = std::iter::once(platform)
+            .chain(others.iter().copied().filter(|p| *p != platform))
+            .collect();
+        self
     }
 
     /// What the registry endpoint serves: this store, waiting for blobs being received.

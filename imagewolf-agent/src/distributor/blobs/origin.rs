@@ -37,7 +37,7 @@ impl Distributor {
         };
         let attempts = Some(self.config.retry.pull_attempts);
         self.with_retries(key, "pull", attempts, || async {
-            match path.registry.pull_plan(image).await {
+            match path.registry.pull_plan_for(image, &path.platforms).await {
                 Ok(plan) => Ok(Some(plan)),
                 Err(e) if e.wants_fallback() => {
                     tracing::info!(image = %image, "registry-native path not possible ({e}); the tarball path takes it");
@@ -81,7 +81,9 @@ impl Distributor {
         if let Some(tag) = &image.tag {
             store.set_tag(&image.registry, &image.repository, tag, &pushed);
         }
-        let image_id = plan.image.config.digest.clone();
+        // The image id here: this node's platform's config (the first image is the
+        // origin's own platform when the index has it).
+        let image_id = plan.images[0].config.digest.clone();
         let total: u64 = blobs.iter().map(|b| b.size).sum();
         let missing: Vec<Digest> = digests
             .iter()

@@ -53,7 +53,12 @@ impl Distributor {
         let manifests = decode_manifests(&set)?;
         let (chosen, config, layers) = self.platform_image(&set, &manifests)?;
         let _ = chosen;
-        if self.loader.has_image(config.as_str()).await.unwrap_or(false) {
+        if self
+            .loader
+            .has_image(config.as_str())
+            .await
+            .unwrap_or(false)
+        {
             tracing::info!(image = %d.image, "already present here; skipping the download");
             self.update(key, |r| {
                 r.stats.state = ImageState::Loaded;
@@ -345,7 +350,8 @@ impl Distributor {
 
     /// The platform this node takes out of indexes.
     fn platform(&self) -> manifest::Platform {
-        manifest::host_platform()
+        self.blob_path()
+            .map_or_else(manifest::host_platform, |p| p.platform)
     }
 }
 
