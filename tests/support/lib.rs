@@ -8,6 +8,7 @@ pub mod docker;
 pub mod generated_image;
 pub mod http;
 pub mod local_agents;
+pub mod oci;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -13,10 +13,13 @@ use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::PeerSpec;
 use imagewolf_agent::discovery;
 use imagewolf_agent::distributor::{
-    Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
+    BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
+use imagewolf_agent::registry::manifest::Platform;
+use imagewolf_agent::registry::RegistrySource;
 use imagewolf_agent::source::{ImageSource, NoSource};
+use imagewolf_agent::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -194,6 +197,37 @@ impl LocalAgents {
             data_dir,
         });
         Ok(self.agents.last().expect("just pushed"))
+    }
+
+    /// Turns on agent `i`'s registry-native path (`--distribution blobs`): a store in its
+    /// data dir with `budget` bytes, an endpoint on a free loopback port (returned), this
+    /// node's `platform` and, as an origin, `platforms` spread out of indexes.
+    pub async fn enable_blobs(
+        &self,
+        i: usize,
+        budget: u64,
+        platform: Platform,
+        platforms: &[Platform],
+    ) -> std::io::Result<SocketAddr> {
+        let agent = &self.agents[i];
+        let store =
+            Store::open(&agent.data_dir.join("store"), budget).map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = listener.local_addr()?;
+        let path = BlobPath::new(
+            store,
+            RegistrySource::for_platform(platform),
+            endpoint.to_string(),
+        )
+        .with_platforms(platform, platforms);
+        let content = agent.distributor.enable_blobs(path);
+        tokio::spawn(imagewolf_agent::endpoint::serve(
+            listener,
+            content,
+            imagewolf_agent::endpoint::EndpointConfig::default(),
+            self.shutdown.subscribe(),
+        ));
+        Ok(endpoint)
     }
 
     /// Stops every agent's API and BitTorrent session.

@@ -1,0 +1,267 @@
+//! The registry-native path (`--distribution blobs`) with real agents in one process on
+//! loopback (`--runtime none`: an image lands in the node's store, served by its endpoint)
+//! and Debian's real registry: every node gets exactly its platform out of a multi-platform
+//! index, what the store already has never travels again, and a node's endpoint serves what
+//! it received, checked against the registry's digests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use imagewolf::docker::Registry;
+use imagewolf::http;
+use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
+use imagewolf::oci::{self, Blob, Image};
+use imagewolf::TempDir;
+use imagewolf_agent::registry::manifest::Platform;
+
+const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
+
+/// Waits (polling /stats, bounded) until `api` reports the image pushed as `reference` in
+/// `state`; returns its record.
+async fn wait_for_state(api: SocketAddr, reference: &str, state: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = http::request(api, "GET", "/stats", &[], b"").await.unwrap();
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&reply.body).unwrap();
+        if let Some(img) = all.iter().find(|i| {
+            i["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(reference))
+        }) {
+            if img["state"] == state {
+                return img.clone();
+            }
+            assert!(
+                img["state"] != "failed",
+                "{api}: {reference} failed: {}",
+                img["error"]
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{api}: {reference} not {state} in 60 s: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The digests of the committed blobs in an agent's store.
+fn stored(data_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(data_dir.join("store/blobs/sha256"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+async fn notify(
+    api: SocketAddr,
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    digest: &str,
+    id: &str,
+) {
+    let envelope = registry_push_envelope(registry, repository, Some(tag), digest, id);
+    let reply = http::request(
+        api,
+        "POST",
+        "/registryNotifications",
+        &[("Content-Type", EVENTS)],
+        envelope.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
+    let registry = Registry::start_local().unwrap_or_else(|e| {
+        panic!("the registry-native tests need Debian's docker-registry (apt-get install docker-registry): {e}")
+    });
+    let reg_addr: SocketAddr = registry.addr().parse().unwrap();
+    let repo = "team/multi";
+    // Three platforms sharing a base layer, each with a layer of its own.
+    let base = Blob::layer("base.bin", 3 << 20, 1);
+    let platforms = [
+        ("linux", "amd64", None),
+        ("linux", "arm64", None),
+        ("linux", "arm", Some("v7")),
+    ];
+    let images: Vec<Image> = platforms
+        .iter()
+        .enumerate()
+        .map(|(i, (os, arch, variant))| {
+            let own = Blob::layer(&format!("{arch}.bin"), 1 << 20, 10 + i as u64);
+            Image::new(os, arch, *variant, vec![base.clone(), own])
+        })
+        .collect();
+    for image in &images {
+        oci::push_image(reg_addr, repo, image).await.unwrap();
+    }
+    let entries: Vec<_> = images
+        .iter()
+        .zip(&platforms)
+        .map(|(image, (os, arch, variant))| (image, *os, *arch, *variant))
+        .collect();
+    let (index, index_digest) = oci::index(&entries);
+    oci::push_manifest(reg_addr, repo, "v1", oci::OCI_INDEX, &index)
+        .await
+        .unwrap();
+    let pushed_gets = registry.blob_get_count();
+
+    // Node 0 (amd64) hears the push and spreads every platform of the cluster; node 1 is
+    // amd64 too, node 2 arm64, node 3 arm/v7.
+    let dir = TempDir::new("blob-flow").unwrap();
+    let source: std::sync::Arc<dyn imagewolf_agent::source::ImageSource> =
+        std::sync::Arc::new(imagewolf_agent::registry::RegistrySource::new());
+    let (cluster, _) = LocalAgents::start(
+        dir.path().to_path_buf(),
+        vec![Some(source), None, None, None],
+        0,
+    )
+    .await
+    .unwrap();
+    let node_platforms: Vec<Platform> =
+        ["linux/amd64", "linux/amd64", "linux/arm64", "linux/arm/v7"]
+            .iter()
+            .map(|p| Platform::parse(p).unwrap())
+            .collect();
+    let mut endpoints = Vec::new();
+    for (i, p) in node_platforms.iter().enumerate() {
+        endpoints.push(
+            cluster
+                .enable_blobs(i, 1 << 30, *p, &node_platforms)
+                .await
+                .unwrap(),
+        );
+    }
+    let reference = format!("{}/{repo}:v1", registry.addr());
+    notify(
+        cluster.agents[0].api,
+        registry.addr(),
+        repo,
+        "v1",
+        &index_digest,
+        "e1",
+    )
+    .await;
+    for agent in &cluster.agents {
+        wait_for_state(agent.api, &reference, "loaded").await;
+    }
+
+    // The registry served each distinct blob once, to the origin: 3 configs, the shared
+    // base and 3 platform layers.
+    assert_eq!(
+        registry.blob_get_count() - pushed_gets,
+        7,
+        "{:?}",
+        registry.blob_gets()
+    );
+    let image_of = |p: &Platform| match p.architecture {
+        "amd64" => &images[0],
+        "arm64" => &images[1],
+        _ => &images[2],
+    };
+    for (i, (agent, p)) in cluster
+        .agents
+        .iter()
+        .zip(&node_platforms)
+        .enumerate()
+        .skip(1)
+    {
+        let mut expected: Vec<String> = image_of(p)
+            .blobs()
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect();
+        expected.push(index_digest.clone());
+        expected.push(image_of(p).digest.clone());
+        expected.sort();
+        assert_eq!(
+            stored(&agent.data_dir),
+            expected,
+            "node {i} ({p}) holds other blobs"
+        );
+        let record = wait_for_state(agent.api, &reference, "loaded").await;
+        assert_eq!(record["blobs"]["total"], 3, "{record}");
+        assert_eq!(record["image_id"], image_of(p).config.digest.as_str());
+    }
+
+    // A node's endpoint serves what it received: the index by tag (as the runtime resolves
+    // it), its platform's manifest and blobs, byte for byte.
+    let arm = endpoints[3];
+    let reply = http::request(arm, "GET", &format!("/v2/{repo}/manifests/v1"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, index);
+    for blob in images[2].blobs() {
+        let reply = http::request(
+            arm,
+            "GET",
+            &format!("/v2/{repo}/blobs/{}", blob.digest),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == blob.bytes, "blob {} differs", blob.digest);
+    }
+    let other = &images[1].layers[1];
+    let reply = http::request(
+        arm,
+        "GET",
+        &format!("/v2/{repo}/blobs/{}", other.digest),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 404, "an arm/v7 node serves an arm64 layer");
+
+    // v2 of the arm64 image shares the base and its own layer: nothing but the new layer and
+    // config moves, and only nodes of that platform fetch it.
+    let extra = Blob::layer("v2.bin", 1 << 20, 99);
+    let v2 = Image::new(
+        "linux",
+        "arm64",
+        None,
+        vec![base.clone(), images[1].layers[1].clone(), extra],
+    );
+    oci::push_image(reg_addr, repo, &v2).await.unwrap();
+    oci::push_manifest(reg_addr, repo, "v2", oci::OCI_MANIFEST, &v2.manifest)
+        .await
+        .unwrap();
+    let before = registry.blob_get_count();
+    notify(
+        cluster.agents[0].api,
+        registry.addr(),
+        repo,
+        "v2",
+        &v2.digest,
+        "e2",
+    )
+    .await;
+    let v2_ref = format!("{}/{repo}:v2", registry.addr());
+    let arm64 = wait_for_state(cluster.agents[2].api, &v2_ref, "loaded").await;
+    assert_eq!(arm64["blobs"]["present"], 2, "{arm64}");
+    assert_eq!(
+        arm64["blobs"]["bytes_needed"].as_u64().unwrap(),
+        (v2.config.bytes.len() + v2.layers[2].bytes.len()) as u64
+    );
+    assert_eq!(
+        registry.blob_get_count() - before,
+        2,
+        "the origin had the base and the arm64 layer already: {:?}",
+        registry.blob_gets()
+    );
+    cluster.shutdown().await;
+}
