@@ -31,6 +31,22 @@
 //! - **No runtime fallback for pulls** ([`ReceiveOnly`]): a containerd node originates through
 //!   the registry-API source; what that source cannot read (https, credentials) needs an
 //!   agent with Docker to hear the push.
+//! - **Content-addressed delivery: a pull through the agent's endpoint, by hosts dir**
+//!   ([`Containerd::pull_through_endpoint`]). An imported tarball gets a digest containerd
+//!   computes for the archive, not the registry's; a pull keeps the registry's manifest
+//!   digest and layer blobs. The agent writes, in a hosts directory of its own
+//!   ([`Containerd::with_hosts_dir`]; by default `<temp dir>/imagewolf-hosts-<pid>`),
+//!   `<dir>/<REGISTRY>/hosts.toml` naming the agent's endpoint as a pull/resolve mirror
+//!   (plain http) in front of `server = "http://REGISTRY"` (containerd 1.6 rejects a
+//!   hosts.toml with only `server`), then runs `ctr images pull --hosts-dir <dir>
+//!   REGISTRY/REPO@DIGEST`. containerd asks the mirror first (adding `?ns=REGISTRY`) and
+//!   falls back to `server` by itself if the mirror fails. It pulls by digest, so the image
+//!   is exactly the announced manifest whatever the tag says now; then
+//!   `ctr images tag --force` adds `REGISTRY/REPO:TAG`: the names the CRI plugin gives an
+//!   image it pulls (and the CRI plugin labels it `io.cri-containerd.image=managed` by
+//!   itself, as it does an imported one: no label is set here). The file is rewritten (atomically) before every pull; nothing else
+//!   reads that directory. `server` is plain http: a registry that speaks only https
+//!   cannot be the fallback (the mirror is the path that matters).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +78,9 @@ const IMPORT_BASE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The slowest rate (bytes/s) at which containerd may ingest and unpack before we call it
 /// stuck.
 const SLOW_IO_MIN_RATE: u64 = 5 << 20;
+/// A pull through the agent's endpoint (size unknown to this module; the endpoint is on the
+/// node, so it is fast unless containerd falls back to the registry).
+const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Why a containerd call failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +130,26 @@ pub enum ContainerdError {
     /// Not an image id (`sha256:` + 64 hex digits).
     #[error("invalid image id {0:?}")]
     InvalidImageId(String),
+    /// A registry, endpoint, repository, tag or digest that is not well formed (checked
+    /// before it reaches a file or a command line).
+    #[error("invalid {what} {value:?}")]
+    InvalidName {
+        /// Which part.
+        what: &'static str,
+        /// The offending value (clipped).
+        value: String,
+    },
+    /// Writing the hosts directory failed.
+    #[error("writing {path}: {source}")]
+    HostsDir {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The pull ended, but the image is not what was asked for.
+    #[error("{0}")]
+    Unexpected(String),
 }
 
 impl From<ContainerdError> for LoaderError {
@@ -146,15 +185,38 @@ impl Default for ContainerdConfig {
 #[derive(Debug, Clone)]
 pub struct Containerd {
     config: ContainerdConfig,
+    hosts_dir: PathBuf,
+}
+
+/// The hosts directory used unless [`Containerd::with_hosts_dir`] sets one:
+/// `<temp dir>/imagewolf-hosts-<pid>`.
+pub fn default_hosts_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("imagewolf-hosts-{}", std::process::id()))
 }
 
 impl Containerd {
     /// Checks that `ctr` runs and containerd answers (`ctr version`), so a wrong socket path
     /// fails at startup rather than at the first image.
     pub async fn connect(config: ContainerdConfig) -> Result<Self, ContainerdError> {
-        let c = Containerd { config };
+        let c = Containerd {
+            config,
+            hosts_dir: default_hosts_dir(),
+        };
         c.ctr("version", &["version"], CONTROL_TIMEOUT).await?;
         Ok(c)
+    }
+
+    /// Uses `dir` as the registry hosts directory for pulls through the agent's endpoint
+    /// (created on first use; the agent owns it: `<dir>/<registry>/hosts.toml` is rewritten
+    /// before each pull). The agent's data directory is a good place.
+    pub fn with_hosts_dir(mut self, dir: PathBuf) -> Self {
+        self.hosts_dir = dir;
+        self
+    }
+
+    /// The registry hosts directory in use.
+    pub fn hosts_dir(&self) -> &Path {
+        &self.hosts_dir
     }
 
     /// The configuration in use.
@@ -169,6 +231,18 @@ impl Containerd {
         args: &[&str],
         timeout: Duration,
     ) -> Result<String, ContainerdError> {
+        self.run_ctr(what, args, timeout, true).await
+    }
+
+    /// Runs `ctr -a ADDRESS -n NAMESPACE ARGS`; returns its stdout if `keep_stdout`, else
+    /// discards it (a pull's progress display, which grows with its duration).
+    async fn run_ctr(
+        &self,
+        what: &'static str,
+        args: &[&str],
+        timeout: Duration,
+        keep_stdout: bool,
+    ) -> Result<String, ContainerdError> {
         let mut cmd = tokio::process::Command::new(&self.config.ctr);
         cmd.arg("--connect-timeout")
             .arg(CONNECT_TIMEOUT)
@@ -181,23 +255,39 @@ impl Containerd {
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(if keep_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|source| ContainerdError::Spawn {
             ctr: self.config.ctr.display().to_string(),
             source,
         })?;
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let (stdout, Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(ContainerdError::Io {
                 what: format!("ctr {what}"),
-                source: std::io::Error::other("stdout/stderr not captured"),
+                source: std::io::Error::other("stderr not captured"),
             });
         };
+        if keep_stdout && stdout.is_none() {
+            return Err(ContainerdError::Io {
+                what: format!("ctr {what}"),
+                source: std::io::Error::other("stdout not captured"),
+            });
+        }
         let run = async {
             // Both pipes are drained at once: a child blocked on a full stderr pipe would
             // otherwise never close stdout.
-            let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
+            let read_out = async {
+                match stdout {
+                    Some(stdout) => read_bounded(stdout).await,
+                    None => Ok((Vec::new(), false)),
+                }
+            };
+            let (out, err) = tokio::join!(read_out, read_bounded(stderr));
             let status = child.wait().await;
             (out, err, status)
         };
@@ -279,6 +369,99 @@ impl Containerd {
         Ok(())
     }
 
+    /// Pulls `image` (manifest or index digest `manifest_digest`) through the agent's
+    /// registry endpoint `endpoint` (`host:port`, plain http), named
+    /// `REGISTRY/REPO@DIGEST` and, with a tag, `REGISTRY/REPO:TAG` (see the module docs).
+    pub async fn pull_through_endpoint(
+        &self,
+        endpoint: &str,
+        image: &ImageRef,
+        manifest_digest: &str,
+    ) -> Result<(), ContainerdError> {
+        let invalid = |what: &'static str, value: &str| ContainerdError::InvalidName {
+            what,
+            value: clip(value),
+        };
+        crate::docker::validate_endpoint(endpoint).map_err(|_| invalid("endpoint", endpoint))?;
+        crate::docker::validate_endpoint(&image.registry)
+            .map_err(|_| invalid("registry", &image.registry))?;
+        crate::docker::validate_digest(manifest_digest)
+            .map_err(|_| invalid("digest", manifest_digest))?;
+        let repo = format!("{}/{}", image.registry, image.repository);
+        let by_digest = format!("{repo}@{manifest_digest}");
+        crate::docker::validate_reference(&by_digest)
+            .map_err(|_| invalid("repository", &image.repository))?;
+        let by_tag = match &image.tag {
+            Some(tag) => {
+                let r = format!("{repo}:{tag}");
+                crate::docker::validate_reference(&r).map_err(|_| invalid("tag", tag))?;
+                Some(r)
+            }
+            None => None,
+        };
+
+        self.write_hosts(&image.registry, endpoint).await?;
+        let hosts_dir = self.hosts_dir.to_string_lossy();
+        self.run_ctr(
+            "images pull",
+            &["images", "pull", "--hosts-dir", &hosts_dir, &by_digest],
+            PULL_TIMEOUT,
+            false,
+        )
+        .await?;
+        if let Some(by_tag) = &by_tag {
+            self.ctr(
+                "images tag",
+                &["images", "tag", "--force", &by_digest, by_tag],
+                CONTROL_TIMEOUT,
+            )
+            .await?;
+        }
+        // containerd checked the manifest against the digest it pulled by; check the
+        // names point at it.
+        let images = parse_images(
+            &self
+                .ctr("images ls", &["images", "ls"], CONTROL_TIMEOUT)
+                .await?,
+        );
+        for name in std::iter::once(&by_digest).chain(by_tag.as_ref()) {
+            if !images
+                .iter()
+                .any(|(r, target)| r == name && target == manifest_digest)
+            {
+                return Err(ContainerdError::Unexpected(format!(
+                    "pulled {by_digest} through {endpoint}, but {name} does not point at \
+                     {manifest_digest}"
+                )));
+            }
+        }
+        tracing::debug!(image = %by_digest, endpoint, "pulled through the agent's endpoint");
+        Ok(())
+    }
+
+    /// Writes `<hosts dir>/<registry>/hosts.toml`: `endpoint` as a pull/resolve mirror in
+    /// front of the registry itself. Both were validated (no quotes, slashes or dot-dot).
+    async fn write_hosts(&self, registry: &str, endpoint: &str) -> Result<(), ContainerdError> {
+        let dir = self.hosts_dir.join(registry);
+        let err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ContainerdError::HostsDir { path, source }
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(err(&dir))?;
+        let file = dir.join("hosts.toml");
+        let content = hosts_toml(registry, endpoint);
+        // Atomic replace: a pull running meanwhile reads the old file or the new one.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".hosts.toml.{}.{seq}", std::process::id()));
+        tokio::fs::write(&tmp, content).await.map_err(err(&tmp))?;
+        if let Err(e) = tokio::fs::rename(&tmp, &file).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(err(&file)(e));
+        }
+        Ok(())
+    }
+
     /// The references of the images in the namespace (`ctr images ls -q`).
     pub async fn image_refs(&self) -> Result<Vec<String>, ContainerdError> {
         Ok(self
@@ -300,6 +483,38 @@ impl ImageLoader for Containerd {
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>> {
         Box::pin(async move { self.import(path).await.map_err(LoaderError::from) })
     }
+
+    fn pulls_from_endpoint(&self) -> bool {
+        true
+    }
+
+    fn pull_from_endpoint<'a>(
+        &'a self,
+        endpoint: &'a str,
+        image: &'a ImageRef,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), LoaderError>> {
+        Box::pin(async move {
+            self.pull_through_endpoint(endpoint, image, manifest_digest)
+                .await
+                .map_err(|e| LoaderError {
+                    message: format!(
+                        "pulling {}/{}@{manifest_digest} through the agent's endpoint \
+                         {endpoint}: {e}",
+                        image.registry, image.repository
+                    ),
+                })
+        })
+    }
+}
+
+/// The hosts.toml that puts `endpoint` in front of `registry` (both plain http).
+fn hosts_toml(registry: &str, endpoint: &str) -> String {
+    format!(
+        "# Written by imagewolf-agent: pulls go through the agent's endpoint first.\n\
+         server = \"http://{registry}\"\n\n\
+         [host.\"http://{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    )
 }
 
 /// The fallback source of a containerd node, behind the registry-API source: containerd
@@ -509,6 +724,58 @@ mod tests {
         assert!(clip(&long).len() <= MAX_MESSAGE_LEN + 3);
     }
 
+    #[test]
+    fn hosts_file() {
+        assert_eq!(
+            hosts_toml("10.0.0.1:5000", "127.0.0.1:5055"),
+            "# Written by imagewolf-agent: pulls go through the agent's endpoint first.\n\
+             server = \"http://10.0.0.1:5000\"\n\n\
+             [host.\"http://127.0.0.1:5055\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn endpoint_pull_checks_names_first() {
+        let dir = std::env::temp_dir().join(format!("imagewolf-hosts-test-{}", std::process::id()));
+        let c = Containerd {
+            config: ContainerdConfig {
+                ctr: PathBuf::from("/nonexistent/ctr"),
+                ..ContainerdConfig::default()
+            },
+            hosts_dir: dir.clone(),
+        };
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let image = |registry: &str, repository: &str, tag: Option<&str>| ImageRef {
+            registry: registry.into(),
+            repository: repository.into(),
+            tag: tag.map(str::to_owned),
+            digest: None,
+        };
+        for (endpoint, image, digest) in [
+            ("127.0.0.1:1/x", image("r:1", "a", None), digest.as_str()),
+            ("127.0.0.1:1", image("../etc", "a", None), &digest),
+            ("127.0.0.1:1", image("r:1", "a\"b", None), &digest),
+            ("127.0.0.1:1", image("r:1", "a", Some("t\n")), &digest),
+            ("127.0.0.1:1", image("r:1", "a", None), "sha256:abc"),
+        ] {
+            let e = c
+                .pull_through_endpoint(endpoint, &image, digest)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ContainerdError::InvalidName { .. }), "{e}");
+        }
+        assert!(!dir.exists(), "nothing is written for a refused name");
+        // A good name gets its hosts file, then ctr's absence is the error.
+        let e = c
+            .pull_through_endpoint("127.0.0.1:1", &image("r:1", "a/b", Some("v1")), &digest)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ContainerdError::Spawn { .. }), "{e}");
+        let written = std::fs::read_to_string(dir.join("r:1/hosts.toml")).unwrap();
+        assert_eq!(written, hosts_toml("r:1", "127.0.0.1:1"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn missing_ctr_is_a_clear_error() {
         let c = Containerd {
@@ -516,6 +783,7 @@ mod tests {
                 ctr: PathBuf::from("/nonexistent/ctr"),
                 ..ContainerdConfig::default()
             },
+            hosts_dir: default_hosts_dir(),
         };
         let e = c.has_image_id(ID).await.unwrap_err();
         assert!(matches!(e, ContainerdError::Spawn { .. }), "{e}");

@@ -1,5 +1,7 @@
 //! Where images go: the [`ImageLoader`] trait. Docker's `docker load` ([`crate::docker`])
-//! today; containerd nodes get another implementation.
+//! and containerd's `ctr images import` ([`crate::containerd`]) of a tarball; or, for
+//! content-addressed distribution, a pull from the agent's own registry endpoint
+//! ([`ImageLoader::pull_from_endpoint`]), which keeps the registry's digests.
 
 use std::path::Path;
 
@@ -35,6 +37,26 @@ pub trait ImageLoader: Send + Sync + 'static {
     fn remove_image<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LoaderError>> {
         let _ = id;
         Box::pin(async { Ok(()) })
+    }
+
+    /// Whether this runtime can pull from the agent's registry endpoint ([`ImageLoader::pull_from_endpoint`]); runtimes that cannot get the `docker load` path.
+    fn pulls_from_endpoint(&self) -> bool {
+        false
+    }
+
+    /// Pulls `image` (whose manifest, or index, has digest `manifest_digest`) from the agent's registry endpoint at `endpoint` (`host:port`, plain http) so the runtime keeps the registry's digests, and names it as pushed (`image.registry/image.repository:tag`, and the registry's digest reference). Must not fetch layers from the real registry.
+    fn pull_from_endpoint<'a>(
+        &'a self,
+        endpoint: &'a str,
+        image: &'a crate::image::ImageRef,
+        manifest_digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), LoaderError>> {
+        let _ = (endpoint, image, manifest_digest);
+        Box::pin(async {
+            Err(LoaderError {
+                message: "this runtime cannot pull from the endpoint".into(),
+            })
+        })
     }
 
     /// Loads the tarball being written at `path`, reading it through `tarball`: a stream
