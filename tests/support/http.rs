@@ -12,9 +12,19 @@ pub struct Reply {
     pub status: u16,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// The header lines, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The first header `name` (lower-case), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as (lossy) text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -74,7 +84,17 @@ fn parse(raw: &[u8]) -> std::io::Result<Reply> {
     {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
-    Ok(Reply { status, body })
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        body,
+        headers,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {

@@ -118,24 +118,39 @@ pub fn index(images: &[(&Image, &str, &str, Option<&str>)]) -> (Vec<u8>, String)
     (bytes, digest)
 }
 
-/// Pushes `blob` into `repository` at `registry` (a monolithic upload).
+/// Pushes `blob` into `repository` at `registry`: an upload session, then its one PUT.
 pub async fn push_blob(registry: SocketAddr, repository: &str, blob: &Blob) -> std::io::Result<()> {
-    let path = format!("/v2/{repository}/blobs/uploads/?digest={}", blob.digest);
+    let fail = |what: &str, reply: &http::Reply| {
+        std::io::Error::other(format!(
+            "pushing {}: {what}: HTTP {} {}",
+            blob.digest,
+            reply.status,
+            reply.text()
+        ))
+    };
+    let path = format!("/v2/{repository}/blobs/uploads/");
+    let reply = http::request(registry, "POST", &path, &[], b"").await?;
+    let location = match (reply.status, reply.header("location")) {
+        (202, Some(l)) => l.to_owned(),
+        _ => return Err(fail("starting the upload", &reply)),
+    };
+    // The location may be absolute (http://host/v2/...) or a path.
+    let path = match location.find("/v2/") {
+        Some(i) => location[i..].to_owned(),
+        None => return Err(fail("upload location", &reply)),
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let path = format!("{path}{sep}digest={}", blob.digest);
     let reply = http::request(
         registry,
-        "POST",
+        "PUT",
         &path,
         &[("Content-Type", "application/octet-stream")],
         &blob.bytes,
     )
     .await?;
     if reply.status != 201 {
-        return Err(std::io::Error::other(format!(
-            "pushing {}: HTTP {} {}",
-            blob.digest,
-            reply.status,
-            reply.text()
-        )));
+        return Err(fail("uploading", &reply));
     }
     Ok(())
 }

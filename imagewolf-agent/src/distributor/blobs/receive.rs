@@ -52,7 +52,11 @@ impl Distributor {
         let set = d.blobs.clone().ok_or("not a blob distribution")?;
         let manifests = decode_manifests(&set)?;
         let (chosen, config, layers) = self.platform_image(&set, &manifests)?;
-        let _ = chosen;
+        // The pushed manifest (or index) and this platform's: other platforms' are not ours.
+        let manifests: Vec<_> = manifests
+            .into_iter()
+            .filter(|(d, _, _)| d.as_str() == set.manifest || *d == chosen)
+            .collect();
         if self
             .loader
             .has_image(config.as_str())
