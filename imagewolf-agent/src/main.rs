@@ -60,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
                     "connecting to containerd at {}",
                     config.containerd_address.display()
                 )
-            })?;
+            })?
+            // The hosts.toml files that make containerd pull through this agent's endpoint.
+            .with_hosts_dir(config.data_dir.join("containerd-hosts"));
             // Originates through the registry API; what that cannot fetch gets
             // ReceiveOnly's explanation.
             let source =
