@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder};
+use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, HOST_LINKS_CIDR};
 use imagewolf::docker::{
     build_test_image, extend_test_image, free_port, Dockerd, NotificationEndpoint, Registry,
     RegistryOptions,
@@ -308,7 +308,13 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
     const NODES: usize = 4;
     const LAYER_MIB: usize = 8;
     let dir = TempDir::new("cluster-blobs").unwrap();
-    let cluster = ClusterBuilder::new(NODES).build().unwrap();
+    let cluster = ClusterBuilder {
+        nodes: NODES,
+        host_links: true,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
     let ips = cluster.node_ips();
     cluster.write_hosts("imagewolf", &ips).unwrap();
     let bridge = cluster.bridge_ip();
@@ -327,14 +333,18 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
     let quiet_addr = format!("{bridge}:{}", free_port().unwrap());
     let quiet = Registry::start(&quiet_addr).unwrap();
     // dockerd runs in the root namespace, the agent in the node's: the endpoint listens on
-    // the node's address, which dockerd must be told is plain http.
-    let subnet = cluster.subnet();
-    let insecure = [registry_addr.as_str(), quiet_addr.as_str(), subnet.as_str()];
+    // the node's host-local link (loopback on a real host), which dockerd must be told is
+    // plain http.
+    let insecure = [registry_addr.as_str(), quiet_addr.as_str(), HOST_LINKS_CIDR];
     let builder = Dockerd::start("builder", &insecure).unwrap();
     let dockerds: Vec<Dockerd> = (0..NODES)
         .map(|i| Dockerd::start(&format!("node{i}"), &insecure).unwrap())
         .collect();
-    let endpoints: Vec<String> = ips.iter().map(|ip| format!("{ip}:5055")).collect();
+    let endpoints: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{}:5055", n.local_ip.expect("host links")))
+        .collect();
     let _agents: Vec<ChildGuard> = (0..NODES)
         .map(|i| {
             let flags = [

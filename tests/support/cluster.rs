@@ -212,6 +212,23 @@ pub struct ClusterBuilder {
     /// Give every namespace `default via S.1` instead of `unreachable default` (see the module
     /// doc: with IPv4 forwarding on, stray traffic could then leave the machine).
     pub default_route: bool,
+    /// Give every node an unshaped host-local link to the root namespace ([`Node::local_ip`],
+    /// in [`HOST_LINKS_CIDR`]).
+    pub host_links: bool,
+}
+
+/// The addresses of the host-local links ([`ClusterBuilder::host_links`]): a /30 per node
+/// out of the shared address space, derived from the cluster's own /24 and the node's index,
+/// so concurrent clusters never overlap. Tell a test dockerd `--insecure-registry` this.
+pub const HOST_LINKS_CIDR: &str = "100.64.0.0/10";
+
+/// The root end and the node end of node `k`'s host-local link in the cluster `10.b.c.0/24`.
+fn host_link_ips(subnet: [u8; 3], k: usize) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let b = u32::from(subnet[1].checked_sub(77).filter(|b| *b < 32)?);
+    let k = u32::try_from(k).ok().filter(|k| *k < 64)?;
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0))
+        | (((b << 14) | (u32::from(subnet[2]) << 6) | k) << 2);
+    Some((Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2)))
 }
 
 impl Default for ClusterBuilder {
@@ -222,6 +239,7 @@ impl Default for ClusterBuilder {
             extras: 0,
             extra_rate_mbit: None,
             default_route: false,
+            host_links: false,
         }
     }
 }
@@ -237,6 +255,11 @@ pub struct Node {
     pub host_veth: String,
     /// The veth end inside the namespace (its egress is the node's upload).
     pub ns_veth: String,
+    /// With [`ClusterBuilder::host_links`]: the node's end of an unshaped link to the root
+    /// namespace. A node's dockerd runs in the root namespace (it cannot start inside one),
+    /// so this is the path from the node's runtime to a service of the node (the agent's
+    /// registry endpoint), as loopback is on a real host: it never crosses the node's NIC.
+    pub local_ip: Option<Ipv4Addr>,
 }
 
 impl Node {
@@ -447,7 +470,10 @@ impl ClusterBuilder {
             } else {
                 self.rate_mbit
             };
-            let node = cluster.add_namespace(name, k, rate, self.default_route)?;
+            let mut node = cluster.add_namespace(name, k, rate, self.default_route)?;
+            if self.host_links && !extra {
+                node.local_ip = Some(cluster.add_host_link(&node, k)?);
+            }
             if extra {
                 cluster.extras.push(node);
             } else {
@@ -475,6 +501,7 @@ impl Cluster {
             host_veth: format!("iw{}h{k}", self.tag),
             ns_veth: format!("iw{}n{k}", self.tag),
             name,
+            local_ip: None,
         };
         let ns = node.name.as_str();
         run("ip", &["netns", "add", ns])?;
@@ -524,6 +551,43 @@ impl Cluster {
             shape(&node, rate_mbit)?;
         }
         Ok(node)
+    }
+
+    /// Adds node `k`'s unshaped host-local link (see [`ClusterBuilder::host_links`]); returns
+    /// the node's address on it. Named like the bridge veths (`iwThKl` / `iwTnKl`), so
+    /// teardown and the crash-leftover sweep remove it with them.
+    fn add_host_link(&mut self, node: &Node, k: usize) -> Result<Ipv4Addr, ClusterError> {
+        let (root_ip, node_ip) = host_link_ips(self.subnet, k)
+            .ok_or_else(|| ClusterError::Invalid(format!("no host-local address for node {k}")))?;
+        let host = format!("{}l", node.host_veth);
+        let inner = format!("{}l", node.ns_veth);
+        let ns = node.name.as_str();
+        run(
+            "ip",
+            &[
+                "link", "add", &host, "type", "veth", "peer", "name", &inner, "netns", ns,
+            ],
+        )?;
+        self.created.host_veths.push(host.clone());
+        run(
+            "ip",
+            &["addr", "add", &format!("{root_ip}/30"), "dev", &host],
+        )?;
+        run("ip", &["link", "set", "dev", &host, "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{node_ip}/30"),
+                "dev",
+                &inner,
+            ],
+        )?;
+        run("ip", &["-n", ns, "link", "set", "dev", &inner, "up"])?;
+        Ok(node_ip)
     }
 
     /// Changes node `i`'s NIC speed (Mbit/s, both directions; `None` removes the shaping),

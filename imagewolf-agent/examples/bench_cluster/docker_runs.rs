@@ -178,6 +178,9 @@ pub struct E2eSetup<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     /// Name in the report.
     pub name: String,
+    /// Run the agents with `--distribution blobs` (their endpoint on the node's host-local
+    /// link, which the dockerds allow as plain http).
+    pub registry_native: bool,
 }
 
 impl E2eSetup<'_> {
@@ -203,7 +206,15 @@ fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
         .arg("--data-dir")
         .arg(&data)
         .args(["--docker-host", &setup.dockerds[i].docker_host()])
-        .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
+        .args(["--seed-seconds", "600", "--resolve-seconds", "1"]);
+    if setup.registry_native {
+        let local = node
+            .local_ip
+            .context("--distribution blobs needs the cluster's host-local links")?;
+        cmd.args(["--distribution", "blobs"])
+            .args(["--endpoint-listen", &format!("{local}:5055")]);
+    }
+    cmd
         // BENCH_AGENT_LOG (a RUST_LOG filter) for diagnosis, e.g. `info,imagewolf_agent=debug`.
         .env(
             "RUST_LOG",
@@ -228,9 +239,27 @@ fn unix_now() -> f64 {
 /// `docker push` from the builder; each node's time is from the end of the push (when the
 /// registry notifies) until its dockerd has the image.
 pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunResult> {
+    let (registry, agents) = start_registry_and_agents(setup)?;
+    let result = measure_push(
+        setup,
+        &registry,
+        &agents,
+        reference,
+        &setup.name,
+        setup.size_mib,
+    );
+    drop(agents);
+    drop(registry);
+    result
+}
+
+/// A registry notifying node 0's agent, and an agent on each node (they know each other).
+pub fn start_registry_and_agents(
+    setup: &E2eSetup<'_>,
+) -> anyhow::Result<(Registry, Vec<ChildGuard>)> {
     let n = setup.dockerds.len();
     let ips: Vec<Ipv4Addr> = setup.cluster.node_ips().into_iter().take(n).collect();
-    eprintln!("== {}: {n} agents, push {reference}", setup.name);
+    eprintln!("== {}: {n} agents", setup.name);
     let registry = Registry::start_in(
         setup.registry_node,
         setup.registry_addr,
@@ -247,10 +276,28 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .collect::<anyhow::Result<_>>()?;
     // Let every agent resolve the others (it re-resolves every second).
     std::thread::sleep(Duration::from_secs(3));
+    Ok((registry, agents))
+}
 
+/// Pushes `reference` and waits until every node's dockerd has it; each node's time is from
+/// the end of the push. Reported as `name`, an image of `size_mib` (the S of S/U).
+pub fn measure_push(
+    setup: &E2eSetup<'_>,
+    registry: &Registry,
+    agents: &[ChildGuard],
+    reference: &str,
+    name: &str,
+    size_mib: u64,
+) -> anyhow::Result<RunResult> {
+    let check_blobs = setup.registry_native;
+    let n = setup.dockerds.len();
+    let ips: Vec<Ipv4Addr> = setup.cluster.node_ips().into_iter().take(n).collect();
+    eprintln!("   {name}: push {reference}");
+    let served_before = registry.blob_get_count();
     let mut pids: Vec<u32> = setup.dockerds.iter().map(|d| d.pid()).collect();
     pids.push(registry.pid());
     pids.extend(agents.iter().map(ChildGuard::id));
+    let _ = &ips;
     let background = crate::measure::wait_quiet(QUIET_CORES, QUIET_WAIT);
     let meter = CpuMeter::start(&pids);
     let pushed_at = Instant::now();
@@ -307,13 +354,12 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         .iter()
         .map(|ip| agent_record(setup.rt, *ip, reference))
         .collect();
-    let served = registry.blob_get_count();
-    let csv = setup.logs.join(format!("{}-net.csv", setup.log_tag()));
+    let served = registry.blob_get_count() - served_before;
+    let tag: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    let csv = setup.logs.join(format!("{tag}-net.csv"));
     if let Err(e) = sampler.finish().write_csv(&csv) {
         eprintln!("   writing {}: {e}", csv.display());
     }
-    drop(agents);
-    drop(registry);
 
     let mut times: Vec<f64> = done.iter().flatten().copied().collect();
     times.sort_by(f64::total_cmp);
@@ -324,6 +370,23 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         setup.blobs
     )];
     notes.push(phases(&stats, t0_unix));
+    if check_blobs {
+        let needed: Vec<u64> = stats
+            .iter()
+            .skip(1)
+            .filter_map(|s| s["blobs"]["bytes_needed"].as_u64())
+            .collect();
+        let down: Vec<u64> = stats
+            .iter()
+            .skip(1)
+            .filter_map(|s| s["bytes_down"].as_u64())
+            .collect();
+        notes.push(format!(
+            "registry-native path: each receiver needed {:?} MiB of blobs its store lacked and received {:?} MiB over BitTorrent",
+            needed.iter().map(|b| (*b as f64 / 1048576.0 * 10.0).round() / 10.0).collect::<Vec<_>>(),
+            down.iter().map(|b| (*b as f64 / 1048576.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+        ));
+    }
     notes.extend(busy_note(background));
     let peak = rss
         .iter()
@@ -344,10 +407,10 @@ pub fn end_to_end(setup: &E2eSetup<'_>, reference: &str) -> anyhow::Result<RunRe
         ));
     }
     let result = RunResult {
-        name: setup.name.clone(),
+        name: name.to_owned(),
         nodes: n,
         rate_mbit: setup.rate_mbit,
-        size_mib: setup.size_mib,
+        size_mib,
         times,
         failed,
         cpu,

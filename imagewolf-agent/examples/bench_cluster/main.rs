@@ -30,6 +30,7 @@ mod plot;
 mod report;
 mod seed_stats;
 mod swarm;
+mod update;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -76,6 +77,12 @@ struct Args {
     /// Image size for the `rss` run, MiB.
     #[arg(long, default_value_t = 1024)]
     rss_mib: u64,
+    /// Size of the new layer in the `update` run, MiB.
+    #[arg(long, default_value_t = 8)]
+    update_mib: u64,
+    /// Run the memory run's agents with `--distribution blobs`.
+    #[arg(long)]
+    rss_blobs: bool,
     /// Nodes for the memory run.
     #[arg(long, default_value_t = 3)]
     rss_nodes: usize,
@@ -174,8 +181,8 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let wanted: Vec<&str> = args.runs.split(',').map(str::trim).collect();
     for w in &wanted {
-        if !["ceiling", "bt", "lt", "herd", "e2e", "rss"].contains(w) {
-            bail!("--runs: unknown run {w:?} (ceiling, bt, lt, herd, e2e, rss)");
+        if !["ceiling", "bt", "lt", "herd", "e2e", "rss", "update"].contains(w) {
+            bail!("--runs: unknown run {w:?} (ceiling, bt, lt, herd, e2e, rss, update)");
         }
     }
     if args.nodes < 2 || args.e2e_nodes < 2 || args.size_mib < 4 || args.rate_mbit == 0 {
@@ -218,7 +225,7 @@ fn run() -> anyhow::Result<()> {
     let has = |run: &str| wanted.contains(&run);
     let pick = |on: bool, n: usize| if on { n } else { 0 };
     let daemons_needed = pick(has("herd"), args.nodes)
-        .max(pick(has("e2e"), args.e2e_nodes))
+        .max(pick(has("e2e") || has("update"), args.e2e_nodes))
         .max(pick(has("rss"), args.rss_nodes));
     let ceiling_wanted = has("ceiling") || ((has("bt") || has("lt")) && !args.no_iperf);
     let total_nodes =
@@ -229,6 +236,9 @@ fn run() -> anyhow::Result<()> {
         extras: 1,
         extra_rate_mbit: Some(args.rate_mbit),
         default_route: false,
+        // The agents' registry endpoints (`--distribution blobs`) are reached by the node's
+        // dockerd over a host-local link, as over loopback on a real host.
+        host_links: true,
     }
     .build()?;
     eprintln!(
@@ -330,7 +340,7 @@ fn run() -> anyhow::Result<()> {
     if daemons_needed > 0 {
         let registry_node = cluster.extra(0);
         let registry_addr = format!("{}:5000", registry_node.ip);
-        let insecure = [registry_addr.as_str()];
+        let insecure = [registry_addr.as_str(), imagewolf::cluster::HOST_LINKS_CIDR];
         eprintln!("starting {daemons_needed} dockerds (one per node) and a builder");
         let daemons = start_dockerds(daemons_needed + 1, &insecure)?;
         let (builder, nodes) = daemons.split_first().context("no dockerd")?;
@@ -401,12 +411,80 @@ fn run() -> anyhow::Result<()> {
                 timeout: Duration::from_secs_f64(180.0 + 10.0 * bound),
                 rt: &rt,
                 name: format!("ImageWolf end to end (N={})", args.e2e_nodes),
+                registry_native: false,
             };
             results.push(docker_runs::end_to_end(&setup, &reference)?);
             let _ = fs::remove_dir_all(&e2e_scratch);
             if let Some(h) = herd_index {
                 e2e_pair = Some((h, results.len() - 1));
             }
+        }
+        if wanted.contains(&"update") {
+            let v1 = format!("{registry_addr}/bench/upd:v1");
+            let v2 = format!("{registry_addr}/bench/upd:v2");
+            eprintln!(
+                "building {v1} ({layers} x {layer_mib} MiB) and {v2} (+ {} MiB)",
+                args.update_mib
+            );
+            build_test_image(builder, &v1, layers, layer_mib)?;
+            imagewolf::docker::extend_test_image(builder, &v1, &v2, args.update_mib as usize)?;
+            let dockerds = &refs[..args.e2e_nodes];
+            let delta_bound = report::lower_bound(args.update_mib, args.rate_mbit);
+            let timeout = Duration::from_secs_f64(120.0 + 4.0 * args.nodes as f64 * bound);
+            let registry = Registry::start_in(registry_node, &registry_addr, &Default::default())?;
+            let herd = update::herd(
+                dockerds,
+                builder,
+                &registry,
+                &v1,
+                &v2,
+                args.rate_mbit,
+                args.update_mib,
+                &args.logs,
+                timeout,
+            )?;
+            drop(registry);
+            let upd_scratch = docker_runs::scratch_dir(scratch.path(), "update")?;
+            let setup = docker_runs::E2eSetup {
+                cluster: &cluster,
+                dockerds,
+                builder,
+                registry_node,
+                registry_addr: &registry_addr,
+                tools: &tools,
+                logs: &args.logs,
+                scratch: &upd_scratch,
+                rate_mbit: args.rate_mbit,
+                size_mib: args.size_mib,
+                blobs: layers + 1,
+                timeout: Duration::from_secs_f64(180.0 + 10.0 * bound),
+                rt: &rt,
+                name: format!("ImageWolf blobs (N={})", args.e2e_nodes),
+                registry_native: true,
+            };
+            let (first, upd) = update::imagewolf(&setup, &v1, &v2, args.update_mib)?;
+            let _ = fs::remove_dir_all(&upd_scratch);
+            ctx.notes.push(format!(
+                "Everyday update at N={} (v2 = v1 + {} MiB): registry herd slowest node / ImageWolf slowest node = {} (target >= 2.5); ImageWolf's slowest node {:.2} s against the target 2 s + 2 x D/U = {:.2} s",
+                args.e2e_nodes,
+                args.update_mib,
+                report::max_ratio(&herd, &upd),
+                upd.max().unwrap_or(f64::NAN),
+                2.0 + 2.0 * delta_bound
+            ));
+            if let Some(h) = results
+                .iter()
+                .find(|r| r.name.starts_with("registry herd (") && r.nodes == args.e2e_nodes)
+            {
+                ctx.notes.push(format!(
+                    "First push at N={} through the registry-native path: registry herd slowest node / ImageWolf (blobs) slowest node = {}",
+                    args.e2e_nodes,
+                    report::max_ratio(h, &first)
+                ));
+            }
+            results.push(first);
+            results.push(herd);
+            results.push(upd);
         }
         if rss {
             cluster.set_rate(None, None)?;
@@ -430,6 +508,7 @@ fn run() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(900),
                 rt: &rt,
                 name: format!("ImageWolf memory run (N={}, unshaped)", args.rss_nodes),
+                registry_native: args.rss_blobs,
             };
             let mut r = docker_runs::end_to_end(&setup, &reference)?;
             r.memory_only = true;
