@@ -87,6 +87,9 @@ pub enum Runtime {
 /// How images travel between agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DistributionMode {
+    /// `blobs` when the runtime can pull from the endpoint (docker, containerd), else
+    /// `tarball` (`--runtime none`).
+    Auto,
     /// As blobs by digest through the node's store; the runtime pulls from the agent's
     /// registry endpoint and keeps the registry's digests; a new version moves only its new
     /// layers. Images the registry API cannot read (https, credentials) still go as tarballs.
@@ -225,14 +228,15 @@ pub struct AgentConfig {
     pub cluster_secret: Option<String>,
 
     /// How images travel: `blobs` (layers by digest through a node-local store and
-    /// registry endpoint: only new layers move, the runtime keeps the registry's digests)
-    /// or `tarball` (the whole image as one `docker save` archive, `docker load`ed). `blobs`
-    /// needs a runtime that can pull from the endpoint (docker, containerd).
+    /// registry endpoint: only new layers move, the runtime keeps the registry's digests),
+    /// `tarball` (the whole image as one `docker save` archive, `docker load`ed), or `auto`:
+    /// `blobs` with a runtime that can pull from the endpoint (docker, containerd),
+    /// `tarball` with `--runtime none`.
     #[arg(
         long,
         env = "IMAGEWOLF_DISTRIBUTION",
         value_enum,
-        default_value = "tarball"
+        default_value = "auto"
     )]
     pub distribution: DistributionMode,
 
@@ -296,6 +300,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl AgentConfig {
+    /// Whether images travel as blobs (`--distribution`, `auto` resolved).
+    pub fn blobs(&self) -> bool {
+        match self.distribution {
+            DistributionMode::Blobs => true,
+            DistributionMode::Tarball => false,
+            DistributionMode::Auto => self.runtime != Runtime::None,
+        }
+    }
+
     /// How long to keep seeding after a local load.
     pub fn seed_time(&self) -> Duration {
         Duration::from_secs(self.seed_seconds)

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig, PushOutcome};
-use imagewolf_agent::config::{AgentConfig, DistributionMode, LogFormat, Runtime};
+use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
 use imagewolf_agent::distributor::{
     BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
 };
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         agents.clone(),
     )
     .await?;
-    if config.distribution == DistributionMode::Blobs {
+    if config.blobs() {
         start_blob_path(&config, &distributor, shutdown_rx.clone()).await?;
     }
     tracing::info!(

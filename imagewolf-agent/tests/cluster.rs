@@ -141,8 +141,15 @@ async fn pushed_image_reaches_every_node_from_one_registry_pull() {
         .map(|i| Dockerd::start(&format!("node{i}"), &insecure).unwrap())
         .collect();
 
-    // The last agent starts late, after the first image is everywhere else.
-    let hub_flag = ["--hub-registry", hub_addr.as_str()];
+    // The last agent starts late, after the first image is everywhere else. This test covers
+    // the tarball path (the fallback for images the registry API cannot read, and
+    // `--distribution tarball`); the registry-native path has the test below.
+    let hub_flag = [
+        "--hub-registry",
+        hub_addr.as_str(),
+        "--distribution",
+        "tarball",
+    ];
     let mut agents: Vec<ChildGuard> = (0..NODES - 1)
         .map(|i| start_agent(&cluster, i, &dockerds[i], dir.path(), &hub_flag))
         .collect();

@@ -295,6 +295,8 @@ fn start_agent(name: &str, api: u16, bt: u16, dir: &Path, args: &[&str]) -> Chil
     cmd.args(["--listen", &format!("127.0.0.1:{api}")])
         .args(["--bt-listen", &format!("127.0.0.1:{bt}")])
         .args(["--advertise-addr", "127.0.0.1", "--resolve-seconds", "1"])
+        // Two agents on this host: each its own registry endpoint port.
+        .args(["--endpoint-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.join(name))
         .args(args)

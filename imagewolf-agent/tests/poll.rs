@@ -133,6 +133,8 @@ async fn poller_reports_new_digests_and_the_agent_spreads_them() {
         .args(["--listen", &format!("127.0.0.1:{api}")])
         .args(["--bt-listen", &format!("127.0.0.1:{bt}")])
         .args(["--advertise-addr", "127.0.0.1"])
+        // The registry endpoint on a port of its own (tests run side by side).
+        .args(["--endpoint-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--docker-host", &dockerd.docker_host()])

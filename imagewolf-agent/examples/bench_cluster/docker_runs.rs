@@ -213,6 +213,8 @@ fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
             .context("--distribution blobs needs the cluster's host-local links")?;
         cmd.args(["--distribution", "blobs"])
             .args(["--endpoint-listen", &format!("{local}:5055")]);
+    } else {
+        cmd.args(["--distribution", "tarball"]);
     }
     cmd
         // BENCH_AGENT_LOG (a RUST_LOG filter) for diagnosis, e.g. `info,imagewolf_agent=debug`.
