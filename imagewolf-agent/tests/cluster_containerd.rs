@@ -1,0 +1,592 @@
+//! The registry-native path (`--distribution blobs`) on a cluster of containerd nodes, what
+//! Kubernetes runs, all started by this test: one network namespace per node on a bridge,
+//! a real containerd (Debian's 1.6, CRI plugin on) running INSIDE each node's namespace with
+//! its own root, state and socket, the agent binary next to it with `--runtime containerd`,
+//! and Debian's docker-registry on the bridge address with its push notifications pointed at
+//! node 0's agent. A builder dockerd (root namespace) builds and pushes the images; no node
+//! has Docker: the origin reads the registry's API, the others take the blobs from the swarm,
+//! and every containerd pulls from its agent's endpoint on 127.0.0.1:5055 inside its
+//! namespace. Fails loudly, never skips, when root, containerd, dockerd or the registry are
+//! missing (`scripts/test` installs them).
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, Node};
+use imagewolf::docker::{
+    build_test_image, extend_test_image, free_port, Dockerd, NotificationEndpoint, Registry,
+    RegistryOptions,
+};
+use imagewolf::{http, ChildGuard, TempDir};
+use imagewolf_agent::containerd::{Containerd, ContainerdConfig};
+use imagewolf_agent::loader::ImageLoader;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
+const API_PORT: u16 = 8000;
+const NODES: usize = 3;
+const LAYERS: usize = 3;
+const LAYER_MIB: usize = 4;
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn require(name: &str, package: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} not installed: apt-get install -y {package} (this test does not skip)")
+    })
+}
+
+/// A private containerd (CRI plugin on: a Kubernetes node) running inside a node's network
+/// namespace, stopped by pid (SIGTERM, then SIGKILL) and its directory removed on drop.
+struct NodeContainerd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    // Dropped after `Drop::drop` stopped the daemon and unmounted what it left.
+    dir: TempDir,
+}
+
+impl NodeContainerd {
+    /// Starts containerd in `node`'s namespace (`ip netns exec` execs it: the pid is
+    /// containerd's own) and waits until `ctr version` answers on its socket.
+    fn start(node: &Node, i: usize) -> io::Result<Self> {
+        let containerd = require("containerd", "containerd");
+        require("ctr", "containerd");
+        let dir = TempDir::new(&format!("ctrd-node{i}"))?;
+        let socket = dir.path().join("containerd.sock");
+        let log = dir.path().join("containerd.log");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
+            root = dir.path().join("root").display(),
+            state = dir.path().join("state").display(),
+            socket = socket.display(),
+        );
+        let config_path = dir.path().join("config.toml");
+        fs::write(&config_path, config)?;
+        let log_file = File::create(&log)?;
+        let child = node
+            .command(containerd)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        let mut c = NodeContainerd {
+            child,
+            socket,
+            log,
+            dir,
+        };
+        let start = Instant::now();
+        loop {
+            if c.ctr(&["version"]).is_ok() {
+                eprintln!(
+                    "containerd of node {i} ({}) ready in {:?}",
+                    node.name,
+                    start.elapsed()
+                );
+                return Ok(c);
+            }
+            if let Some(status) = c.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "containerd of node {i} exited with {status}: {}",
+                    c.log_tail()
+                )));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(io::Error::other(format!(
+                    "containerd of node {i} not ready after 30 s: {}",
+                    c.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        text.get(start..).unwrap_or(&text).to_owned()
+    }
+
+    /// `ctr -a SOCKET -n k8s.io ARGS` (from the root namespace: the socket is a path): its
+    /// stdout, or an error with its stderr.
+    fn ctr(&self, args: &[&str]) -> io::Result<String> {
+        let out = Command::new("ctr")
+            .arg("--connect-timeout")
+            .arg("2s")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "ctr {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `ctr images ls` -> (reference, target digest, whole line).
+    fn images(&self) -> Vec<(String, String, String)> {
+        self.ctr(&["images", "ls"])
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let r = f.next()?.to_owned();
+                let d = f.nth(1)?.to_owned();
+                Some((r, d, l.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The loader's view of this containerd.
+    fn config(&self) -> ContainerdConfig {
+        ContainerdConfig {
+            ctr: PathBuf::from("ctr"),
+            address: self.socket.clone(),
+            namespace: "k8s.io".into(),
+        }
+    }
+
+    /// The target digest of `reference` in k8s.io, if listed.
+    fn digest_of(&self, reference: &str) -> Option<String> {
+        self.images()
+            .into_iter()
+            .find(|(r, _, _)| r == reference)
+            .map(|(_, d, _)| d)
+    }
+}
+
+impl Drop for NodeContainerd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // `ip netns exec` gave containerd a mount namespace of its own (slave to ours), so its
+        // snapshot mounts died with it; a mount that reached ours would keep the directory busy.
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+    }
+}
+
+/// Starts the agent in node `i`'s namespace next to its containerd, logging to
+/// `logs/agentN.log`. The endpoint stays on its default, 127.0.0.1:5055 in the namespace,
+/// where the node's containerd reaches it.
+fn start_agent(cluster: &Cluster, i: usize, containerd: &NodeContainerd, dir: &Path) -> ChildGuard {
+    let node = cluster.node(i);
+    let log = File::create(dir.join(format!("agent{i}.log"))).unwrap();
+    let mut cmd = node.command(AGENT);
+    cmd.args(["--peers", &format!("dns:imagewolf:{API_PORT}")])
+        .args(["--listen", &format!("{}:{API_PORT}", node.ip)])
+        .args(["--bt-listen", &format!("{}:6000", node.ip)])
+        .args(["--advertise-addr", &node.ip.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join(format!("data{i}")))
+        .args(["--runtime", "containerd", "--containerd-address"])
+        .arg(&containerd.socket)
+        .args(["--distribution", "blobs"])
+        .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
+        .env("RUST_LOG", "info,imagewolf_bt=info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null());
+    let agent = ChildGuard::spawn(&format!("agent{i}"), &mut cmd).unwrap();
+    node.wait_listening(API_PORT, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("agent{i} did not listen: {e}\n{}", logs(dir, &[])));
+    agent
+}
+
+/// The tails of the agents' logs in `dir` and of the containerds' logs.
+fn logs(dir: &Path, containerds: &[NodeContainerd]) -> String {
+    let mut out = String::new();
+    for entry in fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().ends_with(".log") {
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            out.push_str(&format!("--- {}\n", entry.path().display()));
+            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+        }
+    }
+    for (i, c) in containerds.iter().enumerate() {
+        out.push_str(&format!("--- containerd of node {i}\n{}\n", c.log_tail()));
+    }
+    out
+}
+
+async fn stats(ip: Ipv4Addr) -> Vec<serde_json::Value> {
+    let reply = http::request(SocketAddr::from((ip, API_PORT)), "GET", "/stats", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// `/stats` of `ip`'s agent for the image pushed as `reference`.
+async fn image_stats(ip: Ipv4Addr, reference: &str) -> Option<serde_json::Value> {
+    stats(ip).await.into_iter().find(|i| {
+        i["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(reference))
+    })
+}
+
+/// Waits until every node's containerd lists `reference` pointing at `digest` and its agent
+/// says loaded; returns how long that took from `since`.
+async fn wait_loaded_everywhere(
+    ips: &[Ipv4Addr],
+    containerds: &[NodeContainerd],
+    reference: &str,
+    digest: &str,
+    since: Instant,
+    bound: Duration,
+    dir: &Path,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for (ip, c) in ips.iter().zip(containerds) {
+            let loaded = image_stats(*ip, reference)
+                .await
+                .is_some_and(|s| s["state"] == "loaded");
+            if !(loaded && c.digest_of(reference).as_deref() == Some(digest)) {
+                missing.push(ip.to_string());
+            }
+        }
+        if missing.is_empty() {
+            return since.elapsed();
+        }
+        if started.elapsed() > bound {
+            let mut detail = String::new();
+            for (ip, c) in ips.iter().zip(containerds) {
+                detail.push_str(&format!(
+                    "{ip}: {:?}\n  images: {:?}\n",
+                    stats(*ip).await,
+                    c.images()
+                ));
+            }
+            panic!(
+                "{reference} ({digest}) not loaded on {missing:?} within {bound:?}\n{detail}\n{}",
+                logs(dir, containerds)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The registry's digest of `reference` as `builder` pushed it (its RepoDigest).
+fn pushed_digest(builder: &Dockerd, reference: &str) -> String {
+    let name = reference.rsplit_once(':').map_or(reference, |(n, _)| n);
+    let digests = builder
+        .run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            reference,
+        ])
+        .unwrap();
+    let list: Vec<String> = serde_json::from_str(digests.trim()).unwrap();
+    list.iter()
+        .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no digest of {reference} in {digests}"))
+}
+
+/// One request in the registry's access log (Apache combined format).
+#[derive(Debug)]
+struct Access {
+    client: String,
+    method: String,
+    path: String,
+    status: u16,
+    agent: String,
+}
+
+/// Every request in the registry's access log.
+fn accesses(registry: &Registry) -> Vec<Access> {
+    fs::read_to_string(registry.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (client, rest) = line.split_once(" - - [")?;
+            let (_, rest) = rest.split_once("] \"")?;
+            let (request, after) = rest.split_once('"')?;
+            let mut parts = request.split(' ');
+            let (method, path) = (parts.next()?, parts.next()?);
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            let agent = after.rsplit('"').nth(1).unwrap_or_default();
+            Some(Access {
+                client: client.trim().to_owned(),
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+                agent: agent.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The registry-native path on containerd nodes: every node's containerd gets each image
+/// under the registry's name and manifest digest, pulled from its agent's endpoint; the
+/// everyday update moves only its new layer; containerd never fetches from the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_layer() {
+    require_root_and_tools().unwrap_or_else(|e| panic!("{e}"));
+    require("containerd", "containerd");
+    require("ctr", "containerd");
+    require("docker-registry", "docker-registry");
+    require("dockerd", "docker.io");
+    let dir = TempDir::new("cluster-ctrd").unwrap();
+    let cluster = ClusterBuilder::new(NODES).build().unwrap();
+    let ips = cluster.node_ips();
+    cluster.write_hosts("imagewolf", &ips).unwrap();
+    let bridge = cluster.bridge_ip();
+    let registry_addr = format!("{bridge}:{}", free_port().unwrap());
+    let registry = Registry::start_with(
+        &registry_addr,
+        &RegistryOptions {
+            notifications: vec![NotificationEndpoint {
+                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
+                headers: Vec::new(),
+            }],
+        },
+    )
+    .unwrap_or_else(|e| panic!("registry (apt-get install -y docker-registry): {e}"));
+    let builder = Dockerd::start("ctrd-builder", &[registry_addr.as_str()])
+        .unwrap_or_else(|e| panic!("dockerd (apt-get install -y docker.io): {e}"));
+    let containerds: Vec<NodeContainerd> = (0..NODES)
+        .map(|i| {
+            NodeContainerd::start(cluster.node(i), i)
+                .unwrap_or_else(|e| panic!("containerd did not start: {e}"))
+        })
+        .collect();
+    let _agents: Vec<ChildGuard> = (0..NODES)
+        .map(|i| start_agent(&cluster, i, &containerds[i], dir.path()))
+        .collect();
+
+    // 1. v1, three layers: every node's containerd has it under the registry's name and
+    //    manifest digest, and the registry served each blob once (to the origin).
+    let v1 = format!("{registry_addr}/test/app:v1");
+    let v1_id = build_test_image(&builder, &v1, LAYERS, LAYER_MIB).unwrap();
+    let pushed = Instant::now();
+    builder.run_cli(&["push", &v1]).unwrap();
+    let v1_digest = pushed_digest(&builder, &v1);
+    let took = wait_loaded_everywhere(
+        &ips,
+        &containerds,
+        &v1,
+        &v1_digest,
+        pushed,
+        Duration::from_secs(120),
+        dir.path(),
+    )
+    .await;
+    eprintln!(
+        "v1 ({} MiB in {LAYERS} layers): push -> loaded in {NODES} containerds in {:.2} s",
+        LAYERS * LAYER_MIB,
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1,
+        "the registry served blobs {:?} (layers + config once expected)",
+        registry.blob_gets()
+    );
+    for (i, c) in containerds.iter().enumerate() {
+        // Pulled by digest, then tagged: both names point at the registry's manifest.
+        let by_digest = format!("{registry_addr}/test/app@{v1_digest}");
+        assert_eq!(
+            c.digest_of(&by_digest).as_deref(),
+            Some(v1_digest.as_str()),
+            "node {i}: {:?}",
+            c.images()
+        );
+        // Nothing is left under the endpoint's name.
+        assert!(
+            c.images().iter().all(|(r, _, _)| !r.contains(":5055/")),
+            "node {i}: {:?}",
+            c.images()
+        );
+        // What the kubelet sees: the CRI plugin took the image in (its label, and its record
+        // under the image id), and the loader's own check finds it by config digest.
+        let line = c
+            .images()
+            .into_iter()
+            .find(|(r, _, _)| *r == v1)
+            .map(|(_, _, l)| l)
+            .unwrap();
+        assert!(
+            line.contains("io.cri-containerd.image=managed"),
+            "node {i}: the CRI plugin did not take {v1} in: {line}"
+        );
+        assert_eq!(c.digest_of(&v1_id).as_deref(), Some(v1_digest.as_str()));
+        let loader = Containerd::connect(c.config()).await.unwrap();
+        assert!(loader.has_image(&v1_id).await.unwrap(), "node {i}");
+        // Unpacked: one committed snapshot per layer, ready for a container.
+        let snapshots = c.ctr(&["snapshots", "ls"]).unwrap();
+        assert_eq!(
+            snapshots
+                .lines()
+                .filter(|l| l.contains("Committed"))
+                .count(),
+            LAYERS,
+            "node {i}:\n{snapshots}"
+        );
+        // The agent's hosts dir put its endpoint in front of the registry.
+        let hosts = dir.path().join(format!(
+            "data{i}/containerd-hosts/{registry_addr}/hosts.toml"
+        ));
+        let hosts = fs::read_to_string(&hosts)
+            .unwrap_or_else(|e| panic!("node {i}: {}: {e}", hosts.display()));
+        assert!(
+            hosts.contains(&format!("server = \"http://{registry_addr}\""))
+                && hosts.contains("[host.\"http://127.0.0.1:5055\"]"),
+            "node {i}: {hosts}"
+        );
+        let s = image_stats(ips[i], &v1).await.unwrap();
+        assert_eq!(s["origin"], i == 0, "{s}");
+        assert_eq!(s["blobs"]["total"], LAYERS + 1, "{s}");
+    }
+
+    // 2. The everyday update: v2 = v1 + one 1 MiB layer. Only the new layer and config move.
+    let v2 = format!("{registry_addr}/test/app:v2");
+    let v2_id = extend_test_image(&builder, &v1, &v2, 1).unwrap();
+    let pushed = Instant::now();
+    builder.run_cli(&["push", &v2]).unwrap();
+    let v2_digest = pushed_digest(&builder, &v2);
+    let took = wait_loaded_everywhere(
+        &ips,
+        &containerds,
+        &v2,
+        &v2_digest,
+        pushed,
+        Duration::from_secs(120),
+        dir.path(),
+    )
+    .await;
+    eprintln!(
+        "update (1 MiB on {} MiB): push -> loaded in {NODES} containerds in {:.2} s",
+        LAYERS * LAYER_MIB,
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        registry.blob_get_count(),
+        LAYERS + 1 + 2,
+        "v2 read more than its new layer and config from the registry: {:?}",
+        registry.blob_gets()
+    );
+    for (i, (ip, c)) in ips.iter().zip(&containerds).enumerate() {
+        assert_eq!(
+            c.digest_of(&v1).as_deref(),
+            Some(v1_digest.as_str()),
+            "node {i} lost v1: {:?}",
+            c.images()
+        );
+        let loader = Containerd::connect(c.config()).await.unwrap();
+        assert!(loader.has_image(&v2_id).await.unwrap(), "node {i}");
+        // v2 unpacked on v1's snapshots: one more.
+        let snapshots = c.ctr(&["snapshots", "ls"]).unwrap();
+        assert_eq!(
+            snapshots
+                .lines()
+                .filter(|l| l.contains("Committed"))
+                .count(),
+            LAYERS + 1,
+            "node {i}:\n{snapshots}"
+        );
+        let s = image_stats(*ip, &v2).await.unwrap();
+        assert_eq!(s["state"], "loaded", "{s}");
+        assert_eq!(s["blobs"]["total"], LAYERS + 2, "{s}");
+        assert_eq!(
+            s["blobs"]["present"], LAYERS,
+            "node {i} fetched v1's layers again: {s}"
+        );
+        let needed = s["blobs"]["bytes_needed"].as_u64().unwrap();
+        assert!(
+            needed < (1 << 20) + (64 << 10),
+            "node {i} needed {needed} bytes for a 1 MiB update: {s}"
+        );
+        if i > 0 {
+            let down = s["bytes_down"].as_u64().unwrap();
+            // Endgame may fetch a few blocks twice; v1's layers must not move again.
+            assert!(
+                down < needed * 3 / 2,
+                "node {i} received {down} bytes for {needed} bytes of new blobs: {s}"
+            );
+            eprintln!("node {i}: v2 moved {down} bytes for {needed} bytes of new blobs");
+        }
+    }
+
+    // 3. containerd never went to the registry: every blob the registry served went to the
+    //    origin's agent, and no request at all came from containerd.
+    let log = accesses(&registry);
+    let blob_gets: Vec<&Access> = log
+        .iter()
+        .filter(|a| a.method == "GET" && a.path.contains("/blobs/sha256:"))
+        .collect();
+    assert_eq!(blob_gets.len(), LAYERS + 1 + 2, "{blob_gets:?}");
+    for a in &blob_gets {
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.client, ips[0].to_string(), "a blob went elsewhere: {a:?}");
+        assert!(
+            !a.agent.contains("containerd"),
+            "containerd fetched a blob from the registry: {a:?}"
+        );
+    }
+    let by_containerd: Vec<&Access> = log
+        .iter()
+        .filter(|a| a.agent.contains("containerd"))
+        .collect();
+    assert!(
+        by_containerd.is_empty(),
+        "containerd talked to the registry: {by_containerd:?}"
+    );
+    // Nobody but the origin (and the builder's pushes) talked to the registry.
+    let receivers: Vec<String> = ips[1..].iter().map(ToString::to_string).collect();
+    let from_receivers: Vec<&Access> = log
+        .iter()
+        .filter(|a| receivers.contains(&a.client))
+        .collect();
+    assert!(
+        from_receivers.is_empty(),
+        "receivers talked to the registry: {from_receivers:?}"
+    );
+}
