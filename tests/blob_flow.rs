@@ -59,6 +59,24 @@ fn stored(data_dir: &Path) -> Vec<String> {
     out
 }
 
+/// The `manifest.json` entry of the one archive in an agent's `loaded/` directory.
+fn loaded_archive(data_dir: &Path) -> serde_json::Value {
+    let files: Vec<_> = std::fs::read_dir(data_dir.join("loaded"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(files.len(), 1, "one archive loaded");
+    let mut tar = tar::Archive::new(std::fs::File::open(files[0].path()).unwrap());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == "manifest.json" {
+            let list: Vec<serde_json::Value> = serde_json::from_reader(&mut entry).unwrap();
+            return list[0].clone();
+        }
+    }
+    panic!("no manifest.json in the loaded archive");
+}
+
 async fn notify(
     api: SocketAddr,
     registry: &str,
@@ -191,6 +209,15 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         );
         let record = wait_for_state(agent.api, &reference, "loaded").await;
         assert_eq!(record["blobs"]["total"], 3, "{record}");
+        // `--runtime none` cannot pull from the endpoint: the fallback loaded a `docker save`
+        // archive built from the store, naming this platform's config and layers.
+        let archive = loaded_archive(&agent.data_dir);
+        assert_eq!(
+            archive["Config"],
+            format!("{}.json", &image_of(p).config.digest["sha256:".len()..])
+        );
+        assert_eq!(archive["RepoTags"][0], reference.as_str());
+        assert_eq!(archive["Layers"].as_array().unwrap().len(), 2);
         assert_eq!(record["image_id"], image_of(p).config.digest.as_str());
     }
 

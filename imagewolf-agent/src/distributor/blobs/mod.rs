@@ -19,6 +19,7 @@ use crate::registry::RegistrySource;
 use crate::store::{Digest, Store};
 
 pub(crate) mod chunks;
+mod load;
 mod origin;
 mod receive;
 

@@ -149,14 +149,11 @@ impl Distributor {
         // This node's runtime pulls from the endpoint while the blobs arrive.
         let _arriving = path.expect(&missing);
         let own_load = async {
-            if in_runtime || !self.loader.pulls_from_endpoint() {
+            if in_runtime {
                 return Ok(());
             }
-            self.with_retries(key, "load", None, || {
-                self.loader
-                    .pull_from_endpoint(&path.endpoint, image, pushed.as_str())
-            })
-            .await
+            self.load_blob_image(key, path, image, &pushed, &plan.images[0])
+                .await
         };
         let spread = async {
             let (announce_tx, announce_rx) = watch::channel(None);

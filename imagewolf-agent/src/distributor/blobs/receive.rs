@@ -18,7 +18,7 @@ use tokio::time::MissedTickBehavior;
 use super::{chunks, BlobPath};
 use crate::distributor::{now_secs, Distributor};
 use crate::image::{BlobSet, Distribution};
-use crate::registry::manifest::{self, Manifest};
+use crate::registry::manifest::{self, ImageManifest, Manifest};
 use crate::stats::{BlobCounts, ImageState};
 use crate::store::Digest;
 
@@ -51,7 +51,14 @@ impl Distributor {
         let d = updates.borrow_and_update().clone();
         let set = d.blobs.clone().ok_or("not a blob distribution")?;
         let manifests = decode_manifests(&set)?;
-        let (chosen, config, layers) = self.platform_image(&set, &manifests)?;
+        let (chosen, image_manifest) = self.platform_image(&set, &manifests)?;
+        let parse = |s: &str| Digest::parse(s).map_err(|e| e.to_string());
+        let config = parse(&image_manifest.config.digest)?;
+        let layers: Vec<Digest> = image_manifest
+            .layers
+            .iter()
+            .map(|l| parse(&l.digest))
+            .collect::<Result<_, _>>()?;
         // The pushed manifest (or index) and this platform's: other platforms' are not ours.
         let manifests: Vec<_> = manifests
             .into_iter()
@@ -77,6 +84,21 @@ impl Distributor {
         for l in layers {
             if !digests.contains(&l) {
                 digests.push(l);
+            }
+        }
+        // A blob larger than the store's whole budget could never be committed: refuse it
+        // before anything is stored or fetched (else its bytes would cross the network into
+        // a partial file that the commit then refuses and leaves behind).
+        let budget = store.stats().budget;
+        for digest in digests.iter().filter(|d| !store.contains(d)) {
+            if let Some(blob) = set.blobs.iter().find(|b| b.digest == digest.as_str()) {
+                if blob.size > budget {
+                    return Err(format!(
+                        "blob {digest} is {} bytes, larger than this node's whole store budget \
+                         of {budget} bytes (--cache-size); not fetched",
+                        blob.size
+                    ));
+                }
             }
         }
         let mut pinned = digests.clone();
@@ -127,16 +149,7 @@ impl Distributor {
         let missing: Vec<Digest> = wanted.iter().map(|w| w.digest.clone()).collect();
         let _arriving = path.expect(&missing);
         let started = Instant::now();
-        let load = async {
-            if !self.loader.pulls_from_endpoint() {
-                return Ok(());
-            }
-            self.with_retries(key, "load", None, || {
-                self.loader
-                    .pull_from_endpoint(&path.endpoint, &d.image, pushed.as_str())
-            })
-            .await
-        };
+        let load = self.load_blob_image(key, path, &d.image, &pushed, &image_manifest);
         let download = self.fetch_blobs(key, &mut updates, path, &mut wanted);
         // The first error ends both: a failed download must not leave the runtime waiting.
         let (torrents, ()) = futures::future::try_join(download, load).await?;
@@ -154,12 +167,12 @@ impl Distributor {
     }
 
     /// This node's image out of the announced manifests: the pushed manifest, or the index
-    /// entry for this node's platform. Returns its digest, its config and its layers.
+    /// entry for this node's platform. Returns its digest and the manifest.
     fn platform_image(
         &self,
         set: &BlobSet,
         manifests: &[(Digest, String, Vec<u8>)],
-    ) -> Result<(Digest, Digest, Vec<Digest>), String> {
+    ) -> Result<(Digest, ImageManifest), String> {
         let find = |digest: &str| {
             manifests
                 .iter()
@@ -188,14 +201,7 @@ impl Distributor {
                 }
             }
         };
-        let parse = |s: &str| Digest::parse(s).map_err(|e| e.to_string());
-        let config = parse(&image.config.digest)?;
-        let layers = image
-            .layers
-            .iter()
-            .map(|l| parse(&l.digest))
-            .collect::<Result<_, _>>()?;
-        Ok((chosen, config, layers))
+        Ok((chosen, image))
     }
 
     /// Downloads `wanted` chunk by chunk as they are announced and commits each blob once
