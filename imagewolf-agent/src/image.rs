@@ -151,6 +151,21 @@ impl Distribution {
             .fold(blobs, |sum, s| sum.saturating_add(s.len))
     }
 
+    /// Bytes of the announcement's bulky parts (the segments' torrents, the blob set's
+    /// manifests): what bounds on records and listings count.
+    pub fn payload_len(&self) -> usize {
+        let manifests = self.blobs.as_ref().map_or(0, |b| {
+            b.manifests
+                .iter()
+                .map(|m| m.content.len())
+                .sum::<usize>()
+                .saturating_add(b.blobs.len().saturating_mul(128))
+        });
+        self.segments
+            .iter()
+            .fold(manifests, |sum, s| sum.saturating_add(s.torrent.len()))
+    }
+
     /// True if `self` is `earlier` grown: the same distribution, the same segments first,
     /// and nothing taken back (a complete one stays complete and unchanged).
     pub fn extends(&self, earlier: &Distribution) -> bool {

@@ -89,7 +89,7 @@ impl Record {
     fn announced_len(&self) -> usize {
         self.distribution
             .as_ref()
-            .map_or(0, |d| d.segments.iter().map(|s| s.torrent.len()).sum())
+            .map_or(0, Distribution::payload_len)
     }
 }
 

@@ -8,7 +8,7 @@ use imagewolf_bt::tracker::{encode_failure, AnnounceRequest};
 
 use super::{now_secs, Accepted, Distributor, CATCH_UP_WINDOW};
 
-/// Most bytes of torrents in one catch-up listing (other agents read at most 16 MiB).
+/// Most bytes of torrents and manifests in one catch-up listing (other agents read at most 16 MiB).
 pub const LISTING_BYTES_MAX: usize = 8 << 20;
 use crate::image::Distribution;
 use crate::stats::{DistributionMetrics, ImageState, ImageStats};
@@ -35,10 +35,7 @@ impl Distributor {
         recent
             .into_iter()
             .take_while(|(d, _)| {
-                bytes = d
-                    .segments
-                    .iter()
-                    .fold(bytes, |b, s| b.saturating_add(s.torrent.len()));
+                bytes = bytes.saturating_add(d.payload_len());
                 bytes <= LISTING_BYTES_MAX
             })
             .map(|(d, seeding)| {

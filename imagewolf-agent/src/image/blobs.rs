@@ -142,6 +142,20 @@ impl BlobSet {
         if manifest_bytes > MAX_MANIFEST_BYTES {
             return Err(format!("manifests over {MAX_MANIFEST_BYTES} bytes"));
         }
+        for m in &self.manifests {
+            use base64::Engine;
+            use sha2::Digest;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&m.content)
+                .map_err(|_| format!("manifest {} is not base64", m.digest))?;
+            let actual: String = sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if m.digest.strip_prefix("sha256:") != Some(actual.as_str()) {
+                return Err(format!("manifest {} does not match its digest", m.digest));
+            }
+        }
         if !self.manifests.iter().any(|m| m.digest == self.manifest) {
             return Err("the pushed manifest is not among the manifests".into());
         }
@@ -194,6 +208,149 @@ impl BlobSet {
                 out.push(c.info_hash.as_bytes().to_vec());
                 out.push(c.len.to_be_bytes().to_vec());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Distribution, ImageRef};
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    /// `{}` and its digest.
+    const EMPTY_JSON: &str = "e30=";
+    const EMPTY_JSON_DIGEST: &str =
+        "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+    fn set() -> BlobSet {
+        BlobSet {
+            api: "10.0.0.1:8000".into(),
+            manifest: EMPTY_JSON_DIGEST.into(),
+            manifests: vec![ManifestDoc {
+                digest: EMPTY_JSON_DIGEST.into(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                content: EMPTY_JSON.into(),
+            }],
+            blobs: vec![
+                Blob {
+                    digest: digest(2),
+                    size: 10,
+                    chunks: vec![],
+                },
+                Blob {
+                    digest: digest(3),
+                    size: 30,
+                    chunks: vec![],
+                },
+            ],
+            complete: false,
+        }
+    }
+
+    fn chunk(n: u8, len: u64) -> Chunk {
+        Chunk {
+            info_hash: format!("{n:02x}").repeat(20),
+            len,
+        }
+    }
+
+    #[test]
+    fn growth_is_chunks_appended_and_completion_never_taken_back() {
+        let first = set();
+        let mut second = first.clone();
+        second.blobs[1].chunks.push(chunk(7, 16));
+        assert!(second.extends(&first) && second.grows(&first));
+        assert!(!first.extends(&second), "a chunk taken back");
+        let mut done = second.clone();
+        done.blobs[0].chunks.push(chunk(8, 10));
+        done.blobs[1].chunks.push(chunk(9, 14));
+        done.complete = true;
+        assert!(done.grows(&second));
+        assert!(done.check().is_ok(), "{:?}", done.check());
+        assert_eq!(done.announced_len(), 40);
+        let mut undone = done.clone();
+        undone.complete = false;
+        assert!(!undone.extends(&done));
+        let mut swapped = done.clone();
+        swapped.blobs[1].chunks[0] = chunk(5, 16);
+        assert!(!swapped.extends(&second), "an earlier chunk changed");
+        let mut other_blob = second.clone();
+        other_blob.blobs[0].digest = digest(4);
+        assert!(!other_blob.extends(&first));
+    }
+
+    #[test]
+    fn bounds_and_formats_are_checked() {
+        assert!(set().check().is_ok());
+        let bad = |f: &dyn Fn(&mut BlobSet)| {
+            let mut s = set();
+            f(&mut s);
+            s.check().unwrap_err()
+        };
+        bad(&|s| s.api = "not an address".into());
+        bad(&|s| s.manifest = "sha256:XYZ".into());
+        bad(&|s| s.manifests.clear());
+        bad(&|s| s.manifest = digest(9));
+        bad(&|s| s.blobs[0].digest = "../etc".into());
+        bad(&|s| s.blobs[0].chunks.push(chunk(1, 11)));
+        bad(&|s| s.blobs[0].chunks.push(chunk(1, 0)));
+        bad(&|s| s.complete = true);
+        bad(&|s| {
+            s.blobs = (0..=MAX_BLOBS)
+                .map(|i| Blob {
+                    digest: digest(i as u8),
+                    size: 1,
+                    chunks: vec![],
+                })
+                .collect()
+        });
+        bad(&|s| s.blobs[0].size = 2 << 40);
+        bad(&|s| s.blobs[0].chunks = vec![chunk(1, 1); MAX_CHUNKS + 1]);
+        let e = bad(&|s| {
+            s.manifests[0].content = "A".repeat(MAX_MANIFEST_BYTES + 1);
+        });
+        assert!(e.contains("manifests over"), "{e}");
+        let e = bad(&|s| s.manifests[0].content = "e30K".into());
+        assert!(e.contains("does not match its digest"), "{e}");
+        bad(&|s| s.manifests[0].content = "%%%".into());
+    }
+
+    #[test]
+    fn the_signature_covers_the_blobs() {
+        let mut d = Distribution {
+            image: ImageRef {
+                registry: "r:5000".into(),
+                repository: "a/b".into(),
+                tag: Some("v2".into()),
+                digest: None,
+            },
+            image_id: digest(2),
+            id: "33".repeat(20),
+            size_hint: 40,
+            segments: vec![],
+            sha256: None,
+            seeders: vec![],
+            created: 1,
+            signature: None,
+            blobs: Some(set()),
+        };
+        d.sign(b"k");
+        assert!(d.verify(b"k"));
+        let tamper: [&dyn Fn(&mut BlobSet); 5] = [
+            &|s| s.api = "10.0.0.9:8000".into(),
+            &|s| s.blobs[0].size = 11,
+            &|s| s.blobs[1].chunks.push(chunk(1, 1)),
+            &|s| s.manifests[0].media_type = "x".into(),
+            &|s| s.complete = true,
+        ];
+        for f in tamper {
+            let mut t = d.clone();
+            f(t.blobs.as_mut().unwrap());
+            assert!(!t.verify(b"k"));
         }
     }
 }
