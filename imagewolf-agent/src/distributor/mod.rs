@@ -85,12 +85,12 @@ mod records;
 mod retry;
 mod views;
 
+pub use blobs::BlobPath;
 use records::Records;
 pub use records::{
     RecordCounts, ACTIVE_PER_SLOT, FINISHED_BYTES_KEPT, FINISHED_KEPT, FORGOTTEN_KEPT,
     REFUSED_KEPT, SEEDING_PER_SLOT,
 };
-pub use blobs::BlobPath;
 pub use retry::{RetryPolicy, Retryable};
 pub use views::{DistributorApi, LISTING_BYTES_MAX};
 

@@ -208,7 +208,10 @@ impl Distributor {
     /// the exporter is done (the last version is always sent). Versions published while a
     /// round is out are merged into the next round: a slow agent delays updates, it does
     /// not queue them.
-    pub(super) async fn announce_updates(self: Arc<Self>, mut latest: watch::Receiver<Option<Distribution>>) {
+    pub(super) async fn announce_updates(
+        self: Arc<Self>,
+        mut latest: watch::Receiver<Option<Distribution>>,
+    ) {
         loop {
             let current = latest.borrow_and_update().clone();
             if let Some(d) = current {
