@@ -36,6 +36,7 @@
 //!   again. So the node pulls the image from the agent's read-only registry endpoint
 //!   instead: (1) `ENDPOINT/REPO@DIGEST` brings the layers in from the node itself, and
 //!   dockerd remembers each layer by its blob digest, whichever registry served it; (2)
+//!   tag `REGISTRY/REPO:TAG`, so the image is usable by its name at once; (3)
 //!   `REGISTRY/REPO@DIGEST` from the real registry, because dockerd's classic image store
 //!   records a RepoDigest only for a pull from that very registry: dockerd finds the
 //!   config already present and stops after the manifest, so the manifest request is the
@@ -43,8 +44,7 @@
 //!   `HEAD /v2/REPO/manifests/DIGEST`, since dockerd keeps the manifest it got from the
 //!   endpoint in its content store (a GET where it does not). If that pull fails, say for
 //!   want of credentials, the image is there all the same and only the RepoDigest is
-//!   missing: a warning;
-//!   (3) tag `REGISTRY/REPO:TAG`; (4) untag `ENDPOINT/REPO@DIGEST` (never a forced
+//!   missing: a warning; (4) untag `ENDPOINT/REPO@DIGEST` (never a forced
 //!   delete: the image stays under its other names, and keeps the endpoint's name if it
 //!   has no other). The endpoint must be on loopback (or listed in dockerd's
 //!   `--insecure-registry`): it speaks plain http.
@@ -671,26 +671,7 @@ impl Docker {
                 message: format!("pulled {local_ref} but it has no valid image id"),
             })?;
 
-        // 2. The RepoDigest, from the real registry: dockerd has the config, so this
-        // fetches the manifest and nothing else.
-        match tokio::time::timeout(
-            REPO_DIGEST_TIMEOUT,
-            self.pull_reference(&real_repo, manifest_digest),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                image = %real_ref, error = %e,
-                "image pulled from the agent's endpoint, but the registry did not confirm                  its digest: the image has no RepoDigest"
-            ),
-            Err(_) => tracing::warn!(
-                image = %real_ref, after = ?REPO_DIGEST_TIMEOUT,
-                "image pulled from the agent's endpoint, but the registry did not answer:                  the image has no RepoDigest"
-            ),
-        }
-
-        // 3. The tag, as pushed.
+        // 2. The tag, as pushed.
         if let Some(tag) = &image.tag {
             let options = TagImageOptionsBuilder::default()
                 .repo(&real_repo)
@@ -705,6 +686,28 @@ impl Docker {
             .map_err(|e| LoaderError {
                 message: format!("tagging {image_id} as {real_repo}:{tag}: {e}"),
             })?;
+        }
+
+        // 3. The RepoDigest, from the real registry: dockerd has the config, so this
+        // fetches the manifest and nothing else. After the tag: the image is usable by its
+        // name meanwhile.
+        match tokio::time::timeout(
+            REPO_DIGEST_TIMEOUT,
+            self.pull_reference(&real_repo, manifest_digest),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                image = %real_ref, error = %e,
+                "image pulled from the agent's endpoint, but the registry did not confirm \
+                 its digest: the image has no RepoDigest"
+            ),
+            Err(_) => tracing::warn!(
+                image = %real_ref, after = ?REPO_DIGEST_TIMEOUT,
+                "image pulled from the agent's endpoint, but the registry did not answer: \
+                 the image has no RepoDigest"
+            ),
         }
 
         // 4. Untag the endpoint's name, if the image has another one (removing its last

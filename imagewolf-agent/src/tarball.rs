@@ -105,7 +105,7 @@ impl SegmentWriter {
 
 /// The segment length for a tarball of about `size_hint` bytes: an eighth of it within
 /// [`MIN_SEGMENT`]..=[`MAX_SEGMENT`], a whole number of pieces.
-pub(crate) fn segment_len(size_hint: u64, piece_length: u32) -> u64 {
+fn segment_len(size_hint: u64, piece_length: u32) -> u64 {
     let wanted = if size_hint == 0 {
         MAX_SEGMENT / 4
     } else {

@@ -1,8 +1,8 @@
 //! A blob's chunks and their torrents: a pure function of the blob's bytes, so every node
 //! that holds a blob computes the same info-hashes.
 //!
-//! Rule: the piece length is `piece_length_for(size)` and the chunk length the tarball
-//! path's segment rule for `size` (an eighth of it within 16-256 MiB, whole pieces); chunk
+//! Rule: the piece length is `piece_length_for(size)` and the chunk length an eighth of the
+//! blob within 2-256 MiB, whole pieces ([`geometry`]); chunk
 //! `i` is the torrent named `<hex>.<i>` over bytes `i * chunk_len ..`. The announce URL is
 //! outside the info dictionary, so it does not change the info-hash.
 
@@ -12,10 +12,21 @@ use imagewolf_bt::metainfo::{piece_length_for, Metainfo, TorrentBuilder};
 
 use crate::store::Digest;
 
-/// Piece length and chunk length for a blob of `size` bytes.
+/// Smallest chunk. A chunk spreads only once the origin has read all of it, so for a small
+/// layer (the everyday update) smaller chunks start the swarm sooner; each chunk is a torrent
+/// with its own connections, so not smaller than this.
+pub(crate) const MIN_CHUNK: u64 = 2 << 20;
+/// Largest chunk (the tarball path's largest segment).
+pub(crate) const MAX_CHUNK: u64 = crate::tarball::MAX_SEGMENT;
+/// A blob is cut into about this many chunks when it is large enough.
+const CHUNKS_TARGET: u64 = 8;
+
+/// Piece length and chunk length for a blob of `size` bytes: an eighth of the blob within
+/// [`MIN_CHUNK`]..=[`MAX_CHUNK`], whole pieces.
 pub(crate) fn geometry(size: u64) -> (u32, u64) {
     let piece = piece_length_for(size);
-    (piece, crate::tarball::segment_len(size, piece))
+    let chunk = (size / CHUNKS_TARGET).clamp(MIN_CHUNK, MAX_CHUNK);
+    (piece, chunk.next_multiple_of(u64::from(piece)))
 }
 
 /// `(offset, len)` of each chunk of a blob of `size` bytes.
@@ -93,7 +104,8 @@ mod tests {
             assert!(r[..r.len() - 1].iter().all(|(_, l)| *l == chunk));
         }
         assert_eq!(ranges(128 << 20).len(), 8, "128 MiB: eight 16 MiB chunks");
-        assert_eq!(ranges(8 << 20).len(), 1);
+        assert_eq!(ranges(8 << 20).len(), 4, "8 MiB: four 2 MiB chunks");
+        assert_eq!(ranges(1 << 20).len(), 1);
     }
 
     #[tokio::test]
@@ -118,7 +130,7 @@ mod tests {
             hashes(&two),
             "another node, another tracker: same info-hashes"
         );
-        assert_eq!(one.len(), 2);
+        assert_eq!(one.len(), 8, "20 MiB: 2.5 MiB chunks");
         let mut other = data.clone();
         other[5] ^= 1;
         let c = dir.join("c");
