@@ -1,8 +1,9 @@
 //! A blob's chunks and their torrents: a pure function of the blob's bytes, so every node
 //! that holds a blob computes the same info-hashes.
 //!
-//! Rule: the piece length is `piece_length_for(size)` and the chunk length an eighth of the
-//! blob within 2-256 MiB, whole pieces ([`geometry`]); chunk
+//! Rule: the piece length is `piece_length_for(size)` and the chunk length a quarter of a
+//! small blob (at least 2 MiB) or an eighth of a large one (16-256 MiB), whole pieces
+//! ([`geometry`]); chunk
 //! `i` is the torrent named `<hex>.<i>` over bytes `i * chunk_len ..`. The announce URL is
 //! outside the info dictionary, so it does not change the info-hash.
 
@@ -12,20 +13,30 @@ use imagewolf_bt::metainfo::{piece_length_for, Metainfo, TorrentBuilder};
 
 use crate::store::Digest;
 
-/// Smallest chunk. A chunk spreads only once the origin has read all of it, so for a small
-/// layer (the everyday update) smaller chunks start the swarm sooner; each chunk is a torrent
-/// with its own connections, so not smaller than this.
+/// Blobs up to this size (small layers: the everyday update) are cut into quarters of at
+/// least [`MIN_CHUNK`]: a chunk spreads only once the origin has read all of it, so smaller
+/// chunks start the swarm sooner (measured: an 8 MiB update reached 8 nodes in 2.23 s with
+/// 2 MiB chunks, 2.56 s as one chunk).
+pub(crate) const SMALL_BLOB: u64 = 16 << 20;
+/// Smallest chunk of a small blob.
 pub(crate) const MIN_CHUNK: u64 = 2 << 20;
-/// Largest chunk (the tarball path's largest segment).
-pub(crate) const MAX_CHUNK: u64 = crate::tarball::MAX_SEGMENT;
-/// A blob is cut into about this many chunks when it is large enough.
-const CHUNKS_TARGET: u64 = 8;
+/// Larger blobs are cut into eighths of 16-256 MiB, the tarball path's segment sizes: each
+/// chunk is a torrent with a connection to every peer, and chunks of 4 MiB for a 128 MiB
+/// image of 32 MiB layers (32 torrents) took its first push from 17.1 to 18.4 s and the
+/// agents' peak RSS from 37 to 77 MiB.
+pub(crate) const MIN_LARGE_CHUNK: u64 = 16 << 20;
+/// Largest chunk.
+pub(crate) const MAX_CHUNK: u64 = 256 << 20;
 
-/// Piece length and chunk length for a blob of `size` bytes: an eighth of the blob within
-/// [`MIN_CHUNK`]..=[`MAX_CHUNK`], whole pieces.
+/// Piece length and chunk length for a blob of `size` bytes (see [`SMALL_BLOB`] and
+/// [`MIN_LARGE_CHUNK`]), whole pieces.
 pub(crate) fn geometry(size: u64) -> (u32, u64) {
     let piece = piece_length_for(size);
-    let chunk = (size / CHUNKS_TARGET).clamp(MIN_CHUNK, MAX_CHUNK);
+    let chunk = if size <= SMALL_BLOB {
+        (size / 4).max(MIN_CHUNK)
+    } else {
+        (size / 8).clamp(MIN_LARGE_CHUNK, MAX_CHUNK)
+    };
     (piece, chunk.next_multiple_of(u64::from(piece)))
 }
 
@@ -104,6 +115,7 @@ mod tests {
             assert!(r[..r.len() - 1].iter().all(|(_, l)| *l == chunk));
         }
         assert_eq!(ranges(128 << 20).len(), 8, "128 MiB: eight 16 MiB chunks");
+        assert_eq!(ranges(32 << 20).len(), 2, "32 MiB: two 16 MiB chunks");
         assert_eq!(ranges(8 << 20).len(), 4, "8 MiB: four 2 MiB chunks");
         assert_eq!(ranges(1 << 20).len(), 1);
     }
@@ -130,7 +142,7 @@ mod tests {
             hashes(&two),
             "another node, another tracker: same info-hashes"
         );
-        assert_eq!(one.len(), 8, "20 MiB: 2.5 MiB chunks");
+        assert_eq!(one.len(), 2, "20 MiB: a 16 MiB chunk and the rest");
         let mut other = data.clone();
         other[5] ^= 1;
         let c = dir.join("c");
