@@ -447,7 +447,18 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
         }
     }
 
-    // 3. What the orchestrator does next. A pull by the registry's digest fetches no blob.
+    // 3. The same image pushed under another tag: nothing moves, every node gets the name.
+    let latest = format!("{registry_addr}/test/app:latest");
+    builder.run_cli(&["tag", &v2, &latest]).unwrap();
+    let before = registry.blob_get_count();
+    builder.run_cli(&["push", &latest]).unwrap();
+    wait_loaded_everywhere(&all, &latest, Duration::from_secs(60), dir.path()).await;
+    for d in &dockerds {
+        assert_eq!(d.image_id(&latest).unwrap(), v2_id);
+    }
+    assert_eq!(registry.blob_get_count(), before, "a new tag moved blobs");
+
+    // 4. What the orchestrator does next. A pull by the registry's digest fetches no blob.
     let before = registry.blob_get_count();
     dockerds[1]
         .run_cli(&["pull", &format!("{registry_addr}/test/app@{v2_digest}")])

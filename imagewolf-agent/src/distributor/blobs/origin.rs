@@ -149,7 +149,9 @@ impl Distributor {
         // This node's runtime pulls from the endpoint while the blobs arrive.
         let _arriving = path.expect(&missing);
         let own_load = async {
-            if in_runtime {
+            // An image the runtime has already is still pulled from the endpoint when it
+            // can be (the manifest only): it gets the name and digest just pushed.
+            if in_runtime && !self.loader.pulls_from_endpoint() {
                 return Ok(());
             }
             self.load_blob_image(key, path, image, &pushed, &plan.images[0])

@@ -64,12 +64,40 @@ impl Distributor {
             .into_iter()
             .filter(|(d, _, _)| d.as_str() == set.manifest || *d == chosen)
             .collect();
-        if self
+        let present = self
             .loader
             .has_image(config.as_str())
             .await
-            .unwrap_or(false)
-        {
+            .unwrap_or(false);
+        if present && self.loader.pulls_from_endpoint() {
+            // The same image under a new name (a tag pushed again, a second tag): nothing
+            // to fetch, but the runtime should carry the new name and the registry's
+            // digest. A pull from the endpoint of an image whose config the runtime has
+            // fetches the manifest and stops.
+            tracing::info!(image = %d.image, "already present here; naming it as pushed");
+            let pushed = Digest::parse(&set.manifest).map_err(|e| e.to_string())?;
+            let store = &path.store;
+            let _pin = store.pin(manifests.iter().map(|(d, _, _)| d.clone()));
+            for (digest, media_type, bytes) in &manifests {
+                store
+                    .put_bytes(digest, bytes)
+                    .await
+                    .map_err(|e| format!("storing manifest {digest}: {e}"))?;
+                store.set_manifest_media_type(digest, media_type);
+            }
+            self.with_retries(key, "load", Some(3), || {
+                self.loader
+                    .pull_from_endpoint(&path.endpoint, &d.image, pushed.as_str())
+            })
+            .await?;
+            self.update(key, |r| {
+                r.stats.state = ImageState::Loaded;
+                r.stats.loaded_at = Some(now_secs());
+            });
+            self.finish(key, true);
+            return Ok(());
+        }
+        if present {
             tracing::info!(image = %d.image, "already present here; skipping the download");
             self.update(key, |r| {
                 r.stats.state = ImageState::Loaded;
