@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use imagewolf::agent_api::{image_record, notify_push, stats as agent_stats, wait_for_state};
 use imagewolf::docker::Registry;
 use imagewolf::http;
-use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
+use imagewolf::local_agents::{stored_blobs, LocalAgents};
 use imagewolf::oci::{self, Blob, Image};
 use imagewolf::TempDir;
 use imagewolf_agent::allowlist::Allowlist;
@@ -32,7 +33,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
 /// How long any one state may take to come.
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -122,13 +122,6 @@ impl Node {
     }
 }
 
-/// `GET /stats`.
-async fn images(api: SocketAddr) -> Vec<Value> {
-    let reply = http::request(api, "GET", "/stats", &[], b"").await.unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    serde_json::from_slice(&reply.body).unwrap()
-}
-
 /// `GET /stats/store`.
 async fn store_stats(api: SocketAddr) -> Value {
     let reply = http::request(api, "GET", "/stats/store", &[], b"")
@@ -136,52 +129,6 @@ async fn store_stats(api: SocketAddr) -> Value {
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     serde_json::from_slice(&reply.body).unwrap()
-}
-
-/// The record of the image pushed as `reference` on `api`, if any.
-async fn record(api: SocketAddr, reference: &str) -> Option<Value> {
-    images(api).await.into_iter().find(|i| {
-        i["reference"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(reference))
-    })
-}
-
-/// Waits (polling /stats, bounded) until `api` reports `reference` in `state`; a failure on
-/// the way fails the test unless `state` is "failed".
-async fn wait_for_state(api: SocketAddr, reference: &str, state: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let found = record(api, reference).await;
-        if let Some(img) = &found {
-            if img["state"] == state {
-                return img.clone();
-            }
-            assert!(
-                img["state"] != "failed",
-                "{api}: {reference} failed: {}",
-                img["error"]
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{api}: {reference} not {state} in {DEADLINE:?}: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The digests of the committed blobs in a store.
-fn stored(data_dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(data_dir.join("store/blobs/sha256"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 /// The files in a store's `ingest/` (partial downloads, writers' temp files).
@@ -197,20 +144,6 @@ fn ingest(data_dir: &Path) -> Vec<String> {
 
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap()
-}
-
-async fn notify(api: SocketAddr, registry: &str, repository: &str, tag: &str, digest: &str) {
-    let envelope = registry_push_envelope(registry, repository, Some(tag), digest, tag);
-    let reply = http::request(
-        api,
-        "POST",
-        "/registryNotifications",
-        &[("Content-Type", EVENTS)],
-        envelope.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
 /// `POST /v1/distributions` of `d` to `api`: the HTTP status and the JSON answer.
@@ -354,9 +287,9 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
         .await
         .unwrap();
     let origin_api = origin.agents[0].api;
-    notify(origin_api, registry.addr(), repo, "v1", &image.digest).await;
+    notify_push(origin_api, registry.addr(), repo, "v1", &image.digest, "v1").await;
     let reference = format!("{}/{repo}:v1", registry.addr());
-    wait_for_state(origin_api, &reference, "loaded").await;
+    wait_for_state(origin_api, &reference, "loaded", DEADLINE).await;
     let reply = http::request(origin_api, "GET", "/v1/distributions", &[], b"")
         .await
         .unwrap();
@@ -391,7 +324,7 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
         .join(format!("{}.partial", hex_of(&big.digest)));
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let have = stored(&data_dir);
+        let have = stored_blobs(&data_dir);
         let smalls = have.contains(&image.config.digest) && have.contains(&small.digest);
         let filled = smalls
             && std::fs::read(&partial)
@@ -399,7 +332,7 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
         if filled {
             break;
         }
-        let r = record(first.api, &reference).await.unwrap();
+        let r = image_record(first.api, &reference).await.unwrap();
         assert_ne!(r["state"], "failed", "{r}");
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -407,12 +340,12 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!stored(&data_dir).contains(&big.digest));
+    assert!(!stored_blobs(&data_dir).contains(&big.digest));
 
     // Stop it. Its run fails (its torrents stopped); the partial file stays.
     let distributor = Arc::clone(&first.distributor);
     let first_api = first.api;
-    let before = images(first_api).await;
+    let before = agent_stats(first_api).await;
     first.stop().await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let failed = loop {
@@ -441,7 +374,7 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
     let second = Node::start(data_dir.clone(), 1 << 30).await;
     let (status, answer) = announce(second.api, &full).await;
     assert_eq!((status, &answer["status"]), (200, &Value::from("started")));
-    let r = wait_for_state(second.api, &reference, "loaded").await;
+    let r = wait_for_state(second.api, &reference, "loaded", DEADLINE).await;
     assert_eq!(r["blobs"]["total"], 3, "{r}");
     assert_eq!(
         r["blobs"]["present"], 2,
@@ -614,7 +547,7 @@ async fn bytes_that_do_not_match_their_digest_are_never_stored_or_served() {
     let before = store_stats(node.api).await;
     let (status, answer) = announce(node.api, &d).await;
     assert_eq!((status, &answer["status"]), (200, &Value::from("started")));
-    let r = wait_for_state(node.api, &reference_of(repo), "failed").await;
+    let r = wait_for_state(node.api, &reference_of(repo), "failed", DEADLINE).await;
     let error = r["error"].as_str().unwrap();
     assert!(
         error.contains(&layer.digest) && error.contains("hashes to"),
@@ -626,7 +559,7 @@ async fn bytes_that_do_not_match_their_digest_are_never_stored_or_served() {
         forged_handle.stats()
     );
     let data_dir = &node.data_dir;
-    let have = stored(data_dir);
+    let have = stored_blobs(data_dir);
     assert!(!have.contains(&layer.digest), "{have:?}");
     assert!(!data_dir
         .join("store/blobs/sha256")
@@ -672,7 +605,7 @@ async fn bytes_that_do_not_match_their_digest_are_never_stored_or_served() {
         assert!(reason.contains("digest"), "{answer}");
     } else {
         assert_eq!(answer["status"], "started", "{answer}");
-        let r = wait_for_state(node.api, &reference_of(repo2), "failed").await;
+        let r = wait_for_state(node.api, &reference_of(repo2), "failed", DEADLINE).await;
         let error = r["error"].as_str().unwrap();
         assert!(
             error.contains(&image.digest) && error.contains("does not match its digest"),
@@ -682,7 +615,7 @@ async fn bytes_that_do_not_match_their_digest_are_never_stored_or_served() {
     let after = store_stats(node.api).await;
     assert_eq!(after["commits"], before["commits"], "{after}");
     assert_eq!(after["bytes"], before["bytes"], "{after}");
-    assert!(!stored(data_dir).contains(&other.digest));
+    assert!(!stored_blobs(data_dir).contains(&other.digest));
     let reply = http::request(
         node.endpoint,
         "GET",
@@ -787,7 +720,7 @@ async fn announcements_over_the_bounds_are_refused_before_anything_exists() {
             "{repo} ({n} blobs): not refused: {status} {answer}"
         );
         assert!(
-            record(node.api, &reference_of(repo)).await.is_none(),
+            image_record(node.api, &reference_of(repo)).await.is_none(),
             "{repo}: a record exists"
         );
     }
@@ -796,10 +729,10 @@ async fn announcements_over_the_bounds_are_refused_before_anything_exists() {
     let d = distribution(&image, "bounds/within", within, nowhere, Vec::new(), false);
     let (status, answer) = announce(node.api, &d).await;
     assert_eq!((status, &answer["status"]), (200, &Value::from("started")));
-    assert!(record(node.api, &reference_of("bounds/within"))
+    assert!(image_record(node.api, &reference_of("bounds/within"))
         .await
         .is_some());
-    assert_eq!(images(node.api).await.len(), 1);
+    assert_eq!(agent_stats(node.api).await.len(), 1);
     node.stop().await;
 }
 
@@ -846,16 +779,22 @@ async fn a_blob_larger_than_the_store_budget_is_refused_before_it_moves() {
     let data_dir = cluster.agents[1].data_dir.clone();
 
     // v1 fits.
-    notify(origin, registry.addr(), repo, "v1", &v1.digest).await;
-    wait_for_state(node, &format!("{}/{repo}:v1", registry.addr()), "loaded").await;
+    notify_push(origin, registry.addr(), repo, "v1", &v1.digest, "v1").await;
+    wait_for_state(
+        node,
+        &format!("{}/{repo}:v1", registry.addr()),
+        "loaded",
+        DEADLINE,
+    )
+    .await;
     let before = store_stats(node).await;
-    let held = stored(&data_dir);
+    let held = stored_blobs(&data_dir);
     assert!(held.contains(&base.digest), "{held:?}");
 
     // v2's 4 MiB layer does not.
-    notify(origin, registry.addr(), repo, "v2", &v2.digest).await;
+    notify_push(origin, registry.addr(), repo, "v2", &v2.digest, "v2").await;
     let v2_ref = format!("{}/{repo}:v2", registry.addr());
-    let r = wait_for_state(node, &v2_ref, "failed").await;
+    let r = wait_for_state(node, &v2_ref, "failed", DEADLINE).await;
     let error = r["error"].as_str().unwrap();
     assert!(
         error.contains(&big.digest)
@@ -870,10 +809,10 @@ async fn a_blob_larger_than_the_store_budget_is_refused_before_it_moves() {
     }
     assert_eq!(after["partial_bytes"], 0, "{after}");
     assert!(ingest(&data_dir).is_empty(), "{:?}", ingest(&data_dir));
-    assert_eq!(stored(&data_dir), held, "the store changed");
+    assert_eq!(stored_blobs(&data_dir), held, "the store changed");
     // The origin seeded v2's blobs; the node fetched none of the new ones (what its
     // torrents uploaded is the base layer shared with v1, sent for v1).
-    let seeded = wait_for_state(origin, &v2_ref, "loaded").await;
+    let seeded = wait_for_state(origin, &v2_ref, "loaded", DEADLINE).await;
     assert!(
         seeded["bytes_up"].as_u64().unwrap() < big.bytes.len() as u64,
         "the node fetched the layer it cannot store: {seeded}"

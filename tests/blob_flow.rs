@@ -8,56 +8,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use imagewolf::agent_api::{notify_push, wait_for_state};
 use imagewolf::docker::Registry;
 use imagewolf::http;
-use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
+use imagewolf::local_agents::{stored_blobs, LocalAgents};
 use imagewolf::oci::{self, Blob, Image};
 use imagewolf::TempDir;
 use imagewolf_agent::registry::manifest::Platform;
 
-const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
-
-/// Waits (polling /stats, bounded) until `api` reports the image pushed as `reference` in
-/// `state`; returns its record.
-async fn wait_for_state(api: SocketAddr, reference: &str, state: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let reply = http::request(api, "GET", "/stats", &[], b"").await.unwrap();
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&reply.body).unwrap();
-        if let Some(img) = all.iter().find(|i| {
-            i["reference"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(reference))
-        }) {
-            if img["state"] == state {
-                return img.clone();
-            }
-            assert!(
-                img["state"] != "failed",
-                "{api}: {reference} failed: {}",
-                img["error"]
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{api}: {reference} not {state} in 60 s: {all:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The digests of the committed blobs in an agent's store.
-fn stored(data_dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(data_dir.join("store/blobs/sha256"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
+/// How long an agent may take to reach a state.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `manifest.json` entry of the one archive in an agent's `loaded/` directory.
 fn loaded_archive(data_dir: &Path) -> serde_json::Value {
@@ -75,27 +35,6 @@ fn loaded_archive(data_dir: &Path) -> serde_json::Value {
         }
     }
     panic!("no manifest.json in the loaded archive");
-}
-
-async fn notify(
-    api: SocketAddr,
-    registry: &str,
-    repository: &str,
-    tag: &str,
-    digest: &str,
-    id: &str,
-) {
-    let envelope = registry_push_envelope(registry, repository, Some(tag), digest, id);
-    let reply = http::request(
-        api,
-        "POST",
-        "/registryNotifications",
-        &[("Content-Type", EVENTS)],
-        envelope.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +100,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         );
     }
     let reference = format!("{}/{repo}:v1", registry.addr());
-    notify(
+    notify_push(
         cluster.agents[0].api,
         registry.addr(),
         repo,
@@ -171,7 +110,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     )
     .await;
     for agent in &cluster.agents {
-        wait_for_state(agent.api, &reference, "loaded").await;
+        wait_for_state(agent.api, &reference, "loaded", DEADLINE).await;
     }
 
     // The registry served each distinct blob once, to the origin: 3 configs, the shared
@@ -203,11 +142,11 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         expected.push(image_of(p).digest.clone());
         expected.sort();
         assert_eq!(
-            stored(&agent.data_dir),
+            stored_blobs(&agent.data_dir),
             expected,
             "node {i} ({p}) holds other blobs"
         );
-        let record = wait_for_state(agent.api, &reference, "loaded").await;
+        let record = wait_for_state(agent.api, &reference, "loaded", DEADLINE).await;
         assert_eq!(record["blobs"]["total"], 3, "{record}");
         // `--runtime none` cannot pull from the endpoint: the fallback loaded a `docker save`
         // archive built from the store, naming this platform's config and layers.
@@ -268,7 +207,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         .await
         .unwrap();
     let before = registry.blob_get_count();
-    notify(
+    notify_push(
         cluster.agents[0].api,
         registry.addr(),
         repo,
@@ -278,7 +217,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     )
     .await;
     let v2_ref = format!("{}/{repo}:v2", registry.addr());
-    let arm64 = wait_for_state(cluster.agents[2].api, &v2_ref, "loaded").await;
+    let arm64 = wait_for_state(cluster.agents[2].api, &v2_ref, "loaded", DEADLINE).await;
     assert_eq!(arm64["blobs"]["present"], 2, "{arm64}");
     assert_eq!(
         arm64["blobs"]["bytes_needed"].as_u64().unwrap(),

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, HOST_LINKS_CIDR};
 use imagewolf::docker::{
-    build_test_image, extend_test_image, free_port, Dockerd, NotificationEndpoint, Registry,
-    RegistryOptions,
+    build_test_image, extend_test_image, free_port, Dockerd, Registry, RegistryOptions,
 };
-use imagewolf::{http, ChildGuard, TempDir};
+use imagewolf::{agent_api, http, log_tails, ChildGuard, TempDir};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
 const API_PORT: u16 = 8000;
@@ -51,25 +50,13 @@ fn start_agent(
     agent
 }
 
+/// The tails of the agents' logs in `dir`.
 fn logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-        if entry.file_name().to_string_lossy().ends_with(".log") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            out.push_str(&format!("--- {}\n", entry.path().display()));
-            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
-        }
-    }
-    out
+    log_tails(dir, 25)
 }
 
 async fn stats(ip: Ipv4Addr) -> Vec<serde_json::Value> {
-    let reply = http::request(SocketAddr::from((ip, API_PORT)), "GET", "/stats", &[], b"")
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    serde_json::from_slice(&reply.body).unwrap()
+    agent_api::stats(SocketAddr::from((ip, API_PORT))).await
 }
 
 /// Waits until every listed node's dockerd has `reference` and its agent says loaded.
@@ -126,12 +113,10 @@ async fn pushed_image_reaches_every_node_from_one_registry_pull() {
     let hub_addr = format!("{bridge}:{}", free_port().unwrap());
     let registry = Registry::start_with(
         &registry_addr,
-        &RegistryOptions {
-            notifications: vec![NotificationEndpoint {
-                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
-                headers: Vec::new(),
-            }],
-        },
+        &RegistryOptions::notifying(format!(
+            "http://{}:{API_PORT}/registryNotifications",
+            ips[0]
+        )),
     )
     .unwrap();
     let hub = Registry::start(&hub_addr).unwrap();
@@ -294,14 +279,8 @@ async fn pushed_image_reaches_every_node_from_one_registry_pull() {
 
 /// `/stats` of `ip`'s agent for the image pushed as `reference`.
 async fn image_stats(ip: Ipv4Addr, reference: &str) -> serde_json::Value {
-    stats(ip)
+    agent_api::image_record(SocketAddr::from((ip, API_PORT)), reference)
         .await
-        .into_iter()
-        .find(|i| {
-            i["reference"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(reference))
-        })
         .unwrap_or_else(|| panic!("{ip} has no record of {reference}"))
 }
 
@@ -328,12 +307,10 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
     let registry_addr = format!("{bridge}:{}", free_port().unwrap());
     let registry = Registry::start_with(
         &registry_addr,
-        &RegistryOptions {
-            notifications: vec![NotificationEndpoint {
-                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
-                headers: Vec::new(),
-            }],
-        },
+        &RegistryOptions::notifying(format!(
+            "http://{}:{API_PORT}/registryNotifications",
+            ips[0]
+        )),
     )
     .unwrap();
     // A registry nobody hears from: what an ordinary `docker pull` afterwards talks to.
@@ -379,7 +356,7 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
     let v1 = format!("{registry_addr}/test/app:v1");
     let v1_id = build_test_image(&builder, &v1, LAYERS, LAYER_MIB).unwrap();
     builder.run_cli(&["push", &v1]).unwrap();
-    let v1_digest = pushed_digest(&builder, &v1);
+    let v1_digest = builder.repo_digest(&v1).unwrap();
     wait_loaded_everywhere(&all, &v1, Duration::from_secs(120), dir.path()).await;
     assert_eq!(
         registry.blob_get_count(),
@@ -406,7 +383,7 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
     let v2_id = extend_test_image(&builder, &v1, &v2, 1).unwrap();
     let pushed = Instant::now();
     builder.run_cli(&["push", &v2]).unwrap();
-    let v2_digest = pushed_digest(&builder, &v2);
+    let v2_digest = builder.repo_digest(&v2).unwrap();
     wait_loaded_everywhere(&all, &v2, Duration::from_secs(120), dir.path()).await;
     eprintln!(
         "update (1 MiB on {} MiB): push -> loaded on {NODES} nodes in {:.2} s",
@@ -485,22 +462,4 @@ async fn an_update_moves_only_its_new_layer_and_nodes_keep_the_registry_digests(
         "an ordinary pull of v1 + one layer fetched {:?}",
         quiet.blob_gets()
     );
-}
-
-/// The registry's digest of `reference` as `builder` pushed it.
-fn pushed_digest(builder: &Dockerd, reference: &str) -> String {
-    let name = reference.rsplit_once(':').map_or(reference, |(n, _)| n);
-    let digests = builder
-        .run_cli(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RepoDigests}}",
-            reference,
-        ])
-        .unwrap();
-    let list: Vec<String> = serde_json::from_str(digests.trim()).unwrap();
-    list.iter()
-        .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_owned))
-        .unwrap_or_else(|| panic!("no digest of {reference} in {digests}"))
 }

@@ -10,19 +10,18 @@
 //! missing (`scripts/test` installs them).
 
 use std::fs::{self, File};
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder, Node};
+use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder};
+use imagewolf::containerd::{require_containerd, Containerd as ContainerdProcess};
 use imagewolf::docker::{
-    build_test_image, extend_test_image, free_port, Dockerd, NotificationEndpoint, Registry,
-    RegistryOptions,
+    build_test_image, extend_test_image, free_port, Dockerd, Registry, RegistryOptions,
 };
-use imagewolf::{http, ChildGuard, TempDir};
-use imagewolf_agent::containerd::{Containerd, ContainerdConfig};
+use imagewolf::{agent_api, log_tails, require_tool, ChildGuard, TempDir};
+use imagewolf_agent::containerd::Containerd;
 use imagewolf_agent::loader::ImageLoader;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
@@ -31,187 +30,15 @@ const NODES: usize = 3;
 const LAYERS: usize = 3;
 const LAYER_MIB: usize = 4;
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn require(name: &str, package: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| {
-        panic!("{name} not installed: apt-get install -y {package} (this test does not skip)")
-    })
-}
-
-/// A private containerd (CRI plugin on: a Kubernetes node) running inside a node's network
-/// namespace, stopped by pid (SIGTERM, then SIGKILL) and its directory removed on drop.
-struct NodeContainerd {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    // Dropped after `Drop::drop` stopped the daemon and unmounted what it left.
-    dir: TempDir,
-}
-
-impl NodeContainerd {
-    /// Starts containerd in `node`'s namespace (`ip netns exec` execs it: the pid is
-    /// containerd's own) and waits until `ctr version` answers on its socket.
-    fn start(node: &Node, i: usize) -> io::Result<Self> {
-        let containerd = require("containerd", "containerd");
-        require("ctr", "containerd");
-        let dir = TempDir::new(&format!("ctrd-node{i}"))?;
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-        );
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log_file = File::create(&log)?;
-        let child = node
-            .command(containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        let mut c = NodeContainerd {
-            child,
-            socket,
-            log,
-            dir,
-        };
-        let start = Instant::now();
-        loop {
-            if c.ctr(&["version"]).is_ok() {
-                eprintln!(
-                    "containerd of node {i} ({}) ready in {:?}",
-                    node.name,
-                    start.elapsed()
-                );
-                return Ok(c);
-            }
-            if let Some(status) = c.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "containerd of node {i} exited with {status}: {}",
-                    c.log_tail()
-                )));
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err(io::Error::other(format!(
-                    "containerd of node {i} not ready after 30 s: {}",
-                    c.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(3000);
-        text.get(start..).unwrap_or(&text).to_owned()
-    }
-
-    /// `ctr -a SOCKET -n k8s.io ARGS` (from the root namespace: the socket is a path): its
-    /// stdout, or an error with its stderr.
-    fn ctr(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("ctr")
-            .arg("--connect-timeout")
-            .arg("2s")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ctr {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `ctr images ls` -> (reference, target digest, whole line).
-    fn images(&self) -> Vec<(String, String, String)> {
-        self.ctr(&["images", "ls"])
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let r = f.next()?.to_owned();
-                let d = f.nth(1)?.to_owned();
-                Some((r, d, l.to_owned()))
-            })
-            .collect()
-    }
-
-    /// The loader's view of this containerd.
-    fn config(&self) -> ContainerdConfig {
-        ContainerdConfig {
-            ctr: PathBuf::from("ctr"),
-            address: self.socket.clone(),
-            namespace: "k8s.io".into(),
-        }
-    }
-
-    /// The target digest of `reference` in k8s.io, if listed.
-    fn digest_of(&self, reference: &str) -> Option<String> {
-        self.images()
-            .into_iter()
-            .find(|(r, _, _)| r == reference)
-            .map(|(_, d, _)| d)
-    }
-}
-
-impl Drop for NodeContainerd {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        // `ip netns exec` gave containerd a mount namespace of its own (slave to ours), so its
-        // snapshot mounts died with it; a mount that reached ours would keep the directory busy.
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
-
 /// Starts the agent in node `i`'s namespace next to its containerd, logging to
 /// `logs/agentN.log`. The endpoint stays on its default, 127.0.0.1:5055 in the namespace,
 /// where the node's containerd reaches it.
-fn start_agent(cluster: &Cluster, i: usize, containerd: &NodeContainerd, dir: &Path) -> ChildGuard {
+fn start_agent(
+    cluster: &Cluster,
+    i: usize,
+    containerd: &ContainerdProcess,
+    dir: &Path,
+) -> ChildGuard {
     let node = cluster.node(i);
     let log = File::create(dir.join(format!("agent{i}.log"))).unwrap();
     let mut cmd = node.command(AGENT);
@@ -222,7 +49,7 @@ fn start_agent(cluster: &Cluster, i: usize, containerd: &NodeContainerd, dir: &P
         .arg("--data-dir")
         .arg(dir.join(format!("data{i}")))
         .args(["--runtime", "containerd", "--containerd-address"])
-        .arg(&containerd.socket)
+        .arg(containerd.socket())
         .args(["--distribution", "blobs"])
         .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
         .env("RUST_LOG", "info,imagewolf_bt=info")
@@ -236,16 +63,8 @@ fn start_agent(cluster: &Cluster, i: usize, containerd: &NodeContainerd, dir: &P
 }
 
 /// The tails of the agents' logs in `dir` and of the containerds' logs.
-fn logs(dir: &Path, containerds: &[NodeContainerd]) -> String {
-    let mut out = String::new();
-    for entry in fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-        if entry.file_name().to_string_lossy().ends_with(".log") {
-            let text = fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            out.push_str(&format!("--- {}\n", entry.path().display()));
-            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
-        }
-    }
+fn logs(dir: &Path, containerds: &[ContainerdProcess]) -> String {
+    let mut out = log_tails(dir, 25);
     for (i, c) in containerds.iter().enumerate() {
         out.push_str(&format!("--- containerd of node {i}\n{}\n", c.log_tail()));
     }
@@ -253,27 +72,19 @@ fn logs(dir: &Path, containerds: &[NodeContainerd]) -> String {
 }
 
 async fn stats(ip: Ipv4Addr) -> Vec<serde_json::Value> {
-    let reply = http::request(SocketAddr::from((ip, API_PORT)), "GET", "/stats", &[], b"")
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    serde_json::from_slice(&reply.body).unwrap()
+    agent_api::stats(SocketAddr::from((ip, API_PORT))).await
 }
 
 /// `/stats` of `ip`'s agent for the image pushed as `reference`.
 async fn image_stats(ip: Ipv4Addr, reference: &str) -> Option<serde_json::Value> {
-    stats(ip).await.into_iter().find(|i| {
-        i["reference"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(reference))
-    })
+    agent_api::image_record(SocketAddr::from((ip, API_PORT)), reference).await
 }
 
 /// Waits until every node's containerd lists `reference` pointing at `digest` and its agent
 /// says loaded; returns how long that took from `since`.
 async fn wait_loaded_everywhere(
     ips: &[Ipv4Addr],
-    containerds: &[NodeContainerd],
+    containerds: &[ContainerdProcess],
     reference: &str,
     digest: &str,
     since: Instant,
@@ -310,24 +121,6 @@ async fn wait_loaded_everywhere(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The registry's digest of `reference` as `builder` pushed it (its RepoDigest).
-fn pushed_digest(builder: &Dockerd, reference: &str) -> String {
-    let name = reference.rsplit_once(':').map_or(reference, |(n, _)| n);
-    let digests = builder
-        .run_cli(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RepoDigests}}",
-            reference,
-        ])
-        .unwrap();
-    let list: Vec<String> = serde_json::from_str(digests.trim()).unwrap();
-    list.iter()
-        .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_owned))
-        .unwrap_or_else(|| panic!("no digest of {reference} in {digests}"))
 }
 
 /// One request in the registry's access log (Apache combined format).
@@ -370,10 +163,9 @@ fn accesses(registry: &Registry) -> Vec<Access> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_layer() {
     require_root_and_tools().unwrap_or_else(|e| panic!("{e}"));
-    require("containerd", "containerd");
-    require("ctr", "containerd");
-    require("docker-registry", "docker-registry");
-    require("dockerd", "docker.io");
+    require_containerd().unwrap_or_else(|e| panic!("{e}"));
+    require_tool("docker-registry", "docker-registry");
+    require_tool("dockerd", "docker.io");
     let dir = TempDir::new("cluster-ctrd").unwrap();
     let cluster = ClusterBuilder::new(NODES).build().unwrap();
     let ips = cluster.node_ips();
@@ -382,19 +174,17 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
     let registry_addr = format!("{bridge}:{}", free_port().unwrap());
     let registry = Registry::start_with(
         &registry_addr,
-        &RegistryOptions {
-            notifications: vec![NotificationEndpoint {
-                url: format!("http://{}:{API_PORT}/registryNotifications", ips[0]),
-                headers: Vec::new(),
-            }],
-        },
+        &RegistryOptions::notifying(format!(
+            "http://{}:{API_PORT}/registryNotifications",
+            ips[0]
+        )),
     )
     .unwrap_or_else(|e| panic!("registry (apt-get install -y docker-registry): {e}"));
     let builder = Dockerd::start("ctrd-builder", &[registry_addr.as_str()])
         .unwrap_or_else(|e| panic!("dockerd (apt-get install -y docker.io): {e}"));
-    let containerds: Vec<NodeContainerd> = (0..NODES)
+    let containerds: Vec<ContainerdProcess> = (0..NODES)
         .map(|i| {
-            NodeContainerd::start(cluster.node(i), i)
+            ContainerdProcess::start_in(cluster.node(i), &format!("ctrd-node{i}"))
                 .unwrap_or_else(|e| panic!("containerd did not start: {e}"))
         })
         .collect();
@@ -408,7 +198,7 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
     let v1_id = build_test_image(&builder, &v1, LAYERS, LAYER_MIB).unwrap();
     let pushed = Instant::now();
     builder.run_cli(&["push", &v1]).unwrap();
-    let v1_digest = pushed_digest(&builder, &v1);
+    let v1_digest = builder.repo_digest(&v1).unwrap();
     let took = wait_loaded_everywhere(
         &ips,
         &containerds,
@@ -458,7 +248,7 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
             "node {i}: the CRI plugin did not take {v1} in: {line}"
         );
         assert_eq!(c.digest_of(&v1_id).as_deref(), Some(v1_digest.as_str()));
-        let loader = Containerd::connect(c.config()).await.unwrap();
+        let loader = Containerd::connect(c.loader_config()).await.unwrap();
         assert!(loader.has_image(&v1_id).await.unwrap(), "node {i}");
         // Unpacked: one committed snapshot per layer, ready for a container.
         let snapshots = c.ctr(&["snapshots", "ls"]).unwrap();
@@ -491,7 +281,7 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
     let v2_id = extend_test_image(&builder, &v1, &v2, 1).unwrap();
     let pushed = Instant::now();
     builder.run_cli(&["push", &v2]).unwrap();
-    let v2_digest = pushed_digest(&builder, &v2);
+    let v2_digest = builder.repo_digest(&v2).unwrap();
     let took = wait_loaded_everywhere(
         &ips,
         &containerds,
@@ -520,7 +310,7 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
             "node {i} lost v1: {:?}",
             c.images()
         );
-        let loader = Containerd::connect(c.config()).await.unwrap();
+        let loader = Containerd::connect(c.loader_config()).await.unwrap();
         assert!(loader.has_image(&v2_id).await.unwrap(), "node {i}");
         // v2 unpacked on v1's snapshots: one more.
         let snapshots = c.ctr(&["snapshots", "ls"]).unwrap();

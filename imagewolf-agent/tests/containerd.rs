@@ -4,188 +4,20 @@
 //! the install command, it never skips.
 
 use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imagewolf::docker::{
-    build_test_image, free_port, Dockerd, NotificationEndpoint, Registry, RegistryOptions,
-};
+use imagewolf::containerd::Containerd as ContainerdProcess;
+use imagewolf::docker::{build_test_image, free_port, Dockerd, Registry, RegistryOptions};
 use imagewolf::{ChildGuard, TempDir};
 use imagewolf_agent::containerd::{Containerd, ContainerdConfig};
 use imagewolf_agent::loader::ImageLoader;
 
-/// A private containerd, stopped by pid (SIGTERM, then SIGKILL) and its directory removed on
-/// drop.
-struct ContainerdProcess {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    // Dropped after `Drop::drop` stopped the daemon and unmounted what it left.
-    dir: TempDir,
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn require(name: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| {
-        panic!("{name} not installed: apt-get install -y containerd (this test does not skip)")
-    })
-}
-
-impl ContainerdProcess {
-    /// Starts containerd; `cri` keeps the CRI plugin (what a Kubernetes node runs) or
-    /// disables it (then nothing records images under their id, and `has_image` must find
-    /// the id through the manifest).
-    fn start(tag: &str, cri: bool) -> io::Result<Self> {
-        assert_eq!(euid(), 0, "containerd needs root (run the tests as root)");
-        let containerd = require("containerd");
-        require("ctr");
-        let dir = TempDir::new(tag)?;
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let disabled = if cri {
-            ""
-        } else {
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
-        };
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
-             [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-        );
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log_file = fs::File::create(&log)?;
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        let mut c = ContainerdProcess {
-            child,
-            socket,
-            log,
-            dir,
-        };
-        let start = Instant::now();
-        loop {
-            if c.ctr(&["version"]).is_ok() {
-                eprintln!("containerd (cri: {cri}) ready in {:?}", start.elapsed());
-                return Ok(c);
-            }
-            if let Some(status) = c.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "containerd exited with {status}: {}",
-                    c.log_tail()
-                )));
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err(io::Error::other(format!(
-                    "containerd not ready after 30 s: {}",
-                    c.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(3000);
-        text.get(start..).unwrap_or(&text).to_owned()
-    }
-
-    /// `ctr -a SOCKET -n k8s.io ARGS`: stdout, or an error with stderr.
-    fn ctr(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("ctr")
-            .arg("--connect-timeout")
-            .arg("2s")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ctr {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn loader(&self) -> ContainerdConfig {
-        ContainerdConfig {
-            ctr: PathBuf::from("ctr"),
-            address: self.socket.clone(),
-            namespace: "k8s.io".into(),
-        }
-    }
-}
-
-impl Drop for ContainerdProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        // Snapshot mounts left by an interrupted unpack would keep the directory busy.
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
-
-/// The effective uid, from /proc (no libc dependency).
-fn euid() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|u| u.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
-}
-
 /// The flow a node goes through, against one containerd: not there -> import -> listed by
 /// `ctr` in k8s.io -> there; and failures carry ctr's words.
 async fn check_loader(node: &ContainerdProcess, tarball: &Path, reference: &str, image_id: &str) {
-    let loader = Containerd::connect(node.loader())
+    let loader = Containerd::connect(node.loader_config())
         .await
         .unwrap_or_else(|e| panic!("connecting: {e}\n{}", node.log_tail()));
     assert!(!loader.has_image(image_id).await.unwrap());
@@ -242,14 +74,18 @@ async fn containerd_imports_docker_save_tarballs() {
 
     // A Kubernetes node (CRI plugin on) and a bare containerd (CRI off).
     for cri in [true, false] {
-        let node = ContainerdProcess::start(if cri { "ctrd-cri" } else { "ctrd-bare" }, cri)
-            .unwrap_or_else(|e| panic!("containerd did not start: {e}"));
+        let node = if cri {
+            ContainerdProcess::start("ctrd-cri")
+        } else {
+            ContainerdProcess::start_without_cri("ctrd-bare")
+        };
+        let node = node.unwrap_or_else(|e| panic!("containerd did not start: {e}"));
         check_loader(&node, &tarball, reference, &image_id).await;
     }
 
     // Failures: ctr's own words come back as a LoaderError.
-    let node = ContainerdProcess::start("ctrd-bad", false).unwrap();
-    let loader = Containerd::connect(node.loader()).await.unwrap();
+    let node = ContainerdProcess::start_without_cri("ctrd-bad").unwrap();
+    let loader = Containerd::connect(node.loader_config()).await.unwrap();
     let corrupt = work.path().join("corrupt.tar");
     let bytes = fs::read(&tarball).unwrap();
     fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
@@ -277,8 +113,8 @@ async fn containerd_imports_docker_save_tarballs() {
     // A socket nobody listens on fails at connect, in seconds.
     let t = Instant::now();
     let e = Containerd::connect(ContainerdConfig {
-        address: node.dir.path().join("nobody.sock"),
-        ..node.loader()
+        address: node.dir().join("nobody.sock"),
+        ..node.loader_config()
     })
     .await
     .unwrap_err();
@@ -326,17 +162,12 @@ async fn agent_with_runtime_containerd_receives_a_pushed_image() {
     let [api0, api1, bt0, bt1] = [(); 4].map(|_| free_port().unwrap());
     let registry = Registry::start_with(
         &format!("127.0.0.1:{}", free_port().unwrap()),
-        &RegistryOptions {
-            notifications: vec![NotificationEndpoint {
-                url: format!("http://127.0.0.1:{api0}/registryNotifications"),
-                headers: Vec::new(),
-            }],
-        },
+        &RegistryOptions::notifying(format!("http://127.0.0.1:{api0}/registryNotifications")),
     )
     .unwrap_or_else(|e| panic!("registry (apt-get install -y docker-registry): {e}"));
     let dockerd = Dockerd::start("ctrde2e", &[])
         .unwrap_or_else(|e| panic!("dockerd did not start (apt-get install -y docker.io): {e}"));
-    let node = ContainerdProcess::start("ctrd-node", true).unwrap();
+    let node = ContainerdProcess::start("ctrd-node").unwrap();
     let peers = format!("static:127.0.0.1:{api0},127.0.0.1:{api1}");
     let _docker_agent = start_agent(
         "docker-agent",
@@ -345,7 +176,7 @@ async fn agent_with_runtime_containerd_receives_a_pushed_image() {
         dir.path(),
         &["--peers", &peers, "--docker-host", &dockerd.docker_host()],
     );
-    let address = node.socket.to_string_lossy().into_owned();
+    let address = node.socket().to_string_lossy().into_owned();
     let _containerd_agent = start_agent(
         "containerd-agent",
         api1,
@@ -382,6 +213,6 @@ async fn agent_with_runtime_containerd_receives_a_pushed_image() {
         "{reference} in containerd {:?} after the push",
         started.elapsed()
     );
-    let loader = Containerd::connect(node.loader()).await.unwrap();
+    let loader = Containerd::connect(node.loader_config()).await.unwrap();
     assert!(loader.has_image(&image_id).await.unwrap());
 }

@@ -11,14 +11,15 @@ use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use imagewolf::containerd::{require_containerd, Containerd};
 use imagewolf::docker::Dockerd;
-use imagewolf::TempDir;
+use imagewolf::{require_tool, TempDir};
 use imagewolf_agent::endpoint::{serve, Content, EndpointConfig, EndpointCounts, EndpointStats};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -29,21 +30,6 @@ const LAYER_TYPE: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const REPOSITORY: &str = "team/app";
 const TAG: &str = "v1";
 const UPSTREAM: &str = "upstream.invalid:5000";
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn require(name: &str, package: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| {
-        panic!("{name} not installed: apt-get install -y {package} (this test does not skip)")
-    })
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -83,7 +69,7 @@ struct TestImage {
 /// A tar of `files` random files under `layerN/`, gzip'd with `gzip -n`; returns the
 /// compressed blob's path, its digest and the uncompressed tar's digest (the diff_id).
 fn make_layer(dir: &Path, n: usize, files: usize) -> (PathBuf, String, String) {
-    let gzip = require("gzip", "gzip");
+    let gzip = require_tool("gzip", "gzip");
     let mut builder = tar::Builder::new(Vec::new());
     let top = format!("layer{n}");
     let mut header = tar::Header::new_gnu();
@@ -308,8 +294,8 @@ fn assert_each_blob_once(image: &TestImage, served: &HashMap<String, usize>, who
 
 #[test]
 fn dockerd_pulls_by_digest_and_by_tag() {
-    require("dockerd", "docker.io");
-    require("docker", "docker.io");
+    require_tool("dockerd", "docker.io");
+    require_tool("docker", "docker.io");
     let image = build_image();
     let endpoint = Endpoint::start(&image);
     let dockerd = Dockerd::start("epdock", &[])
@@ -365,170 +351,23 @@ fn dockerd_pulls_by_digest_and_by_tag() {
     assert_eq!(counts.not_found, 0);
 }
 
-/// A private containerd with the CRI plugin (as on a Kubernetes node), stopped by pid
-/// (SIGTERM, then SIGKILL) and its directory removed on drop.
-struct ContainerdProcess {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    // Dropped after `Drop::drop` stopped the daemon and unmounted what it left.
-    dir: TempDir,
-}
-
-impl ContainerdProcess {
-    fn start(tag: &str) -> io::Result<Self> {
-        assert_eq!(euid(), 0, "containerd needs root (run the tests as root)");
-        let containerd = require("containerd", "containerd");
-        require("ctr", "containerd");
-        let dir = TempDir::new(tag)?;
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-        );
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log_file = fs::File::create(&log)?;
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        let mut c = ContainerdProcess {
-            child,
-            socket,
-            log,
-            dir,
-        };
-        let start = Instant::now();
-        loop {
-            if c.ctr(&["version"]).is_ok() {
-                return Ok(c);
-            }
-            if let Some(status) = c.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "containerd exited with {status}: {}",
-                    c.log_tail()
-                )));
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err(io::Error::other(format!(
-                    "containerd not ready after 30 s: {}",
-                    c.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(3000);
-        text.get(start..).unwrap_or(&text).to_owned()
-    }
-
-    /// `ctr -a SOCKET -n k8s.io ARGS`: stdout, or an error with stderr.
-    fn ctr(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("ctr")
-            .arg("--connect-timeout")
-            .arg("2s")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ctr {} failed: {}\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The digest `ctr images ls` lists for `reference`.
-    fn image_digest(&self, reference: &str) -> Option<String> {
-        let listing = self.ctr(&["images", "ls"]).ok()?;
-        listing.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(reference))
-                .then(|| fields.find(|f| f.starts_with("sha256:")).map(str::to_owned))
-                .flatten()
-        })
-    }
-}
-
-impl Drop for ContainerdProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        // Snapshot mounts left by an interrupted unpack would keep the directory busy.
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
-
-/// The effective uid, from /proc (no libc dependency).
-fn euid() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|u| u.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
-}
-
 #[test]
 fn containerd_pulls_directly_and_through_a_mirror_host() {
-    require("containerd", "containerd");
-    require("ctr", "containerd");
+    require_containerd().unwrap_or_else(|e| panic!("{e}"));
     let image = build_image();
     let endpoint = Endpoint::start(&image);
     let port = endpoint.addr.port();
 
     // Straight from the endpoint, as its own registry: no `ns`.
-    let node = ContainerdProcess::start("epctrd")
-        .unwrap_or_else(|e| panic!("containerd did not start: {e}"));
+    let node =
+        Containerd::start("epctrd").unwrap_or_else(|e| panic!("containerd did not start: {e}"));
     let reference = format!("127.0.0.1:{port}/{REPOSITORY}:{TAG}");
     let t = Instant::now();
     node.ctr(&["images", "pull", "--plain-http", &reference])
         .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail()));
     eprintln!("containerd pulled {reference} in {:?}", t.elapsed());
     assert_eq!(
-        node.image_digest(&reference).as_deref(),
+        node.digest_of(&reference).as_deref(),
         Some(image.manifest_digest.as_str()),
         "{}",
         node.ctr(&["images", "ls"]).unwrap_or_default()
@@ -558,14 +397,14 @@ fn containerd_pulls_directly_and_through_a_mirror_host() {
         ),
     )
     .unwrap();
-    let node = ContainerdProcess::start("epmirror")
-        .unwrap_or_else(|e| panic!("containerd did not start: {e}"));
+    let node =
+        Containerd::start("epmirror").unwrap_or_else(|e| panic!("containerd did not start: {e}"));
     let upstream_ref = format!("{UPSTREAM}/{REPOSITORY}:{TAG}");
     let hosts_dir = hosts.path().to_string_lossy().into_owned();
     node.ctr(&["images", "pull", "--hosts-dir", &hosts_dir, &upstream_ref])
         .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail()));
     assert_eq!(
-        node.image_digest(&upstream_ref).as_deref(),
+        node.digest_of(&upstream_ref).as_deref(),
         Some(image.manifest_digest.as_str()),
         "{}",
         node.ctr(&["images", "ls"]).unwrap_or_default()

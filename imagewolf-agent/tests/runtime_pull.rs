@@ -11,34 +11,18 @@
 //! tests fail with the install command, they never skip.
 
 use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
+use imagewolf::containerd::Containerd as ContainerdProcess;
 use imagewolf::docker::{build_and_push, free_port, start_daemons, Dockerd, Registry};
-use imagewolf::TempDir;
-use imagewolf_agent::containerd::{Containerd, ContainerdConfig};
+use imagewolf::{require_tool, TempDir};
+use imagewolf_agent::containerd::Containerd;
 use imagewolf_agent::docker::Docker;
 use imagewolf_agent::image::ImageRef;
 use imagewolf_agent::loader::ImageLoader;
 
 const REPO: &str = "imagewolf/rp";
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn require(name: &str, package: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| {
-        panic!("{name} not installed: apt-get install -y {package} (this test does not skip)")
-    })
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -56,7 +40,7 @@ fn run(cmd: &mut Command) -> String {
 
 /// Copies `repo:tag` from one registry to the other blob for blob, manifest unchanged.
 fn copy_image(from: &Registry, to: &Registry, tag: &str) {
-    let skopeo = require("skopeo", "skopeo");
+    let skopeo = require_tool("skopeo", "skopeo");
     run(Command::new(skopeo)
         .args(["copy", "--all", "--preserve-digests", "--quiet"])
         .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
@@ -66,7 +50,7 @@ fn copy_image(from: &Registry, to: &Registry, tag: &str) {
 
 /// The raw manifest of `repo:tag` (one manifest GET, no blob).
 fn manifest(registry: &Registry, tag: &str) -> serde_json::Value {
-    let skopeo = require("skopeo", "skopeo");
+    let skopeo = require_tool("skopeo", "skopeo");
     let raw = run(Command::new(skopeo)
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{}/{REPO}:{tag}", registry.addr())));
@@ -76,7 +60,7 @@ fn manifest(registry: &Registry, tag: &str) -> serde_json::Value {
 /// The manifest digest `repo:tag` has in `registry` (from the Docker-Content-Digest of a
 /// manifest HEAD-equivalent: skopeo's digest of the raw manifest).
 fn manifest_digest(registry: &Registry, tag: &str) -> String {
-    let skopeo = require("skopeo", "skopeo");
+    let skopeo = require_tool("skopeo", "skopeo");
     let out = run(Command::new(skopeo)
         .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
         .arg(format!("docker://{}/{REPO}:{tag}", registry.addr())));
@@ -178,7 +162,7 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 /// layer and the config from UPSTREAM.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_pulls_from_the_endpoint_and_keeps_registry_digests() {
-    require("skopeo", "skopeo");
+    require_tool("skopeo", "skopeo");
     let t0 = Instant::now();
     let upstream = Registry::start_local()
         .unwrap_or_else(|e| panic!("registry (apt-get install -y docker-registry): {e}"));
@@ -335,153 +319,12 @@ async fn docker_pulls_from_the_endpoint_and_keeps_registry_digests() {
     eprintln!("docker test done in {:?}", t0.elapsed());
 }
 
-/// A private containerd with the CRI plugin (a Kubernetes node), stopped by pid on drop.
-struct ContainerdProcess {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    // Dropped after `Drop::drop` stopped the daemon and unmounted what it left.
-    dir: TempDir,
-}
-
-impl ContainerdProcess {
-    fn start(tag: &str) -> io::Result<Self> {
-        let containerd = require("containerd", "containerd");
-        require("ctr", "containerd");
-        let dir = TempDir::new(tag)?;
-        let socket = dir.path().join("containerd.sock");
-        let log = dir.path().join("containerd.log");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-        );
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log_file = fs::File::create(&log)?;
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
-        let mut c = ContainerdProcess {
-            child,
-            socket,
-            log,
-            dir,
-        };
-        let start = Instant::now();
-        loop {
-            if c.ctr(&["version"]).is_ok() {
-                return Ok(c);
-            }
-            if let Some(status) = c.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "containerd exited with {status}: {}",
-                    c.log_tail()
-                )));
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err(io::Error::other(format!(
-                    "containerd not ready after 30 s: {}",
-                    c.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(3000);
-        text.get(start..).unwrap_or(&text).to_owned()
-    }
-
-    /// `ctr -a SOCKET -n k8s.io ARGS`: stdout, or an error with stderr.
-    fn ctr(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("ctr")
-            .arg("--connect-timeout")
-            .arg("2s")
-            .arg("-a")
-            .arg(&self.socket)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ctr {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn config(&self) -> ContainerdConfig {
-        ContainerdConfig {
-            ctr: PathBuf::from("ctr"),
-            address: self.socket.clone(),
-            namespace: "k8s.io".into(),
-        }
-    }
-}
-
-impl Drop for ContainerdProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-    }
-}
-
-/// `ctr images ls` -> (reference, digest, whole line).
-fn images(node: &ContainerdProcess) -> Vec<(String, String, String)> {
-    node.ctr(&["images", "ls"])
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let r = f.next()?.to_owned();
-            let d = f.nth(1)?.to_owned();
-            Some((r, d, l.to_owned()))
-        })
-        .collect()
-}
-
 /// The containerd node: pull through the endpoint (hosts dir), named as pushed with the
 /// registry's manifest digest, no blob from UPSTREAM; with the endpoint down, containerd
 /// falls back to UPSTREAM by itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn containerd_pulls_from_the_endpoint_with_registry_digests() {
-    require("skopeo", "skopeo");
+    require_tool("skopeo", "skopeo");
     let t0 = Instant::now();
     let upstream = Registry::start_local()
         .unwrap_or_else(|e| panic!("registry (apt-get install -y docker-registry): {e}"));
@@ -500,7 +343,7 @@ async fn containerd_pulls_from_the_endpoint_with_registry_digests() {
 
     let work = TempDir::new("rp-hosts").unwrap();
     let hosts = work.path().join("hosts");
-    let loader = Containerd::connect(node.config())
+    let loader = Containerd::connect(node.loader_config())
         .await
         .unwrap()
         .with_hosts_dir(hosts.clone());
@@ -552,7 +395,7 @@ async fn containerd_pulls_from_the_endpoint_with_registry_digests() {
         ns[0]
     );
 
-    let listing = images(&node);
+    let listing = node.images();
     for (r, d, line) in &listing {
         eprintln!("ctr images ls: {line}");
         let _ = (r, d);
@@ -583,7 +426,7 @@ async fn containerd_pulls_from_the_endpoint_with_registry_digests() {
         .await
         .unwrap_or_else(|e| panic!("fallback pull: {e}\n{}", node.log_tail()));
     assert!(manifest_requests(&upstream).len() > up_manifests0);
-    assert!(images(&node).iter().any(|(r, d, _)| *r == v1 && *d == d1));
+    assert!(node.images().iter().any(|(r, d, _)| *r == v1 && *d == d1));
 
     // An unknown digest fails with containerd's words.
     let unknown = format!("sha256:{}", "0".repeat(64));

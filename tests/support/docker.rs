@@ -40,7 +40,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// exec-root are ~40 bytes longer than our directory.
 const MAX_DIR_LEN: usize = 60;
 
-fn other(msg: String) -> io::Error {
+pub(crate) fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
@@ -53,7 +53,7 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn require_binary(name: &str, package: &str) -> io::Result<PathBuf> {
+pub(crate) fn require_binary(name: &str, package: &str) -> io::Result<PathBuf> {
     find_binary(name).ok_or_else(|| {
         other(format!(
             "{name} not installed: apt-get install -y {package} (tests need it; they do not skip)"
@@ -68,7 +68,7 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn require_root(what: &str) -> io::Result<()> {
+pub(crate) fn require_root(what: &str) -> io::Result<()> {
     match effective_uid() {
         Some(0) => Ok(()),
         Some(uid) => Err(other(format!(
@@ -81,7 +81,7 @@ fn require_root(what: &str) -> io::Result<()> {
 }
 
 /// The last `max` bytes of a log file, for error messages.
-fn log_tail(path: &Path, max: usize) -> String {
+pub(crate) fn log_tail(path: &Path, max: usize) -> String {
     match fs::read(path) {
         Ok(bytes) => {
             let start = bytes.len().saturating_sub(max);
@@ -102,7 +102,7 @@ fn signal_pid(pid: u32, signal: &str) {
 }
 
 /// Stops `child`: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaped.
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -145,6 +145,19 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Lazily unmounts (`umount -l`) every mount point at or below `dir`, deepest first: what a
+/// daemon left there would keep its directory busy.
+pub(crate) fn unmount_under(dir: &Path) {
+    for mount in mounts_under(dir) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&mount)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A GET over HTTP/1.0 on an already connected stream; returns (status, body).
 fn http_get<S: Read + Write>(mut stream: S, host: &str, path: &str) -> io::Result<(u16, String)> {
     write!(
@@ -168,7 +181,7 @@ fn http_get<S: Read + Write>(mut stream: S, host: &str, path: &str) -> io::Resul
 
 /// Polls `ready` every 100 ms until it returns true, `alive` reports the process gone, or
 /// `timeout` passes.
-fn wait_ready(
+pub(crate) fn wait_ready(
     what: &str,
     timeout: Duration,
     mut alive: impl FnMut() -> io::Result<()>,
@@ -404,6 +417,25 @@ impl Dockerd {
             .to_owned())
     }
 
+    /// The registry's manifest digest (`sha256:...`) of `reference` (`HOST:PORT/REPO:TAG`)
+    /// as this daemon pushed or pulled it: its `RepoDigests` entry for the reference's
+    /// repository. An error if the daemon lacks the image or has no digest for that name.
+    pub fn repo_digest(&self, reference: &str) -> io::Result<String> {
+        let name = reference.rsplit_once(':').map_or(reference, |(n, _)| n);
+        let digests = self.run_cli(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            reference,
+        ])?;
+        let list: Vec<String> = serde_json::from_str(digests.trim())
+            .map_err(|e| other(format!("RepoDigests of {reference}: {e}: {digests}")))?;
+        list.iter()
+            .find_map(|d| d.strip_prefix(&format!("{name}@")).map(str::to_owned))
+            .ok_or_else(|| other(format!("no digest of {reference} in {digests}")))
+    }
+
     /// Whether the daemon has an image by this reference or id.
     pub fn has_image(&self, reference: &str) -> bool {
         self.image_id(reference).is_ok()
@@ -477,14 +509,7 @@ fn spawn_dockerd(
 impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop_daemon();
-        for mount in mounts_under(self.dir.path()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&mount)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        unmount_under(self.dir.path());
         // `dir` is removed when the field drops, right after this.
     }
 }
@@ -503,6 +528,19 @@ pub struct NotificationEndpoint {
 pub struct RegistryOptions {
     /// Endpoints to notify of pushes and pulls (none by default).
     pub notifications: Vec<NotificationEndpoint>,
+}
+
+impl RegistryOptions {
+    /// Options that notify one endpoint, `url` (e.g. an agent's
+    /// `http://IP:PORT/registryNotifications`), without extra headers.
+    pub fn notifying(url: impl Into<String>) -> Self {
+        Self {
+            notifications: vec![NotificationEndpoint {
+                url: url.into(),
+                headers: Vec::new(),
+            }],
+        }
+    }
 }
 
 /// One blob download the registry logged.

@@ -2,7 +2,9 @@
 //! directories and child processes that clean up after themselves (even when a test fails),
 //! deterministic payloads, and the reference BitTorrent client used for interoperability.
 
+pub mod agent_api;
 pub mod cluster;
+pub mod containerd;
 pub mod docker;
 
 pub mod generated_image;
@@ -122,6 +124,31 @@ pub fn require_libtorrent() -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The path of program `name` (on `PATH` or in the sbin directories); panics with the
+/// install command (`apt-get install -y PACKAGE`) when it is missing: tests fail, never skip.
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    docker::require_binary(name, package).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The last `lines` lines of every `*.log` file directly in `dir`, each under a `--- PATH`
+/// header: the agents' (and daemons') logs for a failure message.
+pub fn log_tails(dir: &Path, lines: usize) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        if entry.file_name().to_string_lossy().ends_with(".log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- {}\n", entry.path().display()));
+            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+        }
+    }
+    out
 }
 
 /// Path of a file shipped with the tests (e.g. the libtorrent driver script).

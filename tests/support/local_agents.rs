@@ -4,7 +4,7 @@
 //! flow tests; the multi-node tests run agent processes in network namespaces instead.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,4 +264,18 @@ pub fn registry_push_envelope(
         "actor": {}, "source": {"addr": "registry:5000", "instanceID": "test"},
     }]})
     .to_string()
+}
+
+/// The digests (`sha256:...`) of the committed blobs in the store of the agent with data dir
+/// `data_dir` (`--distribution blobs`), sorted; empty when it has no store.
+pub fn stored_blobs(data_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(data_dir.join("store/blobs/sha256"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
