@@ -123,3 +123,33 @@ fn bad_input_gives_a_clear_error() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.tar"));
 }
+
+/// README's main command, small: the demo's first push and update both complete, and the
+/// update moves only its new layer.
+#[test]
+fn the_demo_spreads_an_image_and_then_only_its_update() {
+    build_examples(&["cluster_demo"]);
+    let out = Command::new(example_bin("cluster_demo"))
+        .args(["--nodes", "3", "--size-mib", "16", "--update-mib", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("loaded on all 3 nodes"))
+        .collect();
+    assert_eq!(done.len(), 2, "two pushes expected:\n{text}");
+    assert!(done[0].contains("served 5 blobs"), "{}", done[0]);
+    assert!(done[1].contains("served 2 blobs"), "{}", done[1]);
+    // Each peer already had 4 of the update's 6 blobs (the layers) and needed about 2 MiB.
+    let peers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" peer ") && l.contains("4/6"))
+        .collect();
+    assert_eq!(peers.len(), 2, "the peers' update lines:\n{text}");
+}

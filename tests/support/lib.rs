@@ -10,6 +10,7 @@ pub mod docker;
 pub mod generated_image;
 pub mod http;
 pub mod local_agents;
+pub mod mem_registry;
 pub mod oci;
 
 use std::io;

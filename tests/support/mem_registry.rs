@@ -1,0 +1,131 @@
+//! A registry in this process, for demos and tests that must run with nothing but cargo: the
+//! agent's own read-only registry endpoint (`imagewolf_agent::endpoint`) serving images made
+//! with [`crate::oci`], blobs as files in a directory of its own. The agents read it over
+//! the real registry API, as they would a distribution registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use imagewolf_agent::endpoint::{self, Content, EndpointConfig};
+use tokio::sync::watch;
+
+use crate::oci::{Blob, Image, OCI_MANIFEST};
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, (Bytes, String)>,
+    tags: HashMap<(String, String), String>,
+    blobs: HashMap<String, (PathBuf, u64)>,
+    blob_gets: usize,
+}
+
+/// What the in-process registry serves.
+struct Shelf {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Content for Shelf {
+    fn manifest(&self, digest: &str) -> Option<(Bytes, String)> {
+        self.state.lock().ok()?.manifests.get(digest).cloned()
+    }
+
+    fn resolve_tag(&self, _registry: Option<&str>, repository: &str, tag: &str) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        state
+            .tags
+            .get(&(repository.to_owned(), tag.to_owned()))
+            .cloned()
+    }
+
+    fn blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Option<(std::fs::File, u64)>> {
+        Box::pin(async move {
+            let (path, len) = {
+                let mut state = self.state.lock().ok()?;
+                state.blob_gets += 1;
+                state.blobs.get(digest).cloned()?
+            };
+            Some((std::fs::File::open(path).ok()?, len))
+        })
+    }
+}
+
+/// A registry serving on a loopback port until dropped.
+pub struct MemRegistry {
+    addr: SocketAddr,
+    shelf: Arc<Shelf>,
+    _stop: watch::Sender<bool>,
+}
+
+impl MemRegistry {
+    /// Starts one on a free loopback port, keeping blobs under `dir`.
+    pub async fn start(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shelf = Arc::new(Shelf {
+            dir,
+            state: Mutex::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(endpoint::serve(
+            listener,
+            Arc::clone(&shelf) as Arc<dyn Content>,
+            EndpointConfig::default(),
+            stopped,
+        ));
+        Ok(MemRegistry {
+            addr,
+            shelf,
+            _stop: stop,
+        })
+    }
+
+    /// `127.0.0.1:PORT`, what image names start with.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Pushes `image` as `repository:tag`; returns its manifest digest.
+    pub fn push(&self, repository: &str, tag: &str, image: &Image) -> std::io::Result<String> {
+        for blob in image.blobs() {
+            self.put_blob(blob)?;
+        }
+        let mut state = self.shelf.state.lock().map_err(|_| poisoned())?;
+        state.manifests.insert(
+            image.digest.clone(),
+            (Bytes::from(image.manifest.clone()), OCI_MANIFEST.to_owned()),
+        );
+        state.tags.insert(
+            (repository.to_owned(), tag.to_owned()),
+            image.digest.clone(),
+        );
+        Ok(image.digest.clone())
+    }
+
+    /// Blob downloads served so far.
+    pub fn blob_gets(&self) -> usize {
+        self.shelf.state.lock().map_or(0, |s| s.blob_gets)
+    }
+
+    fn put_blob(&self, blob: &Blob) -> std::io::Result<()> {
+        let path = self
+            .shelf
+            .dir
+            .join(blob.digest.trim_start_matches("sha256:"));
+        std::fs::write(&path, &blob.bytes)?;
+        let mut state = self.shelf.state.lock().map_err(|_| poisoned())?;
+        state
+            .blobs
+            .insert(blob.digest.clone(), (path, blob.bytes.len() as u64));
+        Ok(())
+    }
+}
+
+fn poisoned() -> std::io::Error {
+    std::io::Error::other("registry state poisoned")
+}
