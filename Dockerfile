@@ -58,6 +58,9 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
     IMAGEWOLF_RESOLVE_SECONDS=5 \
     IMAGEWOLF_LOG_FORMAT=text \
     IMAGEWOLF_MAX_TORRENTS=16 \
+    IMAGEWOLF_DISTRIBUTION=auto \
+    IMAGEWOLF_CACHE_SIZE=20G \
+    IMAGEWOLF_ENDPOINT_LISTEN=127.0.0.1:5055 \
     RUST_LOG=info,imagewolf_bt=warn
 # Flags without a default, unset unless given (an empty value would be an invalid one):
 #   IMAGEWOLF_ADVERTISE_ADDR   IMAGEWOLF_REGISTRY   IMAGEWOLF_POLL
@@ -65,6 +68,10 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
 #   IMAGEWOLF_CLUSTER_SECRET   (or IMAGEWOLF_CLUSTER_SECRET_FILE, read by the entrypoint)
 #   IMAGEWOLF_ALLOW            (unset: every image is distributed; set it in production, e.g.
 #                               registry.example.com/team/**,*/library/nginx)
+#   IMAGEWOLF_ENDPOINT_ADDRESS (the registry endpoint as the runtime reaches it, if not the
+#                               listen address)
+#   IMAGEWOLF_PLATFORM         (this node's os/arch[/variant]; unset: the host's)
+#   IMAGEWOLF_PLATFORMS        (the platforms an origin spreads out of an index; unset: its own)
 
 VOLUME /var/lib/imagewolf
 # 8000: HTTP API (webhooks, /stats, /metrics, agent to agent). 6000: BitTorrent.

@@ -62,7 +62,7 @@ impl Distributor {
             }
             let (mut down, mut up) = (0, 0);
             for t in &torrents {
-                this.session.remove_torrent(&t.info_hash()).await;
+                this.remove_unless_shared(&key, t).await;
                 down += t.stats().downloaded;
                 up += t.stats().uploaded;
             }
@@ -80,6 +80,20 @@ impl Distributor {
             }
             this.finish(&key, true);
         });
+    }
+
+    /// Stops `torrent` of `key`'s record, unless another record runs it too: a blob's chunk
+    /// torrent is shared by every image in flight that has the blob (`distributor/blobs`).
+    async fn remove_unless_shared(&self, key: &str, torrent: &TorrentHandle) {
+        let ih = torrent.info_hash();
+        let shared = self
+            .records()
+            .by_key
+            .iter()
+            .any(|(k, r)| k != key && r.torrents.iter().any(|t| t.info_hash() == ih));
+        if !shared {
+            self.session.remove_torrent(&ih).await;
+        }
     }
 
     /// The record's run and cleanup are over; with `delete_tarball`, its tarball goes too
@@ -108,7 +122,7 @@ impl Distributor {
             .map(|r| std::mem::take(&mut r.torrents))
             .unwrap_or_default();
         for t in torrents {
-            self.session.remove_torrent(&t.info_hash()).await;
+            self.remove_unless_shared(key, &t).await;
         }
         let mut records = self.records();
         let Some(r) = records.by_key.get_mut(key) else {

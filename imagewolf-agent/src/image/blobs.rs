@@ -354,3 +354,83 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::distributor::blobs::chunks;
+    use crate::image::{Distribution, ImageRef};
+
+    /// The announcement of a complete 1 GiB image of four layers (32 chunk torrents), with a
+    /// real-sized manifest and a signature: a few KiB, whatever the image's size, since piece
+    /// hashes are fetched on demand.
+    #[test]
+    fn a_1_gib_image_is_announced_in_a_few_kib() {
+        use base64::Engine;
+        let digest = |n: usize| format!("sha256:{n:064x}");
+        let sizes = [1u64 << 30 >> 2; 4];
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(0), "size": 1500},
+            "layers": sizes.iter().enumerate().map(|(i, s)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": digest(i + 1), "size": s,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let mut blobs = vec![Blob {
+            digest: digest(0),
+            size: 1500,
+            chunks: vec![Chunk {
+                info_hash: "ab".repeat(20),
+                len: 1500,
+            }],
+        }];
+        for (i, size) in sizes.iter().enumerate() {
+            blobs.push(Blob {
+                digest: digest(i + 1),
+                size: *size,
+                chunks: chunks::ranges(*size)
+                    .into_iter()
+                    .map(|(_, len)| Chunk {
+                        info_hash: "cd".repeat(20),
+                        len,
+                    })
+                    .collect(),
+            });
+        }
+        let mut d = Distribution {
+            image: ImageRef {
+                registry: "registry.example.com:5000".into(),
+                repository: "team/app".into(),
+                tag: Some("v1".into()),
+                digest: Some(digest(9)),
+            },
+            image_id: digest(0),
+            id: "ee".repeat(20),
+            size_hint: 1 << 30,
+            segments: vec![],
+            sha256: None,
+            seeders: vec!["10.0.0.1:6000".into()],
+            created: 1_800_000_000,
+            signature: None,
+            blobs: Some(BlobSet {
+                api: "10.0.0.1:8000".into(),
+                manifest: digest(9),
+                manifests: vec![ManifestDoc {
+                    digest: digest(9),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    content: base64::engine::general_purpose::STANDARD.encode(&manifest),
+                }],
+                blobs,
+                complete: true,
+            }),
+        };
+        d.sign(b"cluster secret");
+        let json = serde_json::to_vec(&d).unwrap();
+        let chunk_count: usize = d.blobs.as_ref().unwrap().blobs.iter().map(|b| b.chunks.len()).sum();
+        assert_eq!(chunk_count, 33);
+        assert!(json.len() < 6 << 10, "{} bytes", json.len());
+    }
+}
