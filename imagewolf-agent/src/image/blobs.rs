@@ -429,7 +429,14 @@ mod size_tests {
         };
         d.sign(b"cluster secret");
         let json = serde_json::to_vec(&d).unwrap();
-        let chunk_count: usize = d.blobs.as_ref().unwrap().blobs.iter().map(|b| b.chunks.len()).sum();
+        let chunk_count: usize = d
+            .blobs
+            .as_ref()
+            .unwrap()
+            .blobs
+            .iter()
+            .map(|b| b.chunks.len())
+            .sum();
         assert_eq!(chunk_count, 33);
         assert!(json.len() < 6 << 10, "{} bytes", json.len());
     }
