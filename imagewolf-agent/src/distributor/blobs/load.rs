@@ -6,6 +6,7 @@
 //! (`registry::archive`, every blob's SHA-256 checked again as it streams) is written to
 //! the data dir and loaded. The image then loads, without the registry's digests.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,12 +38,20 @@ impl Distributor {
         manifest: &ImageManifest,
     ) -> Result<(), String> {
         if self.loader.pulls_from_endpoint() {
+            // After a failure, one attempt only: a runtime that cannot reach the endpoint
+            // (an agent on an overlay network) should not cost every image the retries.
+            let attempts = if path.endpoint_failed.load(Ordering::Relaxed) {
+                1
+            } else {
+                ENDPOINT_PULL_ATTEMPTS
+            };
             let pulled = self
-                .with_retries(key, "load", Some(ENDPOINT_PULL_ATTEMPTS), || {
+                .with_retries(key, "load", Some(attempts), || {
                     self.loader
                         .pull_from_endpoint(&path.endpoint, image, pushed.as_str())
                 })
                 .await;
+            path.endpoint_failed.store(pulled.is_err(), Ordering::Relaxed);
             match pulled {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::warn!(

@@ -43,6 +43,8 @@ pub struct BlobPath {
     pub platforms: Vec<Platform>,
     /// Blobs this node is receiving, counted per distribution: the endpoint waits for these.
     expected: Arc<Mutex<HashMap<Digest, usize>>>,
+    /// The runtime's last pull from the endpoint failed (see `load.rs`).
+    endpoint_failed: std::sync::atomic::AtomicBool,
 }
 
 impl BlobPath {
@@ -57,6 +59,7 @@ impl BlobPath {
             platform,
             platforms: vec![platform],
             expected: Arc::default(),
+            endpoint_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
