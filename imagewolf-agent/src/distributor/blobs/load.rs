@@ -51,7 +51,8 @@ impl Distributor {
                         .pull_from_endpoint(&path.endpoint, image, pushed.as_str())
                 })
                 .await;
-            path.endpoint_failed.store(pulled.is_err(), Ordering::Relaxed);
+            path.endpoint_failed
+                .store(pulled.is_err(), Ordering::Relaxed);
             match pulled {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::warn!(
