@@ -62,9 +62,14 @@ impl Distributor {
             }
             let (mut down, mut up) = (0, 0);
             for t in &torrents {
+                let moved = this
+                    .records()
+                    .by_key
+                    .get(&key)
+                    .map_or((0, 0), |r| r.moved(t));
                 this.remove_unless_shared(&key, t).await;
-                down += t.stats().downloaded;
-                up += t.stats().uploaded;
+                down += moved.0;
+                up += moved.1;
             }
             this.update(&key, |r| {
                 r.stats.bytes_down = down;

@@ -53,6 +53,10 @@ pub(super) struct Record {
     pub(super) distribution: Option<Distribution>,
     /// The torrents of its segments this node runs (seeds or downloads).
     pub(super) torrents: Vec<TorrentHandle>,
+    /// Bytes (down, up) a torrent had already moved when this record took it on: a blob's
+    /// chunk torrent is shared by every image in flight with that blob, and each record
+    /// counts only what moved since it joined.
+    pub(super) torrent_base: HashMap<imagewolf_bt::InfoHash, (u64, u64)>,
     /// A receiving run's inbox for later announcements of its growing distribution.
     pub(super) updates: Option<tokio::sync::watch::Sender<Distribution>>,
     /// Times this image's flow was started here; a failed one is restarted (by a new
@@ -76,6 +80,7 @@ impl Record {
             stats,
             distribution,
             torrents: Vec::new(),
+            torrent_base: HashMap::new(),
             updates: None,
             runs,
             phase: Phase::Working,
@@ -85,6 +90,28 @@ impl Record {
 }
 
 impl Record {
+    /// Takes on `torrent`, counting only what it moves from now on.
+    pub(super) fn add_shared_torrent(&mut self, torrent: TorrentHandle) {
+        let s = torrent.stats();
+        self.torrent_base
+            .insert(torrent.info_hash(), (s.downloaded, s.uploaded));
+        self.torrents.push(torrent);
+    }
+
+    /// Bytes (down, up) `torrent` moved for this record.
+    pub(super) fn moved(&self, torrent: &TorrentHandle) -> (u64, u64) {
+        let s = torrent.stats();
+        let (down, up) = self
+            .torrent_base
+            .get(&torrent.info_hash())
+            .copied()
+            .unwrap_or_default();
+        (
+            s.downloaded.saturating_sub(down),
+            s.uploaded.saturating_sub(up),
+        )
+    }
+
     /// Bytes of the announced torrents this record holds.
     fn announced_len(&self) -> usize {
         self.distribution

@@ -62,8 +62,9 @@ impl Distributor {
                     s.peers = 0;
                     for t in &r.torrents {
                         let live = t.stats();
-                        s.bytes_down += live.downloaded;
-                        s.bytes_up += live.uploaded;
+                        let (down, up) = r.moved(t);
+                        s.bytes_down += down;
+                        s.bytes_up += up;
                         // Each segment has its own connections to the same agents.
                         s.peers = s.peers.max(live.peers);
                     }

@@ -290,7 +290,7 @@ impl Distributor {
             blob.chunks.push(chunk);
         }
         self.publish(key, d, announce);
-        self.update(key, |r| r.torrents.push(handle));
+        self.update(key, |r| r.add_shared_torrent(handle));
         Ok(())
     }
 }

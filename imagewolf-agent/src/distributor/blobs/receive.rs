@@ -269,7 +269,7 @@ impl Distributor {
                     let handle = self
                         .add_chunk(path, api, &seeders, &w.digest, w.size, j, &chunk.info_hash)
                         .await?;
-                    self.update(key, |r| r.torrents.push(handle.clone()));
+                    self.update(key, |r| r.add_shared_torrent(handle.clone()));
                     w.torrents.push(handle);
                     in_flight += 1;
                 }
