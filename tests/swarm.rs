@@ -200,11 +200,15 @@ async fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
     let out = Arc::new(MemoryStorage::new(meta.total_len()));
     // The liar first, so it gets its requests in.
     let peers: Vec<SocketAddr> = vec![liar.listen_addr(), honest.listen_addr()];
+    // The peers only once we listen: events are not replayed to a later subscriber, and the
+    // whole download (ban included) can be over before this task runs again after
+    // `add_torrent` on a loaded machine.
     let handle = leech
-        .add_torrent(AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty).with_peers(peers))
+        .add_torrent(AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty))
         .await
         .unwrap();
     let mut events = handle.events();
+    handle.add_peers(peers);
     let banned = async {
         loop {
             match events.recv().await {
