@@ -50,22 +50,21 @@ async fn the_seed_dies_once_every_piece_exists_elsewhere_and_all_still_complete(
     for _ in 0..6 {
         let s = Session::new(loopback()).await.unwrap();
         let out = Arc::new(MemoryStorage::new(meta.total_len()));
+        // No peers yet: the events are subscribed to first, so no verified piece is missed.
         let h = s
-            .add_torrent(
-                AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty)
-                    .with_peers([seed.listen_addr()]),
-            )
+            .add_torrent(AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty))
             .await
             .unwrap();
         nodes.push((s, h, out));
     }
+    let mut streams: Vec<_> = nodes.iter().map(|(_, h, _)| h.events()).collect();
     // Everyone must know everyone: without the seed there is no tracker to introduce them.
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|(s, _, _)| s.listen_addr()).collect();
+    let mut addrs: Vec<SocketAddr> = vec![seed.listen_addr()];
+    addrs.extend(nodes.iter().map(|(s, _, _)| s.listen_addr()));
     for (_, h, _) in &nodes {
         h.add_peers(addrs.clone());
     }
     // Follow verified pieces until their union covers the torrent, then kill the seed.
-    let mut streams: Vec<_> = nodes.iter().map(|(_, h, _)| h.events()).collect();
     let mut seen = HashSet::new();
     let n = meta.lengths().num_pieces() as usize;
     tokio::time::timeout(Duration::from_secs(60), async {
