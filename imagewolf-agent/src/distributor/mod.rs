@@ -83,6 +83,7 @@ mod preload;
 mod receive;
 mod records;
 mod retry;
+mod stall;
 mod views;
 
 pub use blobs::BlobPath;

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle, TorrentStatus};
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::feed::{verified_chunks, PrefixHasher, Readable};
+use super::stall::{progress, StallWatch};
 use super::{now_secs, Distributor, Retryable};
 use crate::image::{Distribution, Segment};
 use crate::stats::ImageState;
@@ -132,9 +133,7 @@ impl Distributor {
         let mut hasher = PrefixHasher::new();
         let mut ticks = tokio::time::interval(POLL_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let limit = self.config.stall_timeout;
-        let mut last = (0, 0, 0);
-        let mut since = Instant::now();
+        let mut watch = StallWatch::new(self.config.stall_timeout);
         loop {
             let d = updates.borrow_and_update().clone();
             let in_flight = torrents.iter().filter(|t| !t.stats().is_complete()).count();
@@ -179,25 +178,10 @@ impl Distributor {
                 }
             }
             // Stalled?
-            let mut mark = (d.segments.len() as u64, 0, 0);
-            let mut checking = false;
-            for t in &torrents {
-                let s = t.stats();
-                mark.1 += s.have_bytes;
-                mark.2 += s.downloaded;
-                checking |= s.status == TorrentStatus::Checking;
-                match &s.status {
-                    TorrentStatus::Stopped => {
-                        return Err("download: a segment's torrent stopped".into())
-                    }
-                    TorrentStatus::Failed(why) => return Err(format!("download: {why}")),
-                    _ => {}
-                }
-            }
-            if mark != last || checking {
-                last = mark;
-                since = Instant::now();
-            } else if since.elapsed() >= limit {
+            let (mark, checking) =
+                progress(d.segments.len() as u64, &torrents, "a segment's torrent")?;
+            if watch.stalled(mark, checking) {
+                let limit = watch.limit();
                 self.records().stalled += 1;
                 let peers = torrents.iter().map(|t| t.stats().peers).max().unwrap_or(0);
                 return Err(format!(

@@ -210,42 +210,9 @@ impl RegistrySource {
     }
 
     /// GET a manifest by tag or digest; its SHA-256 is checked against the digest it was
-    /// fetched by, or the one the registry names.
+    /// fetched by, or the one the registry names (see [`RegistrySource::raw_manifest`]).
     async fn manifest(&self, image: &ImageRef, by: &str) -> Result<Manifest, RegistryError> {
-        let url = format!(
-            "http://{}/v2/{}/manifests/{by}",
-            image.registry, image.repository
-        );
-        let what = format!("manifest {}/{}:{by}", image.registry, image.repository);
-        let r = self
-            .http
-            .get_bounded(&url, Some(MANIFEST_ACCEPT), MAX_MANIFEST)
-            .await?;
-        if r.status != StatusCode::OK {
-            return Err(status_error(&what, &url, r.status, &r.body));
-        }
-        let expected = if valid_digest(by) {
-            Some(by.to_owned())
-        } else {
-            r.headers
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .filter(|d| valid_digest(d))
-                .map(str::to_owned)
-        };
-        let actual = sha256_digest(&r.body);
-        if let Some(expected) = expected {
-            if actual != expected {
-                return Err(RegistryError::Failed(format!(
-                    "{what}: content has digest {actual}, expected {expected}"
-                )));
-            }
-        }
-        let content_type = r
-            .headers
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        manifest::parse(&what, &r.body, content_type)
+        self.raw_manifest(image, by).await.map(|(_, parsed)| parsed)
     }
 
     /// GET the config blob (at most [`MAX_CONFIG`] bytes), size and digest checked.

@@ -124,8 +124,9 @@ impl RegistrySource {
         })
     }
 
-    /// GET a manifest by tag or digest, keeping its exact bytes.
-    async fn raw_manifest(
+    /// GET a manifest by tag or digest, keeping its exact bytes; its SHA-256 is checked
+    /// against the digest it was fetched by, or the one the registry names.
+    pub(super) async fn raw_manifest(
         &self,
         image: &ImageRef,
         by: &str,

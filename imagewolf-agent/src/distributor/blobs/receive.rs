@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle, TorrentStatus};
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::{chunks, BlobPath};
+use crate::distributor::stall::{progress, StallWatch};
 use crate::distributor::{now_secs, Distributor};
 use crate::image::{BlobSet, Distribution};
 use crate::registry::manifest::{self, ImageManifest, Manifest};
@@ -244,9 +245,7 @@ impl Distributor {
     ) -> Result<Vec<TorrentHandle>, String> {
         let mut ticks = tokio::time::interval(POLL_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let limit = self.config.stall_timeout;
-        let mut last = (0, 0, 0);
-        let mut since = Instant::now();
+        let mut watch = StallWatch::new(self.config.stall_timeout);
         loop {
             let d = updates.borrow_and_update().clone();
             let set = d.blobs.clone().ok_or("not a blob distribution")?;
@@ -296,25 +295,10 @@ impl Distributor {
                 return Ok(wanted.iter().flat_map(|w| w.torrents.clone()).collect());
             }
             // Stalled?
-            let mut mark = (d.announced_len(), 0, 0);
-            let mut checking = false;
-            for t in wanted.iter().flat_map(|w| &w.torrents) {
-                let s = t.stats();
-                mark.1 += s.have_bytes;
-                mark.2 += s.downloaded;
-                checking |= s.status == TorrentStatus::Checking;
-                match &s.status {
-                    TorrentStatus::Stopped => {
-                        return Err("download: a chunk's torrent stopped".into())
-                    }
-                    TorrentStatus::Failed(why) => return Err(format!("download: {why}")),
-                    _ => {}
-                }
-            }
-            if mark != last || checking {
-                last = mark;
-                since = Instant::now();
-            } else if since.elapsed() >= limit {
+            let torrents = wanted.iter().flat_map(|w| &w.torrents);
+            let (mark, checking) = progress(d.announced_len(), torrents, "a chunk's torrent")?;
+            if watch.stalled(mark, checking) {
+                let limit = watch.limit();
                 self.records().stalled += 1;
                 return Err(format!(
                     "download stalled: no data for {limit:?} ({} bytes of the missing blobs \
