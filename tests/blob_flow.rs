@@ -78,13 +78,18 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     let dir = TempDir::new("blob-flow").unwrap();
     let source: std::sync::Arc<dyn imagewolf_agent::source::ImageSource> =
         std::sync::Arc::new(imagewolf_agent::registry::RegistrySource::new());
-    let (cluster, _) = LocalAgents::start(
+    // One more agent (amd64) joins at the end: the others list its address from the start.
+    // Its port stays closed until then (a reserved listener nobody accepts on would hold
+    // every announcement to it until its timeout).
+    let (mut cluster, late) = LocalAgents::start(
         dir.path().to_path_buf(),
         vec![Some(source), None, None, None],
-        0,
+        1,
     )
     .await
     .unwrap();
+    let late_addr = late[0].local_addr().unwrap();
+    drop(late);
     let node_platforms: Vec<Platform> =
         ["linux/amd64", "linux/amd64", "linux/arm64", "linux/arm/v7"]
             .iter()
@@ -228,6 +233,27 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         2,
         "the origin had the base and the arm64 layer already: {:?}",
         registry.blob_gets()
+    );
+    // A node that joins late (a scale-out) catches up on both from the others' listings
+    // (newest first, both at once): it takes its platform out of v1's index, and gets v2,
+    // without the registry.
+    let before = registry.blob_get_count();
+    let listener = tokio::net::TcpListener::bind(late_addr).await.unwrap();
+    cluster.start_late(listener, None).await.unwrap();
+    cluster
+        .enable_blobs(4, 1 << 30, node_platforms[0], &[])
+        .await
+        .unwrap();
+    let joiner = cluster.agents[4].api;
+    let v1_late = wait_for_state(joiner, &reference, "loaded", DEADLINE).await;
+    assert_eq!(v1_late["image_id"], images[0].config.digest.as_str());
+    let v2_late = wait_for_state(joiner, &v2_ref, "loaded", DEADLINE).await;
+    assert_eq!(v2_late["blobs"]["total"], 4, "{v2_late}");
+    assert_eq!(v2_late["image_id"], v2.config.digest.as_str());
+    assert_eq!(
+        registry.blob_get_count(),
+        before,
+        "the late node read the registry"
     );
     cluster.shutdown().await;
 }

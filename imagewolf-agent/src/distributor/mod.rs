@@ -154,6 +154,9 @@ pub struct Distributor {
     intake: Arc<pacing::IntakeMeter>,
     /// The registry-native path, once enabled (`blobs/`).
     blobs: std::sync::OnceLock<BlobPath>,
+    /// Becomes true when the registry-native path is enabled: catch-up starts with the
+    /// distributor, so a blob distribution can arrive a moment before it.
+    blobs_enabled: watch::Sender<bool>,
 }
 
 /// Why the distributor could not start.
@@ -219,6 +222,7 @@ impl Distributor {
             slots: Arc::new(Semaphore::new(config.max_torrents.max(1))),
             intake: Arc::default(),
             blobs: std::sync::OnceLock::new(),
+            blobs_enabled: watch::Sender::new(false),
             config,
         });
         tokio::spawn(pacing::pace_uploads(Arc::downgrade(&this)));

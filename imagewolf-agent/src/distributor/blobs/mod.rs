@@ -26,6 +26,8 @@ mod receive;
 /// How long the endpoint holds a runtime's request for a blob this node is still receiving.
 /// A pull then runs while the swarm delivers; the runtime's own timeouts are longer.
 pub const BLOB_WAIT: Duration = Duration::from_secs(600);
+/// How long a blob distribution waits for this agent's registry-native path to be enabled.
+const ENABLE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the registry-native path needs: the store, the registry client, and where the
 /// runtime reaches this node's endpoint.
@@ -163,11 +165,20 @@ impl Distributor {
     pub fn enable_blobs(&self, path: BlobPath) -> Arc<dyn crate::endpoint::Content> {
         let content = path.content();
         let _ = self.blobs.set(path);
+        self.blobs_enabled.send_replace(true);
         content
     }
 
     /// The registry-native path, when enabled.
     pub(super) fn blob_path(&self) -> Option<&BlobPath> {
+        self.blobs.get()
+    }
+
+    /// The registry-native path, waiting up to [`ENABLE_WAIT`] for it to be enabled (an
+    /// agent enables it right after starting, while catch-up may already run).
+    pub(super) async fn wait_blob_path(&self) -> Option<&BlobPath> {
+        let mut enabled = self.blobs_enabled.subscribe();
+        let _ = tokio::time::timeout(ENABLE_WAIT, enabled.wait_for(|on| *on)).await;
         self.blobs.get()
     }
 

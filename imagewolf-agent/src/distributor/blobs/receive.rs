@@ -26,6 +26,8 @@ use crate::store::Digest;
 /// Chunk torrents a receiver downloads at once (as the tarball path's segments: bounds the
 /// piece memory however many blobs are announced).
 const CHUNKS_IN_FLIGHT: usize = 2;
+/// How long a download waits for another one's commit of the same blob.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
 /// How often the download looks at its torrents.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
@@ -45,7 +47,7 @@ impl Distributor {
         key: &str,
         mut updates: watch::Receiver<Distribution>,
     ) -> Result<(), String> {
-        let path = self.blob_path().ok_or(
+        let path = self.wait_blob_path().await.ok_or(
             "a blob distribution, but this agent runs without a store (the registry-native \
              path is off)",
         )?;
@@ -279,10 +281,14 @@ impl Distributor {
                 if w.torrents.len() == chunks_total
                     && w.torrents.iter().all(|t| t.stats().is_complete())
                 {
-                    path.store
-                        .commit_partial(&w.digest, w.size)
-                        .await
-                        .map_err(|e| format!("blob {}: {e}; not stored", w.digest))?;
+                    // Another image in flight here may share the blob (and its torrents)
+                    // and commit it first; then this one waits for that commit.
+                    match path.store.commit_partial(&w.digest, w.size).await {
+                        Ok(()) => {}
+                        Err(crate::store::StoreError::Busy { .. })
+                            if path.store.wait_for(&w.digest, BUSY_WAIT).await => {}
+                        Err(e) => return Err(format!("blob {}: {e}; not stored", w.digest)),
+                    }
                     w.committed = true;
                     tracing::debug!(key, digest = %w.digest, "blob complete and verified");
                 }
