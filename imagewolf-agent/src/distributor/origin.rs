@@ -86,20 +86,11 @@ impl Distributor {
             .await
         };
         let spread = async {
-            let (announce_tx, announce_rx) = watch::channel(None);
-            let announcer = tokio::spawn(Arc::clone(self).announce_updates(announce_rx));
-            let pulling = self.intake.pulling();
+            let run = self.start_announcing();
             let result = self
-                .export_segments(key, &mut writer, &mut d, &announce_tx, &readable_tx)
+                .export_segments(key, &mut writer, &mut d, &run.announce, &readable_tx)
                 .await;
-            drop(pulling);
-            // Nothing newer will need the uplink: the segments' seeds help with the tail.
-            for torrent in self.record_torrents(key) {
-                torrent.release_spreading();
-            }
-            drop(announce_tx);
-            // The last announcement goes out before the origin calls its part done.
-            let _ = announcer.await;
+            self.finish_announcing(key, run).await;
             if let Err(e) = &result {
                 readable_tx.send_modify(|r| r.failed = Some(e.clone()));
             }
@@ -108,14 +99,49 @@ impl Distributor {
         let (spread, loaded) = tokio::join!(spread, own_load);
         spread?;
         loaded?;
+        self.origin_done(key, slot, path);
+        Ok(())
+    }
+
+    /// An origin's spreading starts: the announcer sends every version published on
+    /// `OriginRun::announce` to the other agents, and the upload is paced to the intake
+    /// while the source is read (`pacing.rs`).
+    pub(super) fn start_announcing(self: &Arc<Self>) -> OriginRun {
+        let (announce, latest) = watch::channel(None);
+        OriginRun {
+            announce,
+            announcer: tokio::spawn(Arc::clone(self).announce_updates(latest)),
+            pulling: self.intake.pulling(),
+        }
+    }
+
+    /// The source is read: pacing ends, the torrents' seeds may help with the tail (nothing
+    /// newer will need the uplink), and the last announcement goes out before the origin
+    /// calls its part done.
+    pub(super) async fn finish_announcing(&self, key: &str, run: OriginRun) {
+        drop(run.pulling);
+        for torrent in self.record_torrents(key) {
+            torrent.release_spreading();
+        }
+        drop(run.announce);
+        let _ = run.announcer.await;
+    }
+
+    /// Spread and loaded here: the slot is freed, the torrents seed for a while, then
+    /// `file` (the tarball, if any) goes.
+    pub(super) fn origin_done(
+        self: &Arc<Self>,
+        key: &str,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        file: PathBuf,
+    ) {
         let torrents = self.record_torrents(key);
         self.update(key, |r| {
             r.stats.state = ImageState::Loaded;
             r.stats.loaded_at = Some(now_secs());
         });
         drop(slot);
-        self.linger_then_clean(key, torrents, path);
-        Ok(())
+        self.linger_then_clean(key, torrents, file);
     }
 
     /// Reads the tarball segment by segment; seeds and announces each as it is written.
@@ -244,6 +270,14 @@ impl Distributor {
             .join("images")
             .join(format!("{}.tar", file_stem(key)))
     }
+}
+
+/// An origin's spreading in progress (see [`Distributor::start_announcing`]).
+pub(super) struct OriginRun {
+    /// Where the origin publishes each version of its distribution.
+    pub(super) announce: watch::Sender<Option<Distribution>>,
+    announcer: tokio::task::JoinHandle<()>,
+    pulling: super::pacing::PullGuard,
 }
 
 /// A distribution id: unique per run of a push at an origin (a re-push of the same tag is a

@@ -158,31 +158,18 @@ impl Distributor {
                 .await
         };
         let spread = async {
-            let (announce_tx, announce_rx) = watch::channel(None);
-            let announcer = tokio::spawn(Arc::clone(self).announce_updates(announce_rx));
-            let pulling = self.intake.pulling();
+            let run = self.start_announcing();
             let result = self
-                .spread_blobs(key, image, &blobs, &digests, &mut d, &announce_tx)
+                .spread_blobs(key, image, &blobs, &digests, &mut d, &run.announce)
                 .await;
-            drop(pulling);
-            for torrent in self.record_torrents(key) {
-                torrent.release_spreading();
-            }
-            drop(announce_tx);
-            let _ = announcer.await;
+            self.finish_announcing(key, run).await;
             result
         };
         let (spread, loaded) = futures::future::join(spread, own_load).await;
         spread?;
         loaded?;
-        let torrents = self.record_torrents(key);
-        self.update(key, |r| {
-            r.stats.state = ImageState::Loaded;
-            r.stats.loaded_at = Some(now_secs());
-        });
-        drop(slot);
-        let tarball = self.origin_tarball(key);
-        self.linger_then_clean(key, torrents, tarball);
+        // No tarball was written; nothing is there to delete.
+        self.origin_done(key, slot, self.origin_tarball(key));
         Ok(())
     }
 
