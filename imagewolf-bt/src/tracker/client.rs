@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::query::{AnnounceRequest, Event};
 use super::response::{decode_response, AnnounceResponse, ResponseError};
@@ -48,8 +48,11 @@ pub struct AnnounceParams {
     pub event: Event,
     /// How many peers we want (tracker default when `None`).
     pub numwant: Option<u32>,
-    /// The address to advertise instead of the one the tracker sees (LAN agents with
-    /// several interfaces).
+    /// The address we want to be dialled on (LAN agents with several interfaces). The
+    /// announce connection is made from this address when it is one of ours, so a tracker
+    /// (which registers the connection's source address) sees it; it is also sent as
+    /// `ip=`, which trackers ignore unless configured to trust it
+    /// ([`super::TrackerConfig::trust_ip_param`]).
     pub ip: Option<IpAddr>,
 }
 
@@ -129,9 +132,35 @@ pub async fn announce_with_timeout(
     timeout: Duration,
 ) -> Result<AnnounceResponse, TrackerError> {
     let target = Target::parse(url, &params.to_query())?;
-    tokio::time::timeout(timeout, target.fetch())
+    tokio::time::timeout(timeout, target.fetch(params.ip))
         .await
         .map_err(|_| TrackerError::Timeout)?
+}
+
+/// Connects to the tracker from `source` when that address is ours and can reach it, else
+/// from whatever address the kernel picks.
+async fn connect(host: &str, port: u16, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    if let Some(source) = source.filter(|ip| !ip.is_unspecified()) {
+        for addr in tokio::net::lookup_host((host, port)).await? {
+            if addr.is_ipv4() != source.is_ipv4() {
+                continue;
+            }
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // Not one of our addresses (NAT), or no route from it: fall back below.
+            if socket.bind(SocketAddr::new(source, 0)).is_err() {
+                break;
+            }
+            match socket.connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => tracing::debug!("announce from {source} to {addr} failed: {e}"),
+            }
+        }
+    }
+    TcpStream::connect((host, port)).await
 }
 
 /// A parsed announce URL with our query appended.
@@ -185,8 +214,8 @@ impl Target {
         })
     }
 
-    async fn fetch(self) -> Result<AnnounceResponse, TrackerError> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+    async fn fetch(self, source: Option<IpAddr>) -> Result<AnnounceResponse, TrackerError> {
+        let stream = connect(&self.host, self.port, source).await?;
         stream.set_nodelay(true)?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -14,9 +14,13 @@
 //!   `stopped` announces.
 //!
 //! Design decisions:
-//! - The tracker trusts the `ip` parameter: on a LAN, agents advertise the interface they
-//!   want to be dialled on, which the tracker cannot guess from a NATed or multi-homed
-//!   connection. It is an announce tracker for a cluster, not a public one.
+//! - The tracker registers a peer at the address its announce came from (the TCP source
+//!   address) and ignores `ip=`: a tracker that believed `ip=` would hand every peer
+//!   whatever address an outsider named (169.254.169.254, a host's admin port, a flood
+//!   victim). The source address cannot be forged over TCP. Clients make that address the
+//!   one they want to be dialled on by connecting from it ([`AnnounceParams::ip`] is also
+//!   the address the client binds its announce connection to). A tracker whose clients are
+//!   all trusted and behind NAT can opt in with [`TrackerConfig::trust_ip_param`].
 //! - Everything sized by a remote side is bounded: query length and parameter count,
 //!   request head size, open connections and their lifetime, peers per torrent, torrents,
 //!   peers per reply, and on the client side the reply body (checked while reading).

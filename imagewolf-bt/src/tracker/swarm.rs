@@ -42,17 +42,27 @@ pub struct TrackerConfig {
     pub max_peers_per_torrent: usize,
     /// Most torrents tracked at once.
     pub max_torrents: usize,
+    /// Whether a peer is registered at the address its `ip=` parameter names instead of the
+    /// address its announce came from. Off by default, and it should stay off: anyone who
+    /// can reach the tracker could then make it hand every peer any address it likes (a
+    /// cloud metadata service, a host's admin port, a victim to flood with connections),
+    /// with the tracker lending it credibility. The connection's source address cannot be
+    /// forged that way (TCP needs the handshake to complete). Turn it on only when every
+    /// client that can reach the tracker is trusted and some announce through NAT or from
+    /// an address they cannot be dialled on.
+    pub trust_ip_param: bool,
 }
 
 impl Default for TrackerConfig {
     /// 60 s interval, 120 s peer lifetime, 2000 peers per torrent, 1000 torrents: a few
-    /// hundred MiB at worst, and room for any LAN cluster.
+    /// hundred MiB at worst, and room for any LAN cluster. `ip=` is ignored.
     fn default() -> Self {
         TrackerConfig {
             interval: Duration::from_secs(60),
             peer_ttl: Duration::from_secs(120),
             max_peers_per_torrent: 2000,
             max_torrents: 1000,
+            trust_ip_param: false,
         }
     }
 }
@@ -95,15 +105,20 @@ impl Swarms {
         &self.config
     }
 
-    /// Handle one announce at time `now`. `remote` is the connection's address, used when
-    /// the request carries no valid `ip`.
+    /// Handle one announce at time `now`. `remote` is the address the announce came from
+    /// (the TCP connection's source): the peer is registered there, at its `port=`. The
+    /// request's `ip=` is used instead only if [`TrackerConfig::trust_ip_param`] is on.
     pub fn announce(
         &mut self,
         req: &AnnounceRequest,
         remote: IpAddr,
         now: Instant,
     ) -> Result<AnnounceReply, SwarmError> {
-        let addr = SocketAddr::new(req.ip.unwrap_or(remote).to_canonical(), req.port);
+        let ip = match req.ip {
+            Some(ip) if self.config.trust_ip_param => ip,
+            _ => remote,
+        };
+        let addr = SocketAddr::new(ip.to_canonical(), req.port);
         let ttl = self.config.peer_ttl;
 
         if !self.torrents.contains_key(&req.info_hash) {
@@ -220,6 +235,7 @@ mod tests {
             peer_ttl: Duration::from_secs(20),
             max_peers_per_torrent: 300,
             max_torrents: 3,
+            trust_ip_param: false,
         }
     }
 
@@ -267,12 +283,14 @@ mod tests {
     }
 
     #[test]
-    fn ip_param_overrides_remote_and_mapped_addresses_are_canonical() {
+    fn peers_are_registered_at_their_source_address_whatever_ip_says() {
         let mut s = Swarms::new(config());
         let now = Instant::now();
-        let mut a = req(1, 1001, Event::Started);
-        a.ip = Some("10.1.2.3".parse().unwrap());
-        s.announce(&a, LOCAL, now).unwrap();
+        // An outsider names the cloud metadata service as its address.
+        let mut a = req(1, 80, Event::Started);
+        a.ip = Some("169.254.169.254".parse().unwrap());
+        let source: IpAddr = "10.7.7.7".parse().unwrap();
+        s.announce(&a, source, now).unwrap();
         let mapped: IpAddr = "::ffff:10.9.9.9".parse().unwrap();
         s.announce(&req(2, 1002, Event::Started), mapped, now)
             .unwrap();
@@ -281,7 +299,25 @@ mod tests {
             .unwrap();
         let mut addrs: Vec<String> = r.peers.iter().map(|p| p.addr.to_string()).collect();
         addrs.sort();
-        assert_eq!(addrs, ["10.1.2.3:1001", "10.9.9.9:1002"]);
+        assert_eq!(addrs, ["10.7.7.7:80", "10.9.9.9:1002"]);
+    }
+
+    #[test]
+    fn ip_param_is_honoured_only_when_trusted_explicitly() {
+        let mut s = Swarms::new(TrackerConfig {
+            trust_ip_param: true,
+            ..config()
+        });
+        let now = Instant::now();
+        let mut a = req(1, 1001, Event::Started);
+        a.ip = Some("10.1.2.3".parse().unwrap());
+        s.announce(&a, LOCAL, now).unwrap();
+        let r = s
+            .announce(&req(3, 1003, Event::Started), LOCAL, now)
+            .unwrap();
+        let addrs: Vec<String> = r.peers.iter().map(|p| p.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.1.2.3:1001"]);
+        assert!(!TrackerConfig::default().trust_ip_param);
     }
 
     #[test]

@@ -69,8 +69,12 @@ async fn two_clients_see_each_other() {
 }
 
 #[tokio::test]
-async fn advertised_ip_is_handed_out() {
-    let server = server(TrackerConfig::default()).await;
+async fn advertised_ip_is_handed_out_when_the_tracker_trusts_it() {
+    let server = server(TrackerConfig {
+        trust_ip_param: true,
+        ..TrackerConfig::default()
+    })
+    .await;
     let url = server.announce_url();
     let mut a = params(1, 1001, Event::Started);
     a.ip = Some("10.20.30.40".parse().unwrap());
@@ -302,4 +306,31 @@ async fn announcer_fails_over_reannounces_completes_and_stops() {
     handle.stop().await;
     assert_eq!(server.peer_count(&HASH), 1);
     assert_eq!(events_rx.try_recv(), Ok(Event::Stopped));
+}
+
+/// The tracker registers the address an announce comes from, not the one `ip=` names; the
+/// client makes its `ip` that address by connecting from it when it is one of ours.
+#[tokio::test]
+async fn peers_are_handed_out_at_their_source_address_not_their_ip_param() {
+    let server = server(TrackerConfig::default()).await;
+    let url = server.announce_url();
+    // Not one of our addresses: sent as `ip=`, which the tracker ignores.
+    let mut liar = params(1, 80, Event::Started);
+    liar.ip = Some("169.254.169.254".parse().unwrap());
+    announce(&url, &liar).await.unwrap();
+    // One of ours (all of 127.0.0.0/8 is loopback on Linux): the client connects from it.
+    let mut multi_homed = params(2, 1002, Event::Started);
+    multi_homed.ip = Some("127.0.0.3".parse().unwrap());
+    announce(&url, &multi_homed).await.unwrap();
+
+    let reply = announce(&url, &params(3, 1003, Event::Started))
+        .await
+        .unwrap();
+    let mut peers = reply.peers.clone();
+    peers.sort();
+    assert_eq!(
+        peers,
+        [local(80), SocketAddr::from(([127, 0, 0, 3], 1002))],
+        "the tracker handed out an address the announce did not come from"
+    );
 }
