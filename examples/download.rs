@@ -50,9 +50,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let bytes = std::fs::read(&args.torrent)
-        .with_context(|| format!("reading {}", args.torrent.display()))?;
-    let meta = Metainfo::from_bytes(&bytes)
+    // Through the library's size limit: a huge file (or an endless pipe) is refused without
+    // being read into memory.
+    let meta = Metainfo::load(&args.torrent)
         .with_context(|| format!("parsing {}", args.torrent.display()))?;
     let resume = args.out.exists();
     let storage = match &meta.info().files {

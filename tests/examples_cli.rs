@@ -124,6 +124,82 @@ fn bad_input_gives_a_clear_error() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.tar"));
 }
 
+/// A .torrent far above the library's limit is refused without being read into memory: a
+/// huge regular file from its size, an endless pipe once the limit is passed (the writer
+/// gets a broken pipe after about the limit instead of writing all it has).
+#[test]
+fn a_huge_torrent_is_refused_without_reading_it_whole() {
+    use std::io::Write;
+    build_examples(&["download"]);
+    let dir = TempDir::new("cli-huge").unwrap();
+    let limit = imagewolf_bt::metainfo::MAX_METAINFO_LEN;
+
+    let big = dir.path().join("big.torrent");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(200_000_000)
+        .unwrap();
+    let out = Command::new(example_bin("download"))
+        .arg(&big)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("big.torrent") && err.contains("more than the limit"),
+        "{err}"
+    );
+
+    let fifo = dir.path().join("endless.torrent");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let mut download = ChildGuard::spawn(
+        "download example",
+        Command::new(example_bin("download"))
+            .arg(&fifo)
+            .arg("--out")
+            .arg(dir.path().join("y"))
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    // Offers 200 MB through the pipe; reports how much the reader took before closing it.
+    let (written_tx, written_rx) = std::sync::mpsc::channel();
+    let writer_path = fifo.clone();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_path)
+            .unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut written = 0usize;
+        while written < 200_000_000 {
+            match pipe.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break, // EPIPE: the reader closed the pipe.
+            }
+        }
+        let _ = written_tx.send(written);
+    });
+    let status = download.wait_timeout(Duration::from_secs(60)).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut download.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("endless.torrent") && err.contains("more than the limit"),
+        "{err}"
+    );
+    let written = written_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writer never finished");
+    // The limit plus what the pipe buffers (at most 1 MiB by default) plus one chunk.
+    assert!(
+        written <= limit + (4 << 20),
+        "the example read {written} bytes of a torrent limited to {limit}"
+    );
+}
+
 /// README's main command, small: the demo's first push and update both complete, and the
 /// update moves only its new layer.
 #[test]

@@ -42,7 +42,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
@@ -103,6 +104,13 @@ pub enum MetainfoError {
     TooLarge {
         /// Size of the input (or of the encoded `info` dict of a built torrent).
         len: usize,
+        /// The limit, [`MAX_METAINFO_LEN`].
+        max: usize,
+    },
+    /// A stream read by [`read_limited`] (or [`Metainfo::load`]) went on past
+    /// [`MAX_METAINFO_LEN`]; reading stopped there, so its whole size is unknown.
+    #[error("metainfo is more than the limit of {max} bytes")]
+    StreamTooLarge {
         /// The limit, [`MAX_METAINFO_LEN`].
         max: usize,
     },
@@ -317,10 +325,68 @@ impl fmt::Debug for Metainfo {
     }
 }
 
+/// Reads a whole `.torrent` from `reader`, but never more than [`MAX_METAINFO_LEN`] bytes:
+/// it reads at most one byte past the limit and refuses the input
+/// ([`MetainfoError::StreamTooLarge`]) if that byte exists, so memory stays bounded whatever
+/// the source (a huge file, a pipe, a socket). Read errors are [`MetainfoError::Io`].
+///
+/// Use this (or [`Metainfo::load`], [`Metainfo::from_reader`]) instead of reading a file
+/// whole and then calling [`Metainfo::from_bytes`], which refuses too large an input only
+/// after it was read into memory.
+///
+/// ```
+/// use imagewolf_bt::metainfo::{read_limited, MetainfoError, MAX_METAINFO_LEN};
+/// assert_eq!(read_limited(&b"d4:infod...e"[..]).unwrap().len(), 12);
+/// // An endless stream is cut off just past the limit.
+/// let endless = std::io::repeat(b'x');
+/// assert!(matches!(read_limited(endless), Err(MetainfoError::StreamTooLarge { max }) if max == MAX_METAINFO_LEN));
+/// ```
+pub fn read_limited(reader: impl Read) -> Result<Vec<u8>, MetainfoError> {
+    let limit = MAX_METAINFO_LEN as u64 + 1;
+    let mut bytes = Vec::new();
+    reader.take(limit).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_METAINFO_LEN {
+        return Err(MetainfoError::StreamTooLarge {
+            max: MAX_METAINFO_LEN,
+        });
+    }
+    Ok(bytes)
+}
+
 impl Metainfo {
     /// Parses a `.torrent` file. See the module docs for what is accepted and the bounds.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, MetainfoError> {
         parse::parse_metainfo(bytes)
+    }
+
+    /// Reads a `.torrent` from `reader` through [`read_limited`] (at most
+    /// [`MAX_METAINFO_LEN`] bytes) and parses it.
+    pub fn from_reader(reader: impl Read) -> Result<Self, MetainfoError> {
+        Self::from_bytes(&read_limited(reader)?)
+    }
+
+    /// Reads and parses the `.torrent` file at `path`, never holding more than
+    /// [`MAX_METAINFO_LEN`] bytes of it: a regular file larger than that is refused from its
+    /// size before anything is read ([`MetainfoError::TooLarge`]), and anything else (a
+    /// pipe, a file still growing) is read through [`read_limited`]. Opening or reading
+    /// fails with [`MetainfoError::Io`]; callers add the path to the message.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), imagewolf_bt::metainfo::MetainfoError> {
+    /// let meta = imagewolf_bt::metainfo::Metainfo::load("image.torrent".as_ref())?;
+    /// println!("{} bytes", meta.total_len());
+    /// # Ok(()) }
+    /// ```
+    pub fn load(path: &Path) -> Result<Self, MetainfoError> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.is_file() && meta.len() > MAX_METAINFO_LEN as u64 {
+            return Err(MetainfoError::TooLarge {
+                len: usize::try_from(meta.len()).unwrap_or(usize::MAX),
+                max: MAX_METAINFO_LEN,
+            });
+        }
+        Self::from_reader(file)
     }
 
     /// Encodes the torrent: our fields, any unmodelled root keys, and the `info` dict bytes

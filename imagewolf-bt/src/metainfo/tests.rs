@@ -660,6 +660,72 @@ fn oversized_input_is_rejected_before_parsing() {
     ));
 }
 
+/// Counts the bytes taken from an endless reader.
+struct Endless(u64);
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        buf.fill(b'x');
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn read_limited_stops_one_byte_past_the_limit() {
+    let mut endless = Endless(0);
+    assert!(matches!(
+        read_limited(&mut endless),
+        Err(MetainfoError::StreamTooLarge {
+            max: MAX_METAINFO_LEN
+        })
+    ));
+    assert_eq!(endless.0, MAX_METAINFO_LEN as u64 + 1);
+    // Exactly the limit is read whole (and then fails to parse, as `x`s would).
+    let at_limit = vec![b'x'; MAX_METAINFO_LEN];
+    assert_eq!(read_limited(&at_limit[..]).unwrap().len(), MAX_METAINFO_LEN);
+    assert!(matches!(
+        Metainfo::from_reader(&at_limit[..]),
+        Err(MetainfoError::Bencode(_))
+    ));
+}
+
+#[test]
+fn load_refuses_a_huge_file_from_its_size_and_reads_a_good_one() {
+    let dir = std::env::temp_dir().join(format!(
+        "iw-metainfo-load-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 200 MB, sparse: refused from its size, nothing read.
+    let huge = dir.join("huge.torrent");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(200_000_000)
+        .unwrap();
+    assert!(matches!(
+        Metainfo::load(&huge),
+        Err(MetainfoError::TooLarge {
+            len: 200_000_000,
+            max: MAX_METAINFO_LEN
+        })
+    ));
+    let good = dir.join("good.torrent");
+    let bytes = torrent(single_info(5, 16384, vec![]));
+    std::fs::write(&good, &bytes).unwrap();
+    assert_eq!(
+        Metainfo::load(&good).unwrap(),
+        Metainfo::from_bytes(&bytes).unwrap()
+    );
+    let missing = Metainfo::load(&dir.join("missing.torrent")).unwrap_err();
+    assert!(
+        matches!(&missing, MetainfoError::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        "{missing}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn from_info_validates() {
     let info = Info {
