@@ -86,6 +86,7 @@ impl Node {
                 hub_registry: "docker.io".into(),
                 max_body: api::DEFAULT_MAX_BODY,
                 webhook_token: None,
+                cluster_key: None,
             },
             shutdown.subscribe(),
         ));

@@ -221,11 +221,20 @@ pub struct AgentConfig {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_torrents: u16,
 
-    /// Secret shared by every agent of the cluster: announcements are signed with it
-    /// (HMAC-SHA256) and unsigned or wrongly signed ones are refused, so nobody else on the
-    /// network can make nodes load an image. Without it any agent's announcement is trusted.
+    /// Secret shared by every agent of the cluster (required; at least 16 bytes, e.g.
+    /// `openssl rand -hex 32`): announcements are signed with it (HMAC-SHA256), and every
+    /// agent-to-agent request (announcing, listing, fetching a torrent) is authenticated
+    /// with it before its body is read, so nobody else on the network can make nodes load
+    /// an image or read what they distribute. Prefer the environment variable (or the
+    /// image's `IMAGEWOLF_CLUSTER_SECRET_FILE`) to keep it out of `ps`.
     #[arg(long, env = "IMAGEWOLF_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+
+    /// Run without a cluster secret: ANY host that can reach the API port can make this node
+    /// download and load images, and read its distributions. Only for a network where every
+    /// host is trusted (a laptop demo, a throwaway test cluster).
+    #[arg(long, env = "IMAGEWOLF_INSECURE_NO_CLUSTER_SECRET")]
+    pub insecure_no_cluster_secret: bool,
 
     /// How images travel: `blobs` (layers by digest through a node-local store and
     /// registry endpoint: only new layers move, the runtime keeps the registry's digests),
@@ -299,7 +308,33 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
+/// Shortest cluster secret accepted.
+pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
+
 impl AgentConfig {
+    /// Checks what flags alone cannot: a cluster secret is set (and long enough), or its
+    /// absence is explicitly accepted.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.cluster_secret, self.insecure_no_cluster_secret) {
+            (Some(_), true) => Err(
+                "--cluster-secret and --insecure-no-cluster-secret contradict each other".into(),
+            ),
+            (Some(secret), false) if secret.len() < MIN_CLUSTER_SECRET_LEN => Err(format!(
+                "the cluster secret is {} bytes; use at least {MIN_CLUSTER_SECRET_LEN} \
+                 (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            )),
+            (None, false) => Err(
+                "no cluster secret: set --cluster-secret (or IMAGEWOLF_CLUSTER_SECRET) to the \
+                 same random value on every agent, e.g. `openssl rand -hex 32`; without one, \
+                 anyone on the network could make this node load images. On a network where \
+                 every host is trusted, --insecure-no-cluster-secret runs without"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether images travel as blobs (`--distribution`, `auto` resolved).
     pub fn blobs(&self) -> bool {
         match self.distribution {
@@ -423,6 +458,32 @@ mod tests {
         assert!(allow.allows_name("r:5000", "a/app") && allow.allows_name("r:5000", "b"));
         assert!(!allow.allows_name("r:5000", "c"));
         assert_eq!(config.max_torrents, 5);
+    }
+
+    #[test]
+    fn a_cluster_secret_is_required_unless_its_absence_is_explicit() {
+        let parse = |args: &[&str]| {
+            AgentConfig::try_parse_from(
+                ["imagewolf-agent", "--peers", "static:a:1"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap()
+            .validate()
+        };
+        let err = parse(&[]).unwrap_err();
+        assert!(err.contains("--cluster-secret") && err.contains("--insecure-no-cluster-secret"));
+        assert!(parse(&["--cluster-secret", "short"])
+            .unwrap_err()
+            .contains("at least 16"));
+        assert!(parse(&["--cluster-secret", "0123456789abcdef"]).is_ok());
+        assert!(parse(&["--insecure-no-cluster-secret"]).is_ok());
+        assert!(parse(&[
+            "--cluster-secret",
+            "0123456789abcdef",
+            "--insecure-no-cluster-secret"
+        ])
+        .is_err());
     }
 
     #[test]

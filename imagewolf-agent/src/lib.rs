@@ -8,6 +8,7 @@
 
 pub mod allowlist;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod containerd;
 pub mod discovery;

@@ -23,6 +23,16 @@ const POLLED_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(5)
 async fn main() -> anyhow::Result<()> {
     let config = AgentConfig::parse();
     init_logging(config.log_format);
+    if let Err(e) = config.validate() {
+        tracing::error!("{e}");
+        anyhow::bail!(e);
+    }
+    if config.insecure_no_cluster_secret {
+        tracing::warn!(
+            "INSECURE: running without a cluster secret (--insecure-no-cluster-secret): any \
+             host that reaches the API port can make this node download and load images"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -122,6 +132,10 @@ async fn main() -> anyhow::Result<()> {
         hub_registry: config.hub_registry.clone(),
         max_body: api::DEFAULT_MAX_BODY,
         webhook_token: config.webhook_token.clone(),
+        cluster_key: config
+            .cluster_secret
+            .as_deref()
+            .map(|s| imagewolf_agent::auth::ClusterKey::new(s.as_bytes())),
     };
     if !config.poll.is_empty() {
         spawn_poller(

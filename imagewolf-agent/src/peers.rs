@@ -1,5 +1,6 @@
 //! Talking to the other agents: announcing a distribution, and asking what they have (a late
-//! joiner's catch-up). Plain HTTP/1.1 JSON on the agents' API port.
+//! joiner's catch-up). Plain HTTP/1.1 JSON on the agents' API port, each request signed
+//! with the cluster's request key when there is one ([`crate::auth`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::auth::{ClusterKey, AUTH_HEADER};
 use crate::image::Distribution;
 
 /// Time allowed for one agent-to-agent call.
@@ -40,33 +42,48 @@ pub enum PeerCallError {
 #[derive(Clone)]
 pub struct PeerClient {
     client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for PeerClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    key: Option<ClusterKey>,
 }
 
 impl PeerClient {
-    /// A client with a connect timeout.
-    pub fn new() -> Self {
+    /// A client with a connect timeout, signing its requests with `key` (None: a cluster
+    /// without a secret, `--insecure-no-cluster-secret`).
+    pub fn new(key: Option<ClusterKey>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CALL_TIMEOUT));
         connector.set_nodelay(true);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            key,
         }
+    }
+
+    /// A request to `agent` at `path`, signed when there is a key.
+    fn request(
+        &self,
+        agent: SocketAddr,
+        method: hyper::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Request<Full<Bytes>>, PeerCallError> {
+        let mut req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{agent}{path}"));
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(key) = &self.key {
+            req = req.header(AUTH_HEADER, key.sign_request(method.as_str(), path, &body));
+        }
+        req.body(Full::new(Bytes::from(body)))
+            .map_err(|e| PeerCallError::Request(agent, e.to_string()))
     }
 
     /// `POST /v1/distributions` to `agent`.
     pub async fn announce(&self, agent: SocketAddr, d: &Distribution) -> Result<(), PeerCallError> {
         let body =
             serde_json::to_vec(d).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
-        let req = hyper::Request::post(format!("http://{agent}/v1/distributions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
+        let req = self.request(agent, hyper::Method::POST, "/v1/distributions", body)?;
         self.call(agent, req).await.map(|_| ())
     }
 
@@ -75,9 +92,7 @@ impl PeerClient {
         &self,
         agent: SocketAddr,
     ) -> Result<Vec<Distribution>, PeerCallError> {
-        let req = hyper::Request::get(format!("http://{agent}/v1/distributions"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
+        let req = self.request(agent, hyper::Method::GET, "/v1/distributions", Vec::new())?;
         let body = self.call(agent, req).await?;
         serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
     }
@@ -89,9 +104,8 @@ impl PeerClient {
         agent: SocketAddr,
         info_hash: &str,
     ) -> Result<Bytes, PeerCallError> {
-        let req = hyper::Request::get(format!("http://{agent}/v1/torrents/{info_hash}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
+        let path = format!("/v1/torrents/{info_hash}");
+        let req = self.request(agent, hyper::Method::GET, &path, Vec::new())?;
         let body = self.call(agent, req).await?;
         if body.len() > MAX_TORRENT {
             return Err(PeerCallError::BadReply(

@@ -188,6 +188,10 @@ impl LocalAgents {
                 hub_registry: "docker.io".into(),
                 max_body: api::DEFAULT_MAX_BODY,
                 webhook_token: self.webhook_token.clone(),
+                cluster_key: self
+                    .cluster_secret
+                    .as_deref()
+                    .map(imagewolf_agent::auth::ClusterKey::new),
             },
             self.shutdown.subscribe(),
         ));

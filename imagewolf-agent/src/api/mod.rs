@@ -23,16 +23,23 @@
 //!   that says why (400 malformed, 404, 405 with `Allow`, 408 slow body, 413 too large, 415
 //!   wrong media type), logged at `warn`; the server keeps serving. Malformed HTTP that hyper
 //!   refuses before routing gets hyper's own bare 400 and is counted as rejected.
-//! - **Bounded.** Request heads by hyper's read buffer ([`MAX_HEAD_LEN`], [`MAX_HEADERS`]),
-//!   bodies by `max_body` enforced *while reading* (`http_body_util::Limited`; a declared
-//!   `Content-Length` over the limit is refused before reading a byte), the bodies of all
-//!   connections together by a byte budget ([`MAX_BODY_BYTES_IN_FLIGHT`]; a request whose
-//!   body does not fit in what is left is answered 503 at once), connections by a
-//!   semaphore ([`MAX_CONNECTIONS`]; when all are taken, the oldest connection that has not
-//!   sent a request head within [`MIN_IDLE_AGE`] is closed to make room, else accepting
-//!   pauses), time by a
-//!   header-read timeout (which also ends idle keep-alive connections), a body-read timeout,
-//!   and a maximum connection age after which the connection is closed gracefully.
+//! - **Agent calls are authenticated before their body is read.** With a cluster secret,
+//!   `/v1/distributions` (both methods) and `/v1/torrents/` need a valid
+//!   [`AUTH_HEADER`](crate::auth::AUTH_HEADER) (see [`crate::auth`]): checked from the
+//!   request head, so a client without the secret is answered 401 before it can make the
+//!   agent buffer a byte; a replayed or stale one too.
+//! - **Bounded, and per source.** Request heads by hyper's read buffer ([`MAX_HEAD_LEN`],
+//!   [`MAX_HEADERS`]); bodies by `max_body` enforced *while reading* (a declared
+//!   `Content-Length` over the limit is refused before reading a byte); the body bytes
+//!   received but not yet handled by a budget for all connections
+//!   ([`MAX_BODY_BYTES_IN_FLIGHT`]) and one per source address
+//!   ([`MAX_BODY_BYTES_PER_SOURCE`]), reserved as bytes arrive (503 past them; `body.rs`);
+//!   connections by [`MAX_CONNECTIONS`] slots: when all are taken, an idle or stalled
+//!   connection of the source address holding the most is closed to make room, never one
+//!   of a source within its fair share while another holds more (`server.rs`), so a host
+//!   flooding the API only ever displaces its own connections; time by a header-read
+//!   timeout (which also ends idle keep-alive connections), a body-read timeout, and a
+//!   maximum connection age after which the connection is closed gracefully.
 //! - **Metrics label routes, not paths**: unknown paths count as `other` (see
 //!   [`crate::stats`]).
 //! - **Shutdown** when the watch value becomes `true` (or its sender is dropped): stop
@@ -42,28 +49,27 @@
 //! A missing `Content-Type` is accepted as JSON (curl users forget it; the body is parsed as
 //! JSON either way); a present one must name a JSON media type.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+mod body;
+mod server;
+
+pub use server::{MIN_BODY_STALL, MIN_IDLE_AGE};
+
+use crate::auth::{AuthError, ClusterKey, RequestAuth, AUTH_HEADER};
 use crate::image::Distribution;
 use crate::notification::{
     parse_hub_webhook, parse_registry_envelope_detailed, validate_image_ref, NotificationError,
@@ -73,17 +79,17 @@ use crate::stats::{render_prometheus, DistributionMetrics, HttpCounters, ImageSt
 
 /// Default request body limit (the notification parsers' own limit).
 pub const DEFAULT_MAX_BODY: usize = MAX_BODY;
-/// Most connections open at once. Past it, a newcomer closes the oldest connection that has
-/// not sent a request head for [`MIN_IDLE_AGE`]; when there is none, newcomers wait in the
-/// listen backlog.
+/// Most connections open at once. Past it, a newcomer takes the slot of an idle or stalled
+/// connection of the source holding the most connections (see `server.rs`), or waits in the
+/// listen backlog while every connection is busy.
 pub const MAX_CONNECTIONS: usize = 512;
-/// Request body bytes all connections together may be reading at once (each request reserves
-/// its declared length, or `max_body` when it declares none). Without it, every connection
-/// could hold a body of `max_body` bytes for [`BODY_READ_TIMEOUT`].
+/// Request body bytes all connections together may hold while receiving (reserved as they
+/// arrive). Without it, every connection could hold a body of `max_body` bytes for
+/// [`BODY_READ_TIMEOUT`].
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 16 * DEFAULT_MAX_BODY;
-/// When every connection slot is taken, a connection that has sent no whole request head for
-/// this long is closed to make room for a newcomer (younger ones may just be slow to start).
-pub const MIN_IDLE_AGE: Duration = Duration::from_millis(500);
+/// Request body bytes the connections of one source address may hold while receiving: a
+/// quarter of [`MAX_BODY_BYTES_IN_FLIGHT`], so no single host can take the budget.
+pub const MAX_BODY_BYTES_PER_SOURCE: usize = 4 * DEFAULT_MAX_BODY;
 /// Time a client has to send a request head, and the longest a keep-alive connection idles.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request body.
@@ -96,8 +102,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_HEAD_LEN: usize = 32 * 1024;
 /// Headers accepted per request.
 pub const MAX_HEADERS: usize = 64;
-/// Pause after a failed `accept` (typically out of file descriptors) before retrying.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Characters of a request path quoted in an error message.
 const PATH_QUOTE_LEN: usize = 100;
 
@@ -154,7 +158,7 @@ pub enum PushOutcome {
 }
 
 /// API settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Pull from this registry instead of the host named in registry notifications.
     pub registry_override: Option<String>,
@@ -166,6 +170,9 @@ pub struct ApiConfig {
     /// (the registry's notification endpoint can send headers) or as `?token=TOKEN` (Docker
     /// Hub webhooks cannot); anything else is answered 401.
     pub webhook_token: Option<String>,
+    /// The cluster's request key: when set, agent-to-agent routes need requests signed with
+    /// it ([`crate::auth`]); when not (`--insecure-no-cluster-secret`), anyone may call them.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl Default for ApiConfig {
@@ -175,6 +182,7 @@ impl Default for ApiConfig {
             hub_registry: "docker.io".to_owned(),
             max_body: DEFAULT_MAX_BODY,
             webhook_token: None,
+            cluster_key: None,
         }
     }
 }
@@ -247,231 +255,17 @@ pub async fn serve(
     serve_with_limits(listener, api, config, Limits::default(), shutdown).await
 }
 
-/// Time and connection limits, separate from [`ApiConfig`] so tests can shrink them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    pub(crate) max_connections: usize,
-    pub(crate) body_bytes_in_flight: usize,
-    pub(crate) header_read_timeout: Duration,
-    pub(crate) body_read_timeout: Duration,
-    pub(crate) max_connection_age: Duration,
-    pub(crate) grace: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: MAX_CONNECTIONS,
-            body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
-            header_read_timeout: HEADER_READ_TIMEOUT,
-            body_read_timeout: BODY_READ_TIMEOUT,
-            max_connection_age: MAX_CONNECTION_AGE,
-            grace: SHUTDOWN_GRACE,
-        }
-    }
-}
+pub(crate) use server::Limits;
+use server::{serve_with_limits, ConnState};
 
 struct Ctx {
     api: Arc<dyn AgentApi>,
     config: ApiConfig,
     limits: Limits,
     counters: HttpCounters,
-    /// Permits are bytes of request bodies being read (see [`MAX_BODY_BYTES_IN_FLIGHT`]).
-    body_budget: Semaphore,
-}
-
-pub(crate) async fn serve_with_limits(
-    listener: TcpListener,
-    api: Arc<dyn AgentApi>,
-    config: ApiConfig,
-    limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
-    // Never smaller than one largest body, or such a body could never be read.
-    let body_budget = Semaphore::new(
-        limits
-            .body_bytes_in_flight
-            .max(config.max_body)
-            .min(Semaphore::MAX_PERMITS),
-    );
-    let ctx = Arc::new(Ctx {
-        api,
-        config,
-        limits,
-        counters: HttpCounters::new(),
-        body_budget,
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_LEN)
-        .max_headers(MAX_HEADERS);
-    let builder = Arc::new(builder);
-    let max_connections = limits.max_connections.max(1);
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let mut connections = JoinSet::new();
-    // Connections that have not sent a whole request head yet, oldest first (finished ones
-    // are purged lazily).
-    let mut waiting: VecDeque<Unserved> = VecDeque::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("API accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = shutdown_requested(&mut shutdown) => break,
-        };
-        if waiting.len() >= max_connections {
-            waiting.retain(Unserved::still);
-        }
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let permit = tokio::select! {
-                    permit = make_room(&mut waiting, &permits, &ctx) => permit,
-                    () = shutdown_requested(&mut shutdown) => break,
-                };
-                match permit {
-                    Some(permit) => permit,
-                    None => break, // never closed; leaving is the only sane reaction
-                }
-            }
-        };
-        let since = tokio::time::Instant::now();
-        let served = Arc::new(AtomicBool::new(false));
-        let task = connections.spawn(connection(
-            Arc::clone(&builder),
-            stream,
-            remote,
-            Arc::clone(&ctx),
-            shutdown.clone(),
-            Arc::clone(&served),
-            permit,
-        ));
-        waiting.push_back(Unserved {
-            since,
-            task,
-            served,
-        });
-    }
-    drop(listener);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.grace, drain).await.is_err() {
-        tracing::debug!("API shutdown: aborting {} connections", connections.len());
-        connections.shutdown().await;
-    }
-    Ok(())
-}
-
-/// A connection that had not sent a whole request head when last looked at.
-struct Unserved {
-    since: tokio::time::Instant,
-    task: AbortHandle,
-    served: Arc<AtomicBool>,
-}
-
-impl Unserved {
-    fn still(&self) -> bool {
-        !self.task.is_finished() && !self.served.load(Ordering::Relaxed)
-    }
-}
-
-/// Every connection slot is taken: waits for one, meanwhile closing the oldest connection
-/// that has had [`MIN_IDLE_AGE`] to send a request head and has not (so idle and slow-loris
-/// clients cannot keep others out). When every connection is busy with a request, that is
-/// simply waiting for one to finish. `None` if the semaphore was closed (it never is).
-async fn make_room(
-    waiting: &mut VecDeque<Unserved>,
-    permits: &Arc<Semaphore>,
-    ctx: &Ctx,
-) -> Option<OwnedSemaphorePermit> {
-    loop {
-        waiting.retain(Unserved::still);
-        let wake = match waiting.front() {
-            Some(oldest) if oldest.since.elapsed() >= MIN_IDLE_AGE => {
-                oldest.task.abort();
-                waiting.pop_front();
-                ctx.counters.record_rejected();
-                tracing::debug!("API connections exhausted: closed the oldest without a request");
-                // Its permit comes back once the aborted task is dropped.
-                return Arc::clone(permits).acquire_owned().await.ok();
-            }
-            Some(oldest) => Some(oldest.since + MIN_IDLE_AGE),
-            None => None,
-        };
-        let wake = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            permit = Arc::clone(permits).acquire_owned() => return permit.ok(),
-            () = wake => {}
-        }
-    }
-}
-
-/// Resolves once shutdown is requested: the value is `true` or the sender is gone.
-async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|&stop| stop).await;
-}
-
-async fn connection(
-    builder: Arc<http1::Builder>,
-    stream: TcpStream,
-    remote: SocketAddr,
-    ctx: Arc<Ctx>,
-    mut shutdown: watch::Receiver<bool>,
-    served: Arc<AtomicBool>,
-    _permit: OwnedSemaphorePermit,
-) {
-    // Listening on `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
-    let ip = remote.ip().to_canonical();
-    let service_ctx = Arc::clone(&ctx);
-    let service_served = Arc::clone(&served);
-    let service = service_fn(move |req| {
-        let ctx = Arc::clone(&service_ctx);
-        service_served.store(true, Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(handle(&ctx, req, ip).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        result = conn.as_mut() => Some(result),
-        () = shutdown_requested(&mut shutdown) => None,
-        () = tokio::time::sleep(ctx.limits.max_connection_age) => None,
-    };
-    let result = match ended {
-        Some(result) => result,
-        None => {
-            // Finish the current request (if any), then close; idle connections close at once.
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(ctx.limits.grace, conn.as_mut())
-                .await
-                .unwrap_or(Ok(()))
-        }
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.is_parse() || e.is_parse_too_large() => {
-            ctx.counters.record_rejected();
-            tracing::warn!(%remote, "API connection refused: {e}");
-        }
-        // The header timeout also ends idle keep-alive connections: only a connection that
-        // never got a request in is a slow or silent client.
-        Err(e) if e.is_timeout() && !served.load(Ordering::Relaxed) => {
-            ctx.counters.record_rejected();
-            tracing::debug!(%remote, "API connection timed out before a request: {e}");
-        }
-        Err(e) => tracing::debug!(%remote, "API connection ended: {e}"),
-    }
+    body_budget: body::BodyBudget,
+    /// Checks agent-to-agent requests (with a cluster secret).
+    auth: Option<RequestAuth>,
 }
 
 /// The routes; `label` is also the metrics path label.
@@ -571,7 +365,8 @@ impl From<NotificationError> for ApiError {
     }
 }
 
-async fn handle(ctx: &Ctx, req: Request<Incoming>, remote: IpAddr) -> Response<Full<Bytes>> {
+async fn handle(ctx: &Ctx, req: Request<Incoming>, conn: &ConnState) -> Response<Full<Bytes>> {
+    let remote = conn.ip();
     let route = Route::from_path(req.uri().path());
     let method = req.method().clone();
     let path = quote_path(req.uri().path());
@@ -580,7 +375,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>, remote: IpAddr) -> Response<F
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {path}"),
         )),
-        Some(route) => dispatch(ctx, route, req, remote).await,
+        Some(route) => dispatch(ctx, route, req, conn).await,
     };
     let response = result.unwrap_or_else(|e| {
         tracing::warn!(%remote, %method, path, status = e.status.as_u16(), "API request refused: {}", e.message);
@@ -597,8 +392,9 @@ async fn dispatch(
     ctx: &Ctx,
     route: Route,
     req: Request<Incoming>,
-    remote: IpAddr,
+    conn: &ConnState,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let remote = conn.ip();
     let method = req.method();
     let allowed = match route {
         Route::RegistryNotifications | Route::HubNotifications => method == Method::POST,
@@ -618,6 +414,10 @@ async fn dispatch(
     ) {
         check_webhook_token(&ctx.config, &req)?;
     }
+    let body_hash = match route {
+        Route::Distributions | Route::Torrent => check_agent_auth(ctx, &req)?,
+        _ => None,
+    };
     let api = &ctx.api;
     match route {
         Route::RegistryNotifications => {
@@ -625,7 +425,7 @@ async fn dispatch(
                 req.headers(),
                 &[REGISTRY_EVENTS_MEDIA_TYPE, "application/json"],
             )?;
-            let body = read_body(req, ctx).await?;
+            let body = body::read_body(req, ctx, conn).await?;
             let envelope =
                 parse_registry_envelope_detailed(&body, ctx.config.registry_override.as_deref())?;
             let mut counts = PushCounts {
@@ -649,7 +449,7 @@ async fn dispatch(
         }
         Route::HubNotifications => {
             check_media_type(req.headers(), &["application/json"])?;
-            let body = read_body(req, ctx).await?;
+            let body = body::read_body(req, ctx, conn).await?;
             let push = parse_hub_webhook(&body, &ctx.config.hub_registry)?;
             let mut counts = PushCounts::default();
             counts.add(&push, api.on_push(push.clone()));
@@ -676,7 +476,10 @@ async fn dispatch(
         }
         Route::Distributions => {
             check_media_type(req.headers(), &["application/json"])?;
-            let body = read_body(req, ctx).await?;
+            let body = body::read_body(req, ctx, conn).await?;
+            if body_hash.is_some_and(|hash| !hash.matches(&body)) {
+                return Err(auth_refused(AuthError::BodyMismatch));
+            }
             let distribution: Distribution = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -713,6 +516,30 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// Checks an agent-to-agent request's [`AUTH_HEADER`] from its head (when the cluster has a
+/// secret): the hash its body must have, if any.
+fn check_agent_auth(
+    ctx: &Ctx,
+    req: &Request<Incoming>,
+) -> Result<Option<crate::auth::BodyHash>, ApiError> {
+    let Some(auth) = &ctx.auth else {
+        return Ok(None);
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let header = req.headers().get(AUTH_HEADER).map(HeaderValue::as_bytes);
+    auth.check_head(req.method().as_str(), path, header)
+        .map(Some)
+        .map_err(auth_refused)
+}
+
+fn auth_refused(e: AuthError) -> ApiError {
+    let status = match e {
+        AuthError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, e.to_string())
 }
 
 /// 40 lowercase hex digits.
@@ -792,48 +619,6 @@ fn check_media_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiErr
     }
 }
 
-/// Reads the whole body, refusing more than `max_body` bytes while reading.
-async fn read_body(req: Request<Incoming>, ctx: &Ctx) -> Result<Bytes, ApiError> {
-    let max = ctx.config.max_body;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds the {max}-byte limit"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(too_large());
-    }
-    let reserve = declared.map_or(max, |len| len as usize);
-    let _reserved = u32::try_from(reserve)
-        .ok()
-        .and_then(|n| ctx.body_budget.try_acquire_many(n).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many request bodies being received; retry shortly",
-            )
-        })?;
-    let body = Limited::new(req.into_body(), max).collect();
-    match tokio::time::timeout(ctx.limits.body_read_timeout, body).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("reading the request body failed: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time",
-        )),
-    }
-}
-
 fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let (status, body) = match serde_json::to_vec(value) {
         Ok(body) => (status, body),
@@ -869,3 +654,5 @@ fn quote_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_abuse;

@@ -4,8 +4,11 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use http_body_util::BodyExt;
 use hyper::client::conn::http1 as client;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::*;
@@ -17,10 +20,10 @@ use crate::stats::tests::check_exposition;
 use crate::stats::ImageState;
 
 #[derive(Default)]
-struct FakeApi {
-    pushes: Mutex<Vec<PushEvent>>,
-    distributions: Mutex<Vec<Distribution>>,
-    announces: Mutex<Vec<(String, IpAddr)>>,
+pub(super) struct FakeApi {
+    pub(super) pushes: Mutex<Vec<PushEvent>>,
+    pub(super) distributions: Mutex<Vec<Distribution>>,
+    pub(super) announces: Mutex<Vec<(String, IpAddr)>>,
 }
 
 impl AgentApi for FakeApi {
@@ -88,14 +91,14 @@ impl AgentApi for FakeApi {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    api: Arc<FakeApi>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<io::Result<()>>,
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
+    pub(super) api: Arc<FakeApi>,
+    pub(super) shutdown: watch::Sender<bool>,
+    pub(super) task: JoinHandle<io::Result<()>>,
 }
 
-async fn start_with(config: ApiConfig, limits: Limits) -> Server {
+pub(super) async fn start_with(config: ApiConfig, limits: Limits) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let api = Arc::new(FakeApi::default());
@@ -115,14 +118,14 @@ async fn start_with(config: ApiConfig, limits: Limits) -> Server {
     }
 }
 
-async fn start() -> Server {
+pub(super) async fn start() -> Server {
     start_with(ApiConfig::default(), Limits::default()).await
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 impl Reply {
@@ -133,7 +136,7 @@ impl Reply {
     }
 
     /// Asserts an error reply: the status and a JSON `{"error": "..."}` body.
-    fn assert_error(&self, status: StatusCode) -> String {
+    pub(super) fn assert_error(&self, status: StatusCode) -> String {
         assert_eq!(
             self.status,
             status,
@@ -146,11 +149,22 @@ impl Reply {
     }
 }
 
-async fn send(
+pub(super) async fn send(
     addr: SocketAddr,
     method: Method,
     path: &str,
     content_type: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Reply {
+    send_with(addr, method, path, content_type, &[], body).await
+}
+
+pub(super) async fn send_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -162,6 +176,9 @@ async fn send(
         .header("host", addr.to_string());
     if let Some(content_type) = content_type {
         request = request.header(CONTENT_TYPE, content_type);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = sender
         .send_request(request.body(Full::new(body.into())).unwrap())
@@ -175,17 +192,22 @@ async fn send(
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Reply {
+pub(super) async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, Method::GET, path, None, Bytes::new()).await
 }
 
-async fn post(addr: SocketAddr, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
+pub(super) async fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
     send(addr, Method::POST, path, Some(content_type), body).await
 }
 
 /// Writes `head` then `body` on a raw connection (the body from a separate task, so a server
 /// that answers early and stops reading cannot block us) and returns everything read back.
-async fn raw_exchange(addr: SocketAddr, head: String, body: Vec<u8>) -> String {
+pub(super) async fn raw_exchange(addr: SocketAddr, head: String, body: Vec<u8>) -> String {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let writing = tokio::spawn(async move {
@@ -216,7 +238,7 @@ async fn raw_exchange(addr: SocketAddr, head: String, body: Vec<u8>) -> String {
 }
 
 /// Whether `data` holds a whole response with a Content-Length body.
-fn complete_response(data: &[u8]) -> bool {
+pub(super) fn complete_response(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return false;
@@ -231,7 +253,7 @@ fn complete_response(data: &[u8]) -> bool {
         .is_some_and(|n| body.len() >= n)
 }
 
-const EVENTS: &str = REGISTRY_EVENTS_MEDIA_TYPE;
+pub(super) const EVENTS: &str = REGISTRY_EVENTS_MEDIA_TYPE;
 
 #[tokio::test]
 async fn registry_push_is_accepted_once_then_duplicate() {
@@ -489,12 +511,14 @@ async fn request_bodies_being_read_share_a_byte_budget() {
         },
     )
     .await;
-    // Two clients declare the largest body and never finish it: together they hold the budget.
+    // Two clients send all but the last byte of the largest body and stall: together they
+    // hold the budget (bytes are reserved as they arrive, not as declared).
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         let head = format!(
-            "POST /registryNotifications HTTP/1.1\r\nhost: x\r\ncontent-type: {EVENTS}\r\ncontent-length: 1000\r\n\r\n{{"
+            "POST /registryNotifications HTTP/1.1\r\nhost: x\r\ncontent-type: {EVENTS}\r\ncontent-length: 1000\r\n\r\n{}",
+            " ".repeat(999)
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         held.push(stream);
@@ -637,7 +661,7 @@ async fn stats_healthz_and_metrics() {
     assert_eq!(value("imagewolf_http_rejected_total", &[]), Some(2.0));
 }
 
-fn distribution(info_hash: &str) -> Distribution {
+pub(super) fn distribution(info_hash: &str) -> Distribution {
     Distribution {
         image: ImageRef {
             registry: "10.77.0.1:5000".into(),
@@ -769,6 +793,7 @@ fn short_limits() -> Limits {
     Limits {
         max_connections: 2,
         body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
+        body_bytes_per_source: MAX_BODY_BYTES_PER_SOURCE,
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
         max_connection_age: Duration::from_secs(30),

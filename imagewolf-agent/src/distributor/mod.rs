@@ -216,7 +216,12 @@ impl Distributor {
             source,
             loader,
             agents,
-            client: PeerClient::new(),
+            client: PeerClient::new(
+                config
+                    .cluster_secret
+                    .as_deref()
+                    .map(crate::auth::ClusterKey::new),
+            ),
             tracker: Mutex::new(tracker),
             records: Mutex::new(Records::default()),
             slots: Arc::new(Semaphore::new(config.max_torrents.max(1))),
