@@ -109,6 +109,13 @@ impl fmt::Display for AllowPattern {
 }
 
 impl AllowPattern {
+    /// The host part when it names one host literally (no wildcard), lowercased: such a
+    /// pattern also lets the registry client reach that `host[:port]` when its address would
+    /// otherwise be refused (loopback, link-local...: [`crate::registry::guard`]).
+    pub fn literal_host(&self) -> Option<&str> {
+        (!self.host.contains('*')).then_some(self.host.as_str())
+    }
+
     /// Whether this pattern matches the image's registry and repository.
     pub fn matches(&self, registry: &str, repository: &str) -> bool {
         glob(
@@ -321,6 +328,30 @@ mod tests {
         }
         let long = format!("h/{}", "a".repeat(MAX_PATTERN_LEN));
         assert!(long.parse::<AllowPattern>().is_err());
+        // Only a wildcard-free host part names a host.
+        let named: Vec<Option<String>> = [
+            "127.0.0.1:5000/**",
+            "127.0.0.1:*/**",
+            "*/a",
+            "Reg.Local/a/*",
+        ]
+        .iter()
+        .map(|p| {
+            p.parse::<AllowPattern>()
+                .unwrap()
+                .literal_host()
+                .map(str::to_owned)
+        })
+        .collect();
+        assert_eq!(
+            named,
+            [
+                Some("127.0.0.1:5000".into()),
+                None,
+                None,
+                Some("reg.local".into())
+            ]
+        );
         // Round trip, host lowercased.
         let p: AllowPattern = " Registry.Local:5000/team/* ".parse().unwrap();
         assert_eq!(p.to_string(), "registry.local:5000/team/*");

@@ -12,7 +12,7 @@ use imagewolf_agent::distributor::{
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
-use imagewolf_agent::registry::{FallbackSource, RegistrySource};
+use imagewolf_agent::registry::{FallbackSource, HostPolicy, RegistrySource};
 use imagewolf_agent::source::ImageSource;
 use imagewolf_agent::{containerd, discovery, docker, endpoint, poll, store};
 
@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let advertise = config
         .advertise_addr
         .unwrap_or_else(|| discovery::detect_advertise_addr(&agents.borrow()));
+    let policy = host_policy(&config);
     let (source, loader): (Arc<dyn ImageSource>, Arc<dyn ImageLoader>) = match config.runtime {
         Runtime::Docker => {
             let docker = Arc::new(
@@ -55,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
             );
             // The registry API first (seeding starts while blobs arrive); Docker for what
             // it cannot do (https, credentials, unsupported media types).
-            let source = FallbackSource::new(RegistrySource::new(), docker.clone());
+            let source =
+                FallbackSource::new(RegistrySource::new().with_policy(policy), docker.clone());
             (Arc::new(source), docker)
         }
         Runtime::Containerd => {
@@ -75,13 +77,15 @@ async fn main() -> anyhow::Result<()> {
             .with_hosts_dir(config.data_dir.join("containerd-hosts"));
             // Originates through the registry API; what that cannot fetch gets
             // ReceiveOnly's explanation.
-            let source =
-                FallbackSource::new(RegistrySource::new(), Arc::new(containerd::ReceiveOnly));
+            let source = FallbackSource::new(
+                RegistrySource::new().with_policy(policy),
+                Arc::new(containerd::ReceiveOnly),
+            );
             (Arc::new(source), Arc::new(containerd))
         }
         Runtime::None => (
             // No runtime, yet this node can originate: the registry API needs none.
-            Arc::new(RegistrySource::new()),
+            Arc::new(RegistrySource::new().with_policy(policy)),
             Arc::new(KeepTarball::new(config.data_dir.join("loaded"))?),
         ),
     };
@@ -165,6 +169,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hosts the registry client reaches whatever their addresses: those `--allow` names
+/// literally and those the operator configured (`--registry`, `--hub-registry`, `--poll`).
+/// Any other registry named by a notification may not be loopback, link-local, metadata...
+fn host_policy(config: &AgentConfig) -> HostPolicy {
+    HostPolicy::from_allowlist(&Allowlist::new(config.allow.clone())).and_naming(
+        config
+            .registry
+            .iter()
+            .chain([&config.hub_registry])
+            .chain(config.poll.iter().map(|t| &t.registry)),
+    )
+}
+
 /// `--distribution blobs`: the node's store and its registry endpoint.
 async fn start_blob_path(
     config: &AgentConfig,
@@ -196,7 +213,7 @@ async fn start_blob_path(
         .unwrap_or_else(imagewolf_agent::registry::manifest::host_platform);
     let path = BlobPath::new(
         store,
-        RegistrySource::for_platform(platform),
+        RegistrySource::for_platform(platform).with_policy(host_policy(config)),
         address.clone(),
     )
     .with_platforms(platform, &config.platforms);

@@ -179,10 +179,13 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// A poller for `targets`; nothing is requested until [`Poller::poll_once`].
+    /// A poller for `targets`; nothing is requested until [`Poller::poll_once`]. The
+    /// targets' registries are the operator's: reached as given
+    /// ([`crate::registry::HostPolicy`]).
     pub fn new(targets: Vec<PollTarget>) -> Self {
+        let policy = crate::registry::HostPolicy::naming(targets.iter().map(|t| &t.registry));
         Poller {
-            client: RegistryHttp::new(),
+            client: RegistryHttp::with_policy(policy),
             targets,
             seen: HashMap::new(),
             baselined: HashSet::new(),
@@ -289,7 +292,12 @@ impl Poller {
             let page: TagList =
                 serde_json::from_slice(&body).map_err(|e| PollError::Malformed {
                     url: url.clone(),
-                    message: format!("tags/list: {e}"),
+                    // Not serde's text: it quotes what the registry sent.
+                    message: format!(
+                        "tags/list: not a tag list (line {}, column {})",
+                        e.line(),
+                        e.column()
+                    ),
                 })?;
             tags.extend(page.tags.unwrap_or_default());
             if tags.len() > MAX_TAGS {

@@ -5,17 +5,24 @@
 //! whole are capped by the caller's limit; streamed bodies are handed back as they arrive.
 //! Redirects (blob downloads are often redirected to storage) are followed up to
 //! [`MAX_REDIRECTS`] times, to `http://` locations only.
+//!
+//! Hosts are judged by a [`HostPolicy`] ([`super::guard`]): the registry host before the
+//! first request and at connect time, each redirect target by the stricter redirect rule.
+//! Errors name the URL asked for and a fixed message, never what an upstream answered
+//! (a `Location` is not quoted either: only the host it names).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
+
+use super::guard::{refusal_in, GuardedConnector, HostPolicy, RedirectHop, Refused, Rule};
 
 /// Deadline of each registry request (until the response head; and for a whole bounded read).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,12 +55,18 @@ pub enum HttpError {
         after: Duration,
     },
     /// A redirect to `https://`, which this client does not speak (Docker may).
-    #[error("{url}: redirected to {location}, and this client speaks http only")]
+    #[error("{url}: redirected to https, and this client speaks http only")]
     HttpsRedirect {
-        /// The URL that redirected.
+        /// The URL asked for.
         url: String,
-        /// Where to (cut to 200 characters).
-        location: String,
+    },
+    /// The host policy refused the registry host or a redirect target ([`super::guard`]).
+    #[error("{url}: {refused}")]
+    Refused {
+        /// The URL asked for.
+        url: String,
+        /// Which host, and which rule refused it.
+        refused: Refused,
     },
     /// A redirect this client does not follow (another scheme, too many hops, no Location).
     #[error("{url}: {message}")]
@@ -78,10 +91,16 @@ pub struct Bounded {
     pub body: Bytes,
 }
 
-/// An http-only, anonymous registry client (cheap to clone: one connection pool).
+/// An http-only, anonymous registry client (cheap to clone: shared connection pools).
+/// Registry hosts and redirect targets connect through separate pools, each judged by its
+/// own rule, so a connection made for one is never reused for the other.
 #[derive(Clone)]
 pub struct RegistryHttp {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    policy: Arc<HostPolicy>,
+    /// Registry hosts (and named hosts): [`Rule::Registry`].
+    direct: Client<GuardedConnector, Empty<Bytes>>,
+    /// Redirect targets on other hosts: [`Rule::Redirect`].
+    redirected: Client<GuardedConnector, Empty<Bytes>>,
 }
 
 impl Default for RegistryHttp {
@@ -91,13 +110,37 @@ impl Default for RegistryHttp {
 }
 
 impl RegistryHttp {
-    /// A client with its own connection pool.
+    /// A client with its own connection pools and the strict policy (no named hosts).
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
+        Self::with_policy(HostPolicy::strict())
+    }
+
+    /// A client reaching hosts as `policy` allows.
+    pub fn with_policy(policy: HostPolicy) -> Self {
+        let policy = Arc::new(policy);
+        let client = |rule| {
+            Client::builder(TokioExecutor::new()).build(GuardedConnector::new(
+                Arc::clone(&policy),
+                rule,
+                REQUEST_TIMEOUT,
+            ))
+        };
         RegistryHttp {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            direct: client(Rule::Registry),
+            redirected: client(Rule::Redirect),
+            policy: Arc::clone(&policy),
         }
+    }
+
+    /// The policy this client reaches hosts by.
+    pub fn policy(&self) -> &HostPolicy {
+        &self.policy
+    }
+
+    /// Checks a registry host (`host[:port]`) before anything acts on it: a literal address
+    /// judged as it is, a name by what it resolves to ([`HostPolicy::check`]).
+    pub async fn check_registry(&self, registry: &str) -> Result<(), Refused> {
+        self.policy.check(registry, Rule::Registry).await
     }
 
     /// One request, no redirects followed; the body is read whole, at most `max_body` bytes
@@ -110,7 +153,9 @@ impl RegistryHttp {
         max_body: usize,
     ) -> Result<Bounded, HttpError> {
         within_deadline(url, async {
-            let resp = self.send(method, url, accept).await?;
+            let host = authority_of(url).map_err(|message| transport(url, message))?;
+            self.preflight(url, &host, Rule::Registry).await?;
+            let resp = self.send(&self.direct, method, url, accept).await?;
             read_bounded(url, resp, max_body).await
         })
         .await
@@ -132,24 +177,50 @@ impl RegistryHttp {
 
     /// A GET following redirects, returning the final URL and the response with its body
     /// unread (the caller streams it). The deadline covers each response head.
+    ///
+    /// A redirect is followed to the registry's own host, to a host the policy names, or
+    /// else only to a host whose addresses are all public ([`Rule::Redirect`]). Errors name
+    /// `url` (the URL asked for), never the redirect's location.
     pub async fn get_following(
         &self,
         url: &str,
         accept: Option<&str>,
     ) -> Result<(String, Response<Incoming>), HttpError> {
-        let mut url = url.to_owned();
+        let asked = url;
+        let registry = authority_of(asked).map_err(|message| transport(asked, message))?;
+        self.preflight(asked, &registry, Rule::Registry).await?;
+        let mut url = asked.to_owned();
+        let mut client = &self.direct;
         for hop in 0..=MAX_REDIRECTS {
-            let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, &url, accept))
-                .await
-                .map_err(|_| HttpError::Timeout {
-                    url: url.clone(),
-                    after: REQUEST_TIMEOUT,
-                })??;
+            let resp = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                self.send(client, Method::GET, &url, accept),
+            )
+            .await
+            .map_err(|_| HttpError::Timeout {
+                url: asked.to_owned(),
+                after: REQUEST_TIMEOUT,
+            })?
+            .map_err(|e| match e {
+                // A later hop's transport error: name the URL asked for and the hop's host.
+                HttpError::Transport { message, .. } if hop > 0 => HttpError::Transport {
+                    url: asked.to_owned(),
+                    message: format!(
+                        "after a redirect to {}: {message}",
+                        authority_of(&url).unwrap_or_default()
+                    ),
+                },
+                HttpError::Refused { refused, .. } => HttpError::Refused {
+                    url: asked.to_owned(),
+                    refused,
+                },
+                e => e,
+            })?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok((url, resp));
             }
             let redirect = |message: String| HttpError::Redirect {
-                url: url.clone(),
+                url: asked.to_owned(),
                 message,
             };
             if hop == MAX_REDIRECTS {
@@ -159,28 +230,51 @@ impl RegistryHttp {
                 .headers()
                 .get(hyper::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| redirect(format!("HTTP {} without a Location", resp.status())))?;
+                .ok_or_else(|| {
+                    redirect(format!(
+                        "HTTP {} without a Location",
+                        resp.status().as_u16()
+                    ))
+                })?;
             if location.trim_start().starts_with("https://") {
+                tracing::debug!(url = asked, location, "redirected to https");
                 return Err(HttpError::HttpsRedirect {
-                    url: url.clone(),
-                    location: location.chars().take(200).collect(),
+                    url: asked.to_owned(),
                 });
             }
-            url = resolve_location(&url, location).map_err(redirect)?;
+            let next = resolve_location(&url, location).map_err(redirect)?;
+            let target = authority_of(&next).map_err(redirect)?;
+            client = match self.policy.redirect_hop(&registry, &target) {
+                RedirectHop::SameHost | RedirectHop::Named => &self.direct,
+                RedirectHop::MustBePublic => {
+                    self.preflight(asked, &target, Rule::Redirect).await?;
+                    &self.redirected
+                }
+            };
+            url = next;
         }
         unreachable!("the loop returns on its last hop")
     }
 
+    /// The policy's check of `host` under `rule`, as an error naming `url`.
+    async fn preflight(&self, url: &str, host: &str, rule: Rule) -> Result<(), HttpError> {
+        self.policy
+            .check(host, rule)
+            .await
+            .map_err(|refused| HttpError::Refused {
+                url: url.to_owned(),
+                refused,
+            })
+    }
+
     async fn send(
         &self,
+        client: &Client<GuardedConnector, Empty<Bytes>>,
         method: Method,
         url: &str,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, HttpError> {
-        let transport = |message: String| HttpError::Transport {
-            url: url.to_owned(),
-            message,
-        };
+        let transport = |message: String| transport(url, message);
         let mut req = Request::builder()
             .method(method)
             .uri(url)
@@ -191,11 +285,31 @@ impl RegistryHttp {
         let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| transport(e.to_string()))?;
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| transport(error_chain(&e)))
+        client.request(req).await.map_err(|e| match refusal_in(&e) {
+            Some(refused) => HttpError::Refused {
+                url: url.to_owned(),
+                refused,
+            },
+            None => transport(error_chain(&e)),
+        })
     }
+}
+
+fn transport(url: &str, message: String) -> HttpError {
+    HttpError::Transport {
+        url: url.to_owned(),
+        message,
+    }
+}
+
+/// The `host[:port]` of an `http://` URL (user info refused).
+fn authority_of(url: &str) -> Result<String, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let authority = uri.authority().ok_or("no host in the URL")?.as_str();
+    if authority.contains('@') {
+        return Err("user info in the URL".into());
+    }
+    Ok(authority.to_owned())
 }
 
 /// Reads a response body whole, refusing more than `max_body` bytes.
@@ -244,13 +358,10 @@ fn resolve_location(current: &str, location: &str) -> Result<String, String> {
         return location
             .parse::<hyper::Uri>()
             .map(|_| location.to_owned())
-            .map_err(|e| format!("redirect to an invalid URL: {e}"));
+            .map_err(|_| "redirect to an invalid URL".to_owned());
     }
     if location.starts_with("https://") {
-        return Err(format!(
-            "redirected to https ({}), which this client does not speak",
-            location.chars().take(200).collect::<String>()
-        ));
+        return Err("redirected to https, which this client does not speak".into());
     }
     if location.starts_with('/') && !location.starts_with("//") {
         let uri: hyper::Uri = current.parse().map_err(|e| format!("{e}"))?;
@@ -259,12 +370,9 @@ fn resolve_location(current: &str, location: &str) -> Result<String, String> {
         return url
             .parse::<hyper::Uri>()
             .map(|_| url.clone())
-            .map_err(|e| format!("redirect to an invalid URL: {e}"));
+            .map_err(|_| "redirect to an invalid URL".to_owned());
     }
-    Err(format!(
-        "redirect to an unsupported location {:?}",
-        location.chars().take(200).collect::<String>()
-    ))
+    Err("redirect to an unsupported location (not an http:// URL nor an absolute path)".into())
 }
 
 /// `sha256:` + 64 lower-case hex digits.

@@ -181,12 +181,50 @@ fn failed(what: &str, message: impl std::fmt::Display) -> RegistryError {
     RegistryError::Failed(format!("{what}: {message}"))
 }
 
+/// A JSON error without the offending text (serde quotes values: "invalid type: string
+/// \"...\""): what kind of error, and where. Errors reach `/stats`, and what answered may not
+/// be a registry.
+fn json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} (line {}, column {})", e.line(), e.column())
+}
+
+/// A media type from a registry's answer as an error shows it: quoted when it looks like one
+/// (`type/subtype`, lowercase, at most 127 characters), else a placeholder.
+pub(crate) fn shown_media_type(t: &str) -> String {
+    let token = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".+-_".contains(&b))
+    };
+    match t.split_once('/') {
+        Some((a, b)) if t.len() <= 127 && token(a) && token(b) => format!("{t:?}"),
+        _ => "(not a media type; not shown)".into(),
+    }
+}
+
+/// A platform name part from a registry's answer (`amd64`, `v7`), or `?`.
+fn shown_platform_part(p: &str) -> &str {
+    let ok = p.len() <= 32
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        p
+    } else {
+        "?"
+    }
+}
+
 fn descriptor(what: &str, raw: RawDescriptor) -> Result<Descriptor, RegistryError> {
     if !valid_digest(&raw.digest) {
         // Other algorithms (sha512) are legal but rare; Docker may cope.
         return Err(RegistryError::Unsupported(format!(
-            "{what}: digest {:?} is not sha256:<64 hex>",
-            raw.digest.chars().take(100).collect::<String>()
+            "{what}: a descriptor's digest is not sha256:<64 hex>"
         )));
     }
     let size = u64::try_from(raw.size)
@@ -228,13 +266,14 @@ pub fn parse(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<Manifest, RegistryError> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| failed(what, format!("not a manifest: {e}")))?;
+    let raw: RawManifest = serde_json::from_slice(body)
+        .map_err(|e| failed(what, format!("not a manifest: {}", json_error(&e))))?;
     let media_type = resolved_media_type(&raw, content_type);
     if raw.schema_version != Some(2) {
         return Err(RegistryError::Unsupported(format!(
-            "{what}: schema version {:?} ({media_type}); only schema 2 / OCI is read here",
-            raw.schema_version
+            "{what}: schema version {:?} ({}); only schema 2 / OCI is read here",
+            raw.schema_version,
+            shown_media_type(&media_type)
         )));
     }
     match media_type.as_str() {
@@ -276,8 +315,8 @@ pub fn parse(
             )?;
             if !CONFIG_TYPES.contains(&config.media_type.as_str()) {
                 return Err(RegistryError::Unsupported(format!(
-                    "{what}: config media type {:?} is not a container image",
-                    config.media_type
+                    "{what}: config media type {} is not a container image",
+                    shown_media_type(&config.media_type)
                 )));
             }
             let layers = raw
@@ -295,9 +334,10 @@ pub fn parse(
                     let d = descriptor(what, l)?;
                     if !LAYER_TYPES.contains(&d.media_type.as_str()) {
                         return Err(RegistryError::Unsupported(format!(
-                            "{what}: layer {} has media type {:?}, which dockerd 20.10's \
+                            "{what}: layer {} has media type {}, which dockerd 20.10's \
                              `docker load` cannot take (gzip or plain tar only)",
-                            d.digest, d.media_type
+                            d.digest,
+                            shown_media_type(&d.media_type)
                         )));
                     }
                     Ok(d)
@@ -306,8 +346,8 @@ pub fn parse(
             Ok(Manifest::Image(ImageManifest { config, layers }))
         }
         other => Err(RegistryError::Unsupported(format!(
-            "{what}: manifest media type {:?} is not supported here",
-            other.chars().take(200).collect::<String>()
+            "{what}: manifest media type {} is not supported here",
+            shown_media_type(other)
         ))),
     }
 }
@@ -343,9 +383,13 @@ pub fn select<'a>(
                 .iter()
                 .take(32)
                 .map(|e| {
-                    let mut p = format!("{}/{}", e.os, e.architecture);
+                    let mut p = format!(
+                        "{}/{}",
+                        shown_platform_part(&e.os),
+                        shown_platform_part(&e.architecture)
+                    );
                     if !e.variant.is_empty() {
-                        p = format!("{p}/{}", e.variant);
+                        p = format!("{p}/{}", shown_platform_part(&e.variant));
                     }
                     p
                 })
@@ -372,7 +416,7 @@ pub fn config_layer_count(what: &str, config: &[u8]) -> Result<usize, RegistryEr
         diff_ids: Vec<String>,
     }
     let c: Config = serde_json::from_slice(config)
-        .map_err(|e| failed(what, format!("not an image config: {e}")))?;
+        .map_err(|e| failed(what, format!("not an image config: {}", json_error(&e))))?;
     Ok(c.rootfs.diff_ids.len())
 }
 

@@ -20,12 +20,21 @@
 //! - **Exact size.** `PulledImage::size_hint` is the archive's exact length, computed from
 //!   the manifest (tar headers and padding), and the image id is the config digest, which is
 //!   what `docker load` names the image.
+//! - **Only hosts the [`HostPolicy`] allows** ([`guard`]): a registry named by a notification
+//!   may not be loopback, link-local, a metadata service... unless `--allow` names it, checked
+//!   before anything acts on the push (Docker included: [`FallbackSource`] asks this source
+//!   first, and a refusal is never handed to Docker) and again at connect time; redirects
+//!   go to the same host, a named host, or public addresses only.
+//! - **No upstream text in errors.** An answer other than 200 is reported by its status and a
+//!   fixed message; errors reach `/stats`, so nothing a registry (or whatever answered in
+//!   its place) sent is copied into them.
 //! - **One platform.** From a manifest list / OCI index, the linux image for this host's
 //!   architecture (Rust's `std::env::consts::ARCH` in Go's names) is taken.
 
 pub mod archive;
 pub mod client;
 mod fallback;
+pub mod guard;
 pub mod manifest;
 pub mod plan;
 
@@ -41,6 +50,7 @@ use hyper::StatusCode;
 pub use archive::ArchivePlan;
 pub use client::{RegistryHttp, MANIFEST_ACCEPT};
 pub use fallback::FallbackSource;
+pub use guard::HostPolicy;
 pub use plan::{BlobPlan, RawManifest};
 
 use self::archive::BlobSource;
@@ -54,8 +64,8 @@ use crate::source::{ImageSource, PulledImage, SourceError, Tarball};
 pub const MAX_MANIFEST: usize = 4 << 20;
 /// Largest image config read.
 pub const MAX_CONFIG: usize = 8 << 20;
-/// Longest registry error body quoted in a message.
-const MAX_QUOTE: usize = 300;
+/// Bytes of an error answer looked at (never quoted) to tell "speaks https" apart.
+const MAX_SNIFF: usize = 300;
 
 /// Why the registry source could not pull or export an image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,25 +110,30 @@ impl From<HttpError> for RegistryError {
                 RegistryError::Unavailable(e.to_string())
             }
             HttpError::HttpsRedirect { .. } => RegistryError::Unsupported(e.to_string()),
-            HttpError::Redirect { .. } => RegistryError::Failed(e.to_string()),
+            HttpError::Redirect { .. } | HttpError::Refused { .. } => {
+                RegistryError::Failed(e.to_string())
+            }
         }
     }
 }
 
-/// An answer other than 200 to `url`, classified.
-fn status_error(what: &str, url: &str, status: StatusCode, body: &[u8]) -> RegistryError {
-    let quote: String = String::from_utf8_lossy(body)
-        .chars()
-        .take(MAX_QUOTE)
-        .collect::<String>()
-        .trim()
-        .to_owned();
-    let message = format!("{what}: {url}: HTTP {} {quote}", status.as_u16());
+/// An answer other than 200 for `what`, classified. The message is the status and a fixed
+/// text: the body is looked at (its first [`MAX_SNIFF`] bytes, for "https") but never
+/// quoted, since errors reach `/stats` and whatever answered may not be a registry.
+fn status_error(what: &str, status: StatusCode, body: &[u8]) -> RegistryError {
+    let message = match status.canonical_reason() {
+        Some(reason) => format!("registry answered {} {reason} for {what}", status.as_u16()),
+        None => format!("registry answered {} for {what}", status.as_u16()),
+    };
+    let sniff = &body[..body.len().min(MAX_SNIFF)];
+    let says_https = String::from_utf8_lossy(sniff)
+        .to_ascii_lowercase()
+        .contains("https");
     match status.as_u16() {
         401 | 403 => RegistryError::Unsupported(format!(
             "{message} (needs credentials; this source pulls anonymously)"
         )),
-        400 if quote.to_ascii_lowercase().contains("https") => RegistryError::Unsupported(format!(
+        400 if says_https => RegistryError::Unsupported(format!(
             "{message} (the registry speaks https; this source speaks http only)"
         )),
         408 | 429 | 500..=599 => RegistryError::Unavailable(message),
@@ -140,7 +155,8 @@ fn plain_http_plausible(registry: &str) -> bool {
 }
 
 /// Pulls manifests and configs over the registry API and exports docker-archives built from
-/// blobs (see the module docs). http only, anonymous.
+/// blobs (see the module docs). http only, anonymous; hosts as its [`HostPolicy`] allows
+/// (strict by default: [`RegistrySource::with_policy`] names the hosts the operator trusts).
 #[derive(Clone)]
 pub struct RegistrySource {
     http: RegistryHttp,
@@ -167,11 +183,25 @@ impl RegistrySource {
         }
     }
 
+    /// This source, reaching hosts as `policy` allows (e.g. [`HostPolicy::from_allowlist`]
+    /// naming `--allow`'s literal hosts, and the operator's `--registry`/`--poll` hosts).
+    pub fn with_policy(self, policy: HostPolicy) -> Self {
+        RegistrySource {
+            http: RegistryHttp::with_policy(policy),
+            platform: self.platform,
+        }
+    }
+
+    /// The policy this source reaches hosts by.
+    pub fn policy(&self) -> &HostPolicy {
+        self.http.policy()
+    }
+
     /// Resolves `image` to a manifest and config: [`ImageSource::pull`] with the error kind
     /// kept (see [`RegistryError::wants_fallback`]).
     pub async fn pull_image(&self, image: &ImageRef) -> Result<PulledImage, RegistryError> {
         let reference = image.pull_reference();
-        check_reference(image)?;
+        self.check_reference(image).await?;
         let by = image
             .digest
             .clone()
@@ -230,7 +260,7 @@ impl RegistrySource {
         let url = blob_url(&image.registry, &image.repository, &d.digest);
         let r = self.http.get_bounded(&url, None, MAX_CONFIG).await?;
         if r.status != StatusCode::OK {
-            return Err(status_error(&what, &url, r.status, &r.body));
+            return Err(status_error(&what, r.status, &r.body));
         }
         let actual = sha256_digest(&r.body);
         if r.body.len() as u64 != d.size || actual != d.digest {
@@ -263,9 +293,31 @@ impl RegistrySource {
     }
 }
 
-/// The checks every pull starts with: the names, the digest's form, and that the registry
-/// plausibly speaks plain http (this source's only protocol).
-fn check_reference(image: &ImageRef) -> Result<(), RegistryError> {
+impl RegistrySource {
+    /// The checks every pull starts with, before anything else acts on the push: the names
+    /// and the digest's form, that the [`HostPolicy`] allows the registry host (a literal
+    /// address as it is, a name by what it resolves to; a refusal is
+    /// [`RegistryError::Failed`], so [`FallbackSource`] never hands it to Docker), then that
+    /// the registry plausibly speaks plain http (this source's only protocol).
+    async fn check_reference(&self, image: &ImageRef) -> Result<(), RegistryError> {
+        check_names(image)?;
+        self.http
+            .check_registry(&image.registry)
+            .await
+            .map_err(|refused| RegistryError::Failed(refused.to_string()))?;
+        if !plain_http_plausible(&image.registry) {
+            return Err(RegistryError::Unsupported(format!(
+                "{}: a registry without a port other than 443 speaks https as far as Docker \
+                 is concerned; this source speaks http only",
+                image.registry
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The names and the digest's form.
+fn check_names(image: &ImageRef) -> Result<(), RegistryError> {
     let reference = image.pull_reference();
     validate_reference(&reference).map_err(|e| RegistryError::Failed(e.to_string()))?;
     if let Some(d) = &image.digest {
@@ -279,13 +331,6 @@ fn check_reference(image: &ImageRef) -> Result<(), RegistryError> {
         }
         validate_reference(&format!("{}/{}@{d}", image.registry, image.repository))
             .map_err(|e| RegistryError::Failed(e.to_string()))?;
-    }
-    if !plain_http_plausible(&image.registry) {
-        return Err(RegistryError::Unsupported(format!(
-            "{}: a registry without a port other than 443 speaks https as far as Docker \
-                 is concerned; this source speaks http only",
-            image.registry
-        )));
     }
     Ok(())
 }
@@ -309,15 +354,20 @@ impl BlobSource for HttpBlobs {
     {
         Box::pin(async move {
             let url = blob_url(&self.registry, &self.repository, &blob.digest);
-            let (url, resp) = self.http.get_following(&url, None).await?;
+            let what = format!(
+                "blob {} of {}/{}",
+                blob.digest, self.registry, self.repository
+            );
+            // Errors name the URL asked for, not where a redirect led.
+            let (_, resp) = self.http.get_following(&url, None).await?;
             if resp.status() != StatusCode::OK {
                 let status = resp.status();
-                let body = http_body_util::Limited::new(resp.into_body(), MAX_QUOTE)
+                let body = http_body_util::Limited::new(resp.into_body(), MAX_SNIFF)
                     .collect()
                     .await
                     .map(|c| c.to_bytes())
                     .unwrap_or_default();
-                return Err(status_error("blob", &url, status, &body));
+                return Err(status_error(&what, status, &body));
             }
             let length = resp
                 .headers()

@@ -69,7 +69,7 @@ impl RegistrySource {
         image: &ImageRef,
         platforms: &[Platform],
     ) -> Result<BlobPlan, RegistryError> {
-        super::check_reference(image)?;
+        self.check_reference(image).await?;
         let name = format!("{}/{}", image.registry, image.repository);
         let by = image
             .digest
@@ -141,7 +141,7 @@ impl RegistrySource {
             .get_bounded(&url, Some(super::MANIFEST_ACCEPT), MAX_MANIFEST)
             .await?;
         if r.status != StatusCode::OK {
-            return Err(status_error(&what, &url, r.status, &r.body));
+            return Err(status_error(&what, r.status, &r.body));
         }
         let actual = sha256_digest(&r.body);
         let expected = if valid_digest(by) {

@@ -53,6 +53,12 @@ fn ok(routes: &Routes, path: &str, headers: &str, body: Vec<u8>) {
         .insert(path.into(), ("200 OK".into(), headers.into(), body));
 }
 
+/// A source that may reach the doubles on 127.0.0.1 at `hosts`, as `--allow` naming them
+/// would let it (loopback is refused otherwise).
+fn named(hosts: &[&str]) -> RegistrySource {
+    RegistrySource::new().with_policy(HostPolicy::naming(hosts))
+}
+
 fn image(registry: &str, tag: &str) -> ImageRef {
     ImageRef {
         registry: registry.into(),
@@ -123,7 +129,7 @@ async fn pull_and_export_against_a_double_with_a_redirect() {
             Vec::new(),
         ),
     );
-    let source = RegistrySource::new();
+    let source = named(&[&addr]);
     let pulled = source.pull_image(&image(&addr, "v1")).await.unwrap();
     assert_eq!(pulled.image_id, sha256_digest(&config_json(3)));
     assert_eq!(pulled.reference, format!("{addr}/team/app:v1"));
@@ -158,10 +164,7 @@ async fn manifest_by_digest_is_verified() {
         "",
         tampered,
     );
-    let err = RegistrySource::new()
-        .pull_image(&by_digest)
-        .await
-        .unwrap_err();
+    let err = named(&[&addr]).pull_image(&by_digest).await.unwrap_err();
     assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
     assert!(err.to_string().contains("expected"), "{err}");
     ok(
@@ -170,7 +173,7 @@ async fn manifest_by_digest_is_verified() {
         "",
         manifest,
     );
-    RegistrySource::new().pull_image(&by_digest).await.unwrap();
+    named(&[&addr]).pull_image(&by_digest).await.unwrap();
 }
 
 #[tokio::test]
@@ -183,7 +186,7 @@ async fn oversized_manifest_and_config_are_refused() {
         "",
         vec![b' '; MAX_MANIFEST + 1],
     );
-    let err = RegistrySource::new()
+    let err = named(&[&addr])
         .pull_image(&image(&addr, "big"))
         .await
         .unwrap_err();
@@ -198,7 +201,7 @@ async fn oversized_manifest_and_config_are_refused() {
     .to_string()
     .into_bytes();
     ok(&routes, "/v2/team/app/manifests/bigconfig", "", manifest);
-    let err = RegistrySource::new()
+    let err = named(&[&addr])
         .pull_image(&image(&addr, "bigconfig"))
         .await
         .unwrap_err();
@@ -216,7 +219,7 @@ async fn oversized_manifest_and_config_are_refused() {
         "",
         longer,
     );
-    let err = RegistrySource::new()
+    let err = named(&[&addr])
         .pull_image(&image(&addr, "liar"))
         .await
         .unwrap_err();
@@ -261,7 +264,7 @@ async fn what_docker_could_do_is_marked_for_fallback() {
         ))
         .unwrap(),
     );
-    let source = RegistrySource::new();
+    let source = named(&[&addr]);
     for tag in ["auth", "tls", "moved", "zstd"] {
         let err = source.pull_image(&image(&addr, tag)).await.unwrap_err();
         assert!(err.wants_fallback() && !err.retryable(), "{tag}: {err:?}");
@@ -289,7 +292,10 @@ async fn what_docker_could_do_is_marked_for_fallback() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let err = source.pull_image(&image(&dead, "v1")).await.unwrap_err();
+    let err = named(&[&dead])
+        .pull_image(&image(&dead, "v1"))
+        .await
+        .unwrap_err();
     assert!(err.retryable(), "{err:?}");
     assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     let e: SourceError = err.into();
@@ -325,7 +331,7 @@ async fn fallback_source_dispatches() {
         ("401 Unauthorized".into(), String::new(), Vec::new()),
     );
     let docker = Arc::new(Counting(Default::default()));
-    let both = FallbackSource::new(RegistrySource::new(), docker.clone());
+    let both = FallbackSource::new(named(&[&addr]), docker.clone());
     // The registry can: no Docker pull; export streams the archive.
     let pulled = both.pull(&image(&addr, "v1")).await.unwrap();
     assert!(pulled.archive.is_some());
@@ -354,4 +360,108 @@ async fn fallback_source_dispatches() {
     let err = both.pull(&image(&addr, "missing")).await.unwrap_err();
     assert!(!err.retryable, "{err}");
     assert_eq!(docker.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn error_answers_are_reported_by_status_never_by_body() {
+    let (routes, addr, _) = fake_registry().await;
+    let secret = "root:x:0:0:internal-secret-4711";
+    for (tag, status) in [
+        ("gone", "404 Not Found"),
+        ("teapot", "418 I'm a teapot"),
+        ("down", "503 Service Unavailable"),
+        ("auth", "401 Unauthorized"),
+    ] {
+        routes.lock().unwrap().insert(
+            format!("/v2/team/app/manifests/{tag}"),
+            (status.into(), String::new(), secret.as_bytes().to_vec()),
+        );
+        let err = named(&[&addr])
+            .pull_image(&image(&addr, tag))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("internal-secret"), "{tag}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "registry answered {status} for manifest {addr}/team/app:{tag}"
+            )),
+            "{tag}: {err}"
+        );
+    }
+    // A 200 that is no manifest: serde's text would quote it.
+    ok(
+        &routes,
+        "/v2/team/app/manifests/json",
+        "",
+        format!("{{\"schemaVersion\": \"{secret}\"}}").into_bytes(),
+    );
+    let err = named(&[&addr])
+        .pull_image(&image(&addr, "json"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("internal-secret"), "{err}");
+    assert!(
+        err.contains("not a manifest: JSON of the wrong shape"),
+        "{err}"
+    );
+    // A blob answer (streamed path) likewise.
+    let l1 = sha256_digest(&[1u8; 1000]);
+    routes.lock().unwrap().insert(
+        format!("/v2/team/app/blobs/{l1}"),
+        (
+            "404 Not Found".into(),
+            String::new(),
+            secret.as_bytes().to_vec(),
+        ),
+    );
+    let source = named(&[&addr]);
+    let pulled = source.pull_image(&image(&addr, "v1")).await.unwrap();
+    let mut out = Vec::new();
+    let err = source
+        .export_image(&pulled)
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("internal-secret"), "{err}");
+    assert!(err.contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_registry_host_is_never_contacted_nor_handed_to_docker() {
+    let (_routes, addr, _) = fake_registry().await;
+    let docker = Arc::new(Counting(Default::default()));
+    let both = FallbackSource::new(RegistrySource::new(), docker.clone());
+    // Named by a notification only: loopback, refused. On port 443 (and as "localhost") the
+    // registry source would otherwise say "https, ask Docker".
+    let port = addr.rsplit_once(':').unwrap().1;
+    for registry in [
+        addr.clone(),
+        "127.0.0.1:443".to_owned(),
+        "localhost:443".to_owned(),
+        format!("localhost:{port}"),
+        "169.254.169.254".to_owned(),
+    ] {
+        let err = both.pull(&image(&registry, "v1")).await.unwrap_err();
+        assert!(!err.retryable, "{registry}: {err}");
+        assert!(
+            err.message
+                .contains(&format!("registry host {registry} refused"))
+                && err.message.contains("--allow"),
+            "{registry}: {err}"
+        );
+        let plan = RegistrySource::new()
+            .pull_plan(&image(&registry, "v1"))
+            .await
+            .unwrap_err();
+        assert!(plan.to_string().contains("refused"), "{registry}: {plan}");
+    }
+    assert_eq!(
+        docker.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "Docker was never asked"
+    );
 }
