@@ -26,7 +26,7 @@ use imagewolf::mem_registry::MemRegistry;
 use imagewolf::oci::{Blob, Image};
 use imagewolf::{http, TempDir};
 use imagewolf_agent::registry::manifest::host_platform;
-use imagewolf_agent::registry::RegistrySource;
+use imagewolf_agent::registry::{HostPolicy, RegistrySource};
 use imagewolf_agent::source::ImageSource;
 
 /// Spread a generated image, then an update of it, to N local agents through the real
@@ -66,10 +66,13 @@ async fn main() -> anyhow::Result<()> {
     let v2 = Image::new("linux", arch, None, v2_layers);
 
     // Agent 0 hears the pushes and reads the registry; the others receive.
-    let source: Arc<dyn ImageSource> = Arc::new(RegistrySource::new());
+    // The registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let policy = HostPolicy::naming([registry.addr().to_string()]);
+    let source: Arc<dyn ImageSource> = Arc::new(RegistrySource::new().with_policy(policy.clone()));
     let mut sources = vec![Some(source)];
     sources.resize_with(args.nodes, || None);
-    let (cluster, _) = LocalAgents::start(dir.path().join("agents"), sources, 0).await?;
+    let (mut cluster, _) = LocalAgents::start(dir.path().join("agents"), sources, 0).await?;
+    cluster.registry_policy = policy;
     for i in 0..args.nodes {
         cluster
             .enable_blobs(i, 16 << 30, host_platform(), &[])

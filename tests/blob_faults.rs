@@ -25,7 +25,7 @@ use imagewolf_agent::distributor::{
 use imagewolf_agent::image::{self as announced, Distribution, ImageRef};
 use imagewolf_agent::loader::KeepTarball;
 use imagewolf_agent::registry::manifest::Platform;
-use imagewolf_agent::registry::RegistrySource;
+use imagewolf_agent::registry::{HostPolicy, RegistrySource};
 use imagewolf_agent::source::NoSource;
 use imagewolf_agent::store::Store;
 use serde_json::Value;
@@ -279,10 +279,14 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
     // The origin reads it from the registry and seeds it; it announces to nobody (its peer
     // list is itself): the receivers get what the test posts.
     let dir = TempDir::new("blob-faults-resume").unwrap();
-    let source: Arc<dyn imagewolf_agent::source::ImageSource> = Arc::new(RegistrySource::new());
-    let (origin, _) = LocalAgents::start(dir.path().join("origin"), vec![Some(source)], 0)
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let policy = HostPolicy::naming([registry.addr()]);
+    let source: Arc<dyn imagewolf_agent::source::ImageSource> =
+        Arc::new(RegistrySource::new().with_policy(policy.clone()));
+    let (mut origin, _) = LocalAgents::start(dir.path().join("origin"), vec![Some(source)], 0)
         .await
         .unwrap();
+    origin.registry_policy = policy;
     origin
         .enable_blobs(0, 1 << 30, amd64(), &[amd64()])
         .await
@@ -763,10 +767,15 @@ async fn a_blob_larger_than_the_store_budget_is_refused_before_it_moves() {
     }
 
     let dir = TempDir::new("blob-faults-full").unwrap();
-    let source: Arc<dyn imagewolf_agent::source::ImageSource> = Arc::new(RegistrySource::new());
-    let (cluster, _) = LocalAgents::start(dir.path().to_path_buf(), vec![Some(source), None], 0)
-        .await
-        .unwrap();
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let policy = HostPolicy::naming([registry.addr()]);
+    let source: Arc<dyn imagewolf_agent::source::ImageSource> =
+        Arc::new(RegistrySource::new().with_policy(policy.clone()));
+    let (mut cluster, _) =
+        LocalAgents::start(dir.path().to_path_buf(), vec![Some(source), None], 0)
+            .await
+            .unwrap();
+    cluster.registry_policy = policy;
     cluster
         .enable_blobs(0, 1 << 30, amd64(), &[amd64()])
         .await

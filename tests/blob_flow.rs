@@ -15,6 +15,7 @@ use imagewolf::local_agents::{stored_blobs, LocalAgents};
 use imagewolf::oci::{self, Blob, Image};
 use imagewolf::TempDir;
 use imagewolf_agent::registry::manifest::Platform;
+use imagewolf_agent::registry::HostPolicy;
 
 /// How long an agent may take to reach a state.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -76,8 +77,11 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     // Node 0 (amd64) hears the push and spreads every platform of the cluster; node 1 is
     // amd64 too, node 2 arm64, node 3 arm/v7.
     let dir = TempDir::new("blob-flow").unwrap();
-    let source: std::sync::Arc<dyn imagewolf_agent::source::ImageSource> =
-        std::sync::Arc::new(imagewolf_agent::registry::RegistrySource::new());
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let policy = HostPolicy::naming([registry.addr()]);
+    let source: std::sync::Arc<dyn imagewolf_agent::source::ImageSource> = std::sync::Arc::new(
+        imagewolf_agent::registry::RegistrySource::new().with_policy(policy.clone()),
+    );
     // One more agent (amd64) joins at the end: the others list its address from the start.
     // Its port stays closed until then (a reserved listener nobody accepts on would hold
     // every announcement to it until its timeout).
@@ -88,6 +92,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     )
     .await
     .unwrap();
+    cluster.registry_policy = policy;
     let late_addr = late[0].local_addr().unwrap();
     drop(late);
     let node_platforms: Vec<Platform> =

@@ -169,12 +169,21 @@ async fn agent_with_runtime_containerd_receives_a_pushed_image() {
         .unwrap_or_else(|e| panic!("dockerd did not start (apt-get install -y docker.io): {e}"));
     let node = ContainerdProcess::start("ctrd-node").unwrap();
     let peers = format!("static:127.0.0.1:{api0},127.0.0.1:{api1}");
+    // The registry is on 127.0.0.1, which a notification may name only when --allow does.
+    let allow = format!("{}/**", registry.addr());
     let _docker_agent = start_agent(
         "docker-agent",
         api0,
         bt0,
         dir.path(),
-        &["--peers", &peers, "--docker-host", &dockerd.docker_host()],
+        &[
+            "--peers",
+            &peers,
+            "--docker-host",
+            &dockerd.docker_host(),
+            "--allow",
+            &allow,
+        ],
     );
     let address = node.socket().to_string_lossy().into_owned();
     let _containerd_agent = start_agent(

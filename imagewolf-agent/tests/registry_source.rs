@@ -12,7 +12,7 @@ use imagewolf::TempDir;
 use imagewolf_agent::docker::Docker;
 use imagewolf_agent::image::ImageRef;
 use imagewolf_agent::loader::ImageLoader;
-use imagewolf_agent::registry::RegistrySource;
+use imagewolf_agent::registry::{HostPolicy, RegistrySource};
 use imagewolf_agent::source::{ImageSource, PulledImage};
 
 fn image_ref(
@@ -50,7 +50,8 @@ async fn registry_archive_loads_into_a_fresh_dockerd_with_id_and_tag() {
     let (builder, fresh) = (&daemons[0], &daemons[1]);
     let reference = format!("{}/test/regsrc:v1", registry.addr());
     let (image_id, digest) = build_and_push(builder, &reference, 4, 3);
-    let source = RegistrySource::new();
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let source = RegistrySource::new().with_policy(HostPolicy::naming([registry.addr()]));
     let tmp = TempDir::new("regsrc").unwrap();
 
     // By tag: pulled without Docker; the archive is exactly size_hint bytes.
@@ -171,7 +172,8 @@ async fn a_corrupted_blob_in_the_registry_fails_the_export_naming_it() {
     let builder = start_daemons(&["rscorrupt"]).remove(0);
     let reference = format!("{}/test/corrupt:v1", registry.addr());
     build_and_push(&builder, &reference, 3, 2);
-    let source = RegistrySource::new();
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let source = RegistrySource::new().with_policy(HostPolicy::naming([registry.addr()]));
     let image = image_ref(registry.addr(), "test/corrupt", Some("v1"), None);
     let pulled = source.pull(&image).await.unwrap();
     let plan = pulled.archive.clone().unwrap();
@@ -228,7 +230,8 @@ async fn export_time_vs_docker_pull_and_save_128_mib() {
     let docker_total = t.elapsed();
     std::fs::remove_file(&saved).unwrap();
 
-    let source = RegistrySource::new();
+    // The test registry is on 127.0.0.1: named, as `--allow 127.0.0.1:PORT/**` would.
+    let source = RegistrySource::new().with_policy(HostPolicy::naming([registry.addr()]));
     let t = Instant::now();
     let pulled = source
         .pull(&image_ref(registry.addr(), "test/bench", Some("v1"), None))

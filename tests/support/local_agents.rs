@@ -17,7 +17,7 @@ use imagewolf_agent::distributor::{
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::registry::manifest::Platform;
-use imagewolf_agent::registry::RegistrySource;
+use imagewolf_agent::registry::{HostPolicy, RegistrySource};
 use imagewolf_agent::source::{ImageSource, NoSource};
 use imagewolf_agent::store::Store;
 use tokio::net::TcpListener;
@@ -54,6 +54,10 @@ pub struct LocalAgents {
     pub retry: RetryPolicy,
     /// Stall timeout of downloads of agents started from now on (default 120 s).
     pub stall_timeout: Duration,
+    /// The hosts the registry sources of [`LocalAgents::enable_blobs`] may reach though
+    /// their addresses would be refused (a test registry on 127.0.0.1), as `--allow` naming
+    /// them does for the binary. Default: none (strict).
+    pub registry_policy: HostPolicy,
 }
 
 impl LocalAgents {
@@ -88,6 +92,7 @@ impl LocalAgents {
             seed_time: Duration::from_secs(600),
             retry: RetryPolicy::default(),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            registry_policy: HostPolicy::strict(),
         };
         let late = listeners.split_off(sources.len());
         for (listener, source) in listeners.into_iter().zip(sources) {
@@ -220,7 +225,7 @@ impl LocalAgents {
         let endpoint = listener.local_addr()?;
         let path = BlobPath::new(
             store,
-            RegistrySource::for_platform(platform),
+            RegistrySource::for_platform(platform).with_policy(self.registry_policy.clone()),
             endpoint.to_string(),
         )
         .with_platforms(platform, platforms);
