@@ -8,9 +8,10 @@
 //! connection within its timeouts instead of holding it.
 //!
 //! The agent is the `imagewolf-agent` binary (`--runtime none`), so its memory and sockets
-//! are its own (`/proc/PID`). The origin and the downloader run in this process. Two smaller
+//! are its own (`/proc/PID`). The origin and the downloader run in this process. Smaller
 //! tests check the engine's side in-process: idle connections do not keep a real peer out
-//! of a seed, and a peer silent after its handshake is dropped at the handshake timeout.
+//! of a seed, thousands of them from another address do not even delay it, and a peer
+//! silent after its handshake is dropped at the handshake timeout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -721,7 +722,7 @@ async fn a_connection_flood_neither_stops_the_swarm_nor_grows_the_agent() {
     let handshake_timeout = SessionConfig::default().handshake_timeout;
     let max_peers = SessionConfig::default().max_peers_per_torrent;
     assert_eq!(max_peers as u64, MAX_PEERS);
-    let max_pending_handshakes = 64;
+    let max_pending_handshakes = 256; // imagewolf-bt's MAX_PENDING_HANDSHAKES
     let slack = Duration::from_secs(5);
 
     // Memory: what the same run costs without the flood, plus a margin that connections each
@@ -923,5 +924,103 @@ async fn a_peer_silent_after_its_handshake_is_dropped_at_the_handshake_timeout()
         None,
         "a peer that spoke was dropped too"
     );
+    seed.shutdown().await;
+}
+
+/// Raises this process's soft limit on open files to its hard limit when the soft one is
+/// below `need` (with `prlimit(1)`, on our own pid); fails the test clearly if even the hard
+/// limit is too low.
+fn ensure_fd_limit(need: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut v = l["Max open files".len()..].split_whitespace();
+            let parse = |s: Option<&str>| match s {
+                Some("unlimited") => Some(u64::MAX),
+                s => s?.parse().ok(),
+            };
+            Some((parse(v.next())?, parse(v.next())?))
+        })
+        .expect("reading RLIMIT_NOFILE from /proc/self/limits");
+    if soft >= need {
+        return;
+    }
+    assert!(
+        hard >= need,
+        "this test needs {need} descriptors, the hard limit is {hard}"
+    );
+    let hard = if hard == u64::MAX {
+        "unlimited".into()
+    } else {
+        hard.to_string()
+    };
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("running prlimit");
+    assert!(
+        status.success(),
+        "prlimit could not raise RLIMIT_NOFILE to {hard}"
+    );
+}
+
+/// Downloads `meta` from `seed` with a fresh session on 127.0.0.1; how long it took.
+async fn timed_download(seed: SocketAddr, meta: &Metainfo, payload: &[u8]) -> Duration {
+    let started = Instant::now();
+    let leech = Session::new(loopback(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let out = Arc::new(MemoryStorage::new(meta.total_len()));
+    let h = leech
+        .add_torrent(
+            AddTorrent::new(meta.clone(), out.clone(), StartFrom::Empty).with_peers([seed]),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), h.wait_complete())
+        .await
+        .expect("the download never completed")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.to_vec() == payload, "downloaded bytes differ");
+    leech.shutdown().await;
+    took
+}
+
+/// An outsider holding thousands of idle connections from its own address (all of
+/// 127.0.0.0/8 is loopback: 127.0.0.2 plays the attacker, 127.0.0.1 the real peer) cannot
+/// delay a peer from another address: the seed accepts at once and makes room by closing
+/// the flooder's connections, not by keeping the newcomer waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_does_not_delay_a_peer_from_another() {
+    const FLOOD: usize = 3000;
+    // The flood's sockets, and as many again accepted by the seed in this process.
+    ensure_fd_limit(2 * FLOOD as u64 + 1024);
+    let payload = random_payload(4 << 20, 53);
+    let (seed, meta) = seed_session(&payload, Duration::from_secs(10)).await;
+    let addr = seed.listen_addr();
+    let base = timed_download(addr, &meta, &payload).await;
+
+    let flood_started = Instant::now();
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+    let flood_took = flood_started.elapsed();
+    let flooded = timed_download(addr, &meta, &payload).await;
+    eprintln!(
+        "4 MiB download: {base:?} alone, {flooded:?} behind {FLOOD} idle connections \
+         (opened in {flood_took:?})"
+    );
+    assert!(
+        flooded <= base * 2 + Duration::from_millis(750),
+        "{flooded:?} behind the flood, {base:?} without"
+    );
+    drop(idle);
     seed.shutdown().await;
 }

@@ -10,7 +10,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::config::SessionConfig;
 use crate::picker::Picker;
@@ -23,20 +22,16 @@ use crate::torrent::{
 use crate::wire::Handshake;
 use crate::InfoHash;
 
-/// Incoming connections allowed to sit in the handshake at once. When one more arrives, the
-/// oldest of them is closed to make room, once it has had [`MIN_PENDING_AGE`] to send its
-/// handshake: an honest peer sends it at once, so it needs its slot only for a round trip,
-/// while connections that never send one can neither pile up (their cost is bounded) nor
-/// keep honest peers out for long (they are not queued behind them for the handshake timeout).
-const MAX_PENDING_HANDSHAKES: usize = 64;
-/// A pending handshake is never closed to make room before this age (its peer may not have
-/// been scheduled yet); while all are younger, accepting waits. So under a flood of idle
-/// connections the listener still accepts `MAX_PENDING_HANDSHAKES / MIN_PENDING_AGE`
-/// (256) connections a second.
-const MIN_PENDING_AGE: Duration = Duration::from_millis(250);
-/// Connections the kernel queues for us to accept. While we accept slowly (a flood keeps
-/// every pending slot young), a burst beyond this is dropped by the kernel: new connections
-/// retry their SYN later, and ones caught mid-setup may never reach us at all.
+/// Incoming connections allowed to sit in the handshake at once. When one more arrives, a
+/// pending one is closed to make room at once (see [`PendingHandshakes`]): the oldest of the
+/// source address holding the most. An honest peer sends its handshake right after
+/// connecting, so it needs its slot only for a round trip, while connections that never
+/// send one can neither pile up (their cost is bounded) nor keep honest peers out (the
+/// listener never waits for a slot, so nothing queues behind them in the kernel's backlog).
+const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Connections the kernel queues for us to accept. We accept as fast as connections come, so
+/// only a burst beyond this between two wake-ups of the accept task is dropped by the kernel
+/// (those connections retry their SYN a second later).
 const LISTEN_BACKLOG: u32 = 1024;
 
 /// A BitTorrent session: one listening socket, one peer id, many torrents.
@@ -303,10 +298,75 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Who an incoming connection is "from" for fairness: its IPv4 address, or the /64 prefix
+/// of its IPv6 address (one host usually holds a whole /64, so counting single IPv6
+/// addresses would let one host pose as billions of sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    V4(std::net::Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl Source {
+    fn of(addr: SocketAddr) -> Source {
+        match addr.ip().to_canonical() {
+            std::net::IpAddr::V4(ip) => Source::V4(ip),
+            std::net::IpAddr::V6(ip) => Source::V6Prefix((ip.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+/// Incoming connections that have not completed their handshake, by source, oldest first.
+///
+/// Fair eviction rather than a per-source cap: when [`MAX_PENDING_HANDSHAKES`] are pending
+/// and another connection arrives, the oldest pending connection *of the source holding
+/// the most* is closed. A flood from one address therefore only ever evicts itself once it
+/// holds more slots than anybody else, while many honest peers sharing one address (NAT, or
+/// every agent of a loopback test on 127.0.0.1) are not limited at all unless they alone
+/// fill every slot, and then the longest-waiting of them, the likeliest to be silent, goes.
+#[derive(Debug, Default)]
+struct PendingHandshakes {
+    by_source: HashMap<Source, VecDeque<tokio::task::AbortHandle>>,
+    len: usize,
+}
+
+impl PendingHandshakes {
+    /// Forgets connections whose handshake task has ended (handed on, failed, timed out).
+    fn forget_finished(&mut self) {
+        let mut len = 0;
+        self.by_source.retain(|_, tasks| {
+            tasks.retain(|t| !t.is_finished());
+            len += tasks.len();
+            !tasks.is_empty()
+        });
+        self.len = len;
+    }
+
+    /// Closes the oldest pending connection of the source holding the most, if every slot
+    /// is taken; returns that source.
+    fn make_room(&mut self) -> Option<Source> {
+        if self.len < MAX_PENDING_HANDSHAKES {
+            return None;
+        }
+        let (&source, tasks) = self.by_source.iter_mut().max_by_key(|(_, t)| t.len())?;
+        // Dropping its stream closes the connection. A task past its handshake has no await
+        // left before it hands the stream on, so this never cuts a peer.
+        tasks.pop_front()?.abort();
+        self.len -= 1;
+        if tasks.is_empty() {
+            self.by_source.remove(&source);
+        }
+        Some(source)
+    }
+
+    fn push(&mut self, source: Source, task: tokio::task::AbortHandle) {
+        self.by_source.entry(source).or_default().push_back(task);
+        self.len += 1;
+    }
+}
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    // Handshake tasks still running, with when they started, oldest first.
-    let mut pending: VecDeque<(Instant, JoinHandle<()>)> =
-        VecDeque::with_capacity(MAX_PENDING_HANDSHAKES);
+    let mut pending = PendingHandshakes::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -317,24 +377,12 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        pending.retain(|(_, task)| !task.is_finished());
-        while pending.len() >= MAX_PENDING_HANDSHAKES {
-            let age = pending[0].0.elapsed();
-            if age >= MIN_PENDING_AGE {
-                // Dropping its stream closes the connection. A task past its handshake has no
-                // await left before it hands the stream on, so this never cuts a peer.
-                if let Some((_, oldest)) = pending.pop_front() {
-                    oldest.abort();
-                }
-                tracing::debug!("too many pending handshakes: closed the oldest");
-                break;
-            }
-            tokio::time::sleep(MIN_PENDING_AGE - age).await;
-            pending.retain(|(_, task)| !task.is_finished());
+        pending.forget_finished();
+        if let Some(evicted) = pending.make_room() {
+            tracing::debug!(%addr, "too many pending handshakes: closed the oldest of {evicted:?}");
         }
         let inner = Arc::clone(&inner);
-        let started = Instant::now();
-        pending.push_back((started, tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let handshake = read_handshake(stream, inner.config.handshake_timeout).await;
             let (stream, theirs) = match handshake {
                 Ok(ok) => ok,
@@ -353,7 +401,8 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                     tracing::debug!(%addr, "incoming connection for unknown torrent {}", theirs.info_hash)
                 }
             }
-        })));
+        });
+        pending.push(Source::of(addr), task.abort_handle());
     }
 }
 
@@ -366,4 +415,56 @@ async fn read_handshake(
         .await
         .map_err(|_| crate::peer::PeerError::Timeout("handshake"))??;
     Ok((stream, Handshake::decode(&buf)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(ip: [u8; 4]) -> Source {
+        Source::of(SocketAddr::from((ip, 6881)))
+    }
+
+    #[tokio::test]
+    async fn a_full_table_evicts_the_oldest_of_the_biggest_source() {
+        let (flooder, honest) = (source([127, 0, 0, 2]), source([127, 0, 0, 1]));
+        let mut table = PendingHandshakes::default();
+        let mut tasks = Vec::new();
+        let mut spawn = |table: &mut PendingHandshakes, from: Source| {
+            let task = tokio::spawn(futures::future::pending::<()>());
+            table.push(from, task.abort_handle());
+            tasks.push((from, task));
+        };
+        spawn(&mut table, honest);
+        for _ in 1..MAX_PENDING_HANDSHAKES {
+            spawn(&mut table, flooder);
+        }
+        // Full: the flooder holds the most, so its oldest goes, not the older honest one.
+        assert_eq!(table.make_room(), Some(flooder));
+        assert_eq!(table.len, MAX_PENDING_HANDSHAKES - 1);
+        spawn(&mut table, honest);
+        assert_eq!(table.make_room(), Some(flooder));
+        spawn(&mut table, flooder);
+        // The flooder's first two connections (tasks 1 and 2) were closed, nothing else.
+        for (_, task) in &mut tasks[1..3] {
+            let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
+            assert!(ended
+                .expect("an evicted task still runs")
+                .is_err_and(|e| e.is_cancelled()));
+        }
+        assert!(!tasks[0].1.is_finished() && tasks[3..].iter().all(|(_, t)| !t.is_finished()));
+        table.forget_finished();
+        assert_eq!(table.len, MAX_PENDING_HANDSHAKES);
+        // Under the limit nothing is closed.
+        tasks[0].1.abort();
+        let _ = (&mut tasks[0].1).await;
+        table.forget_finished();
+        assert_eq!(table.make_room(), None);
+        // IPv6 sources are counted by /64, IPv4-mapped addresses as IPv4.
+        let a: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::ffff:2]:2".parse().unwrap();
+        assert_eq!(Source::of(a), Source::of(b));
+        let mapped: SocketAddr = "[::ffff:127.0.0.2]:3".parse().unwrap();
+        assert_eq!(Source::of(mapped), flooder);
+    }
 }
