@@ -31,6 +31,8 @@ fn start_agent(
     let node = cluster.node(i);
     let log = File::create(dir.join(format!("agent{i}.log"))).unwrap();
     let mut cmd = node.command(AGENT);
+    // Every agent of the test cluster shares one secret (the agent refuses to start without).
+    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
     cmd.args(["--peers", &format!("dns:imagewolf:{API_PORT}")])
         .args(["--listen", &format!("{}:{API_PORT}", node.ip)])
         .args(["--bt-listen", &format!("{}:6000", node.ip)])

@@ -128,6 +128,8 @@ const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
 fn start_agent(name: &str, api: u16, bt: u16, dir: &Path, args: &[&str]) -> ChildGuard {
     let log = fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(AGENT);
+    // Every agent of the test cluster shares one secret (the agent refuses to start without).
+    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
     cmd.args(["--listen", &format!("127.0.0.1:{api}")])
         .args(["--bt-listen", &format!("127.0.0.1:{bt}")])
         .args(["--advertise-addr", "127.0.0.1", "--resolve-seconds", "1"])

@@ -495,6 +495,8 @@ fn healthcheck_probes_the_agent() {
     let port = free_port().unwrap();
     let bt = free_port().unwrap();
     let mut cmd = Command::new(AGENT);
+    // Every agent of the test cluster shares one secret (the agent refuses to start without).
+    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
     cmd.args(["--peers", &format!("static:127.0.0.1:{port}")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--bt-listen", &format!("127.0.0.1:{bt}")])

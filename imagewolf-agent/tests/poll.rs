@@ -129,6 +129,8 @@ async fn poller_reports_new_digests_and_the_agent_spreads_them() {
     let bt = free_port().unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut cmd = Command::new(AGENT);
+    // Every agent of the test cluster shares one secret (the agent refuses to start without).
+    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
     cmd.args(["--peers", &format!("static:127.0.0.1:{api}")])
         .args(["--listen", &format!("127.0.0.1:{api}")])
         .args(["--bt-listen", &format!("127.0.0.1:{bt}")])

@@ -214,3 +214,43 @@ pub async fn seed_in_memory(
         .expect("adding the torrent");
     (session, meta, handle)
 }
+
+/// Raises this process's soft limit of open files to its hard limit if the soft one is
+/// below `need` (with `prlimit(1)`, on our own pid); children started afterwards inherit it.
+/// Fails clearly if even the hard limit is too low.
+pub fn ensure_fd_limit(need: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut v = l["Max open files".len()..].split_whitespace();
+            let parse = |s: Option<&str>| match s {
+                Some("unlimited") => Some(u64::MAX),
+                s => s?.parse().ok(),
+            };
+            Some((parse(v.next())?, parse(v.next())?))
+        })
+        .expect("reading RLIMIT_NOFILE from /proc/self/limits");
+    if soft >= need {
+        return;
+    }
+    assert!(
+        hard >= need,
+        "this test needs {need} descriptors, the hard limit is {hard}"
+    );
+    let hard = if hard == u64::MAX {
+        "unlimited".into()
+    } else {
+        hard.to_string()
+    };
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("running prlimit");
+    assert!(
+        status.success(),
+        "prlimit could not raise RLIMIT_NOFILE to {hard}"
+    );
+}

@@ -199,6 +199,8 @@ fn start_agent(setup: &E2eSetup<'_>, i: usize) -> anyhow::Result<ChildGuard> {
     let log = File::create(&log_path)?;
     let data = setup.scratch.join(format!("agent{i}"));
     let mut cmd = node.command(&setup.tools.agent);
+    // Every agent of the test cluster shares one secret (the agent refuses to start without).
+    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
     cmd.args(["--peers", &format!("dns:imagewolf:{API_PORT}")])
         .args(["--listen", &format!("{}:{API_PORT}", node.ip)])
         .args(["--bt-listen", &format!("{}:6000", node.ip)])

@@ -40,7 +40,7 @@ use crate::stats::HttpCounters;
 pub const MIN_IDLE_AGE: Duration = Duration::from_millis(500);
 /// When every connection slot is taken, a connection whose request body has made no
 /// progress for this long may be closed to make room.
-pub const MIN_BODY_STALL: Duration = Duration::from_secs(1);
+pub const MIN_BODY_STALL: Duration = Duration::from_millis(500);
 /// Pause after a failed `accept` (typically out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -180,56 +180,97 @@ pub(crate) async fn serve_with_limits(
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     let mut tracked: Vec<Tracked> = Vec::new();
+    let mut waiting: Vec<Waiting> = Vec::new();
     let epoch = Instant::now();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("API accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = shutdown_requested(&mut shutdown) => break,
-        };
-        if tracked.len() >= max_connections {
-            tracked.retain(|t| !t.task.is_finished());
-        }
-        // Listening on `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
-        let ip = remote.ip().to_canonical();
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) if over_share(&tracked, max_connections, ip) => {
-                // Full, and this host already holds more than its share: it waits for none.
-                ctx.counters.record_rejected();
-                tracing::debug!(source = %ip, "API connections exhausted: refused a connection of a host over its share");
-                drop(stream);
-                continue;
-            }
-            Err(_) => {
-                let permit = tokio::select! {
-                    permit = make_room(&mut tracked, max_connections, &permits, &ctx) => permit,
-                    () = shutdown_requested(&mut shutdown) => break,
-                };
-                match permit {
-                    Some(permit) => permit,
-                    None => break, // never closed; leaving is the only sane reaction
-                }
-            }
-        };
-        let state = Arc::new(ConnState::new(ip, epoch));
+    let conn_shutdown = shutdown.clone();
+    let spawn = |connections: &mut JoinSet<()>, w: Waiting, permit| {
+        let state = Arc::new(ConnState::new(w.ip, epoch));
         let task = connections.spawn(connection(
             Arc::clone(&builder),
-            stream,
-            remote,
+            w.stream,
+            w.remote,
             Arc::clone(&ctx),
-            shutdown.clone(),
+            conn_shutdown.clone(),
             Arc::clone(&state),
             permit,
         ));
-        tracked.push(Tracked { state, task });
+        Tracked { state, task }
+    };
+    loop {
+        while connections.try_join_next().is_some() {}
+        tracked.retain(|t| !t.task.is_finished());
+        // Free slots go to waiting newcomers, the host holding the fewest connections first.
+        while !waiting.is_empty() {
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                break;
+            };
+            let next = fewest_held(&waiting, &tracked);
+            let w = waiting.swap_remove(next);
+            tracked.push(spawn(&mut connections, w, permit));
+        }
+        let give_up = limits.header_read_timeout;
+        waiting.retain(|w| w.since.elapsed() < give_up);
+        // Room for those still waiting: close one victim per newcomer not already covered
+        // by a closing connection (an aborted task holds its slot until it is dropped).
+        let closing = (max_connections - permits.available_permits()).saturating_sub(tracked.len());
+        let mut wake = None;
+        for _ in closing..waiting.len() {
+            match pick_victim(&tracked, max_connections, Instant::now()) {
+                Victim::Now(i) => {
+                    let victim = tracked.swap_remove(i);
+                    victim.task.abort();
+                    ctx.counters.record_rejected();
+                    tracing::debug!(
+                        source = %victim.state.ip,
+                        phase = ?victim.state.phase(),
+                        "API connections exhausted: closed an idle or stalled connection of the largest host"
+                    );
+                }
+                Victim::At(at) => {
+                    wake = Some(at);
+                    break;
+                }
+                Victim::None => break,
+            }
+        }
+        let wake_up = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    // `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
+                    let ip = remote.ip().to_canonical();
+                    let w = Waiting { stream, remote, ip, since: Instant::now() };
+                    match Arc::clone(&permits).try_acquire_owned() {
+                        Ok(permit) if waiting.is_empty() => tracked.push(spawn(&mut connections, w, permit)),
+                        _ => {
+                            if let Some(why) = turn_away(&tracked, &waiting, max_connections, ip) {
+                                ctx.counters.record_rejected();
+                                tracing::debug!(source = %ip, "API connections exhausted: {why}");
+                            } else {
+                                waiting.push(w);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("API accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            permit = Arc::clone(&permits).acquire_owned(), if !waiting.is_empty() => {
+                let Ok(permit) = permit else { break };
+                let next = fewest_held(&waiting, &tracked);
+                let w = waiting.swap_remove(next);
+                tracked.push(spawn(&mut connections, w, permit));
+            }
+            () = wake_up => {}
+            () = shutdown_requested(&mut shutdown) => break,
+        }
     }
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
@@ -240,56 +281,59 @@ pub(crate) async fn serve_with_limits(
     Ok(())
 }
 
-/// True if, with every slot taken, a newcomer from `ip` should be turned away: its host
-/// already holds at least its fair share (slots / hosts, the newcomer's counted) while
-/// another host holds connections too. With one host only, its own idle connections make
-/// room as usual (many agents on one address, as on a test machine).
-fn over_share(tracked: &[Tracked], max_connections: usize, ip: IpAddr) -> bool {
+/// Accepted connections waiting for a slot: at most this many (each holds a descriptor) ...
+const MAX_WAITING: usize = 64;
+/// ... and this many from one host.
+const MAX_WAITING_PER_HOST: usize = 8;
+
+/// An accepted connection waiting for a slot.
+struct Waiting {
+    stream: TcpStream,
+    remote: SocketAddr,
+    ip: IpAddr,
+    since: Instant,
+}
+
+/// The waiting newcomer whose host holds the fewest connections (the earliest among equals).
+fn fewest_held(waiting: &[Waiting], tracked: &[Tracked]) -> usize {
+    let held = |ip: IpAddr| tracked.iter().filter(|t| t.state.ip == ip).count();
+    let mut best = 0;
+    let mut best_key = (usize::MAX, Instant::now());
+    for (i, w) in waiting.iter().enumerate() {
+        let key = (held(w.ip), w.since);
+        if key < best_key {
+            best = i;
+            best_key = key;
+        }
+    }
+    best
+}
+
+/// Why a newcomer from `ip` is closed at once rather than waiting for a slot, if it is: its
+/// host already holds at least its fair share (slots / hosts, the newcomer's counted) while
+/// another host holds connections too, or has enough newcomers waiting already, or too
+/// many are waiting. A lone host (many agents on one address, as on a test machine) waits
+/// for its own idle connections to make room.
+fn turn_away(
+    tracked: &[Tracked],
+    waiting: &[Waiting],
+    max_connections: usize,
+    ip: IpAddr,
+) -> Option<&'static str> {
     let mut hosts: Vec<IpAddr> = tracked.iter().map(|t| t.state.ip).collect();
     let held = hosts.iter().filter(|&&h| h == ip).count();
+    let queued = waiting.iter().filter(|w| w.ip == ip).count();
     hosts.push(ip);
     hosts.sort_unstable();
     hosts.dedup();
-    hosts.len() >= 2 && held >= max_connections / hosts.len()
-}
-
-/// Every connection slot is taken: closes the connection [`pick_victim`] names as soon as
-/// there is one, or takes the first slot that frees. `None` if the semaphore was closed (it
-/// never is).
-async fn make_room(
-    tracked: &mut Vec<Tracked>,
-    max_connections: usize,
-    permits: &Arc<Semaphore>,
-    ctx: &Ctx,
-) -> Option<OwnedSemaphorePermit> {
-    loop {
-        tracked.retain(|t| !t.task.is_finished());
-        let wake = match pick_victim(tracked, max_connections, Instant::now()) {
-            Victim::Now(i) => {
-                let victim = tracked.swap_remove(i);
-                victim.task.abort();
-                ctx.counters.record_rejected();
-                tracing::debug!(
-                    source = %victim.state.ip,
-                    phase = ?victim.state.phase(),
-                    "API connections exhausted: closed one of the largest source's idle connections"
-                );
-                // Its permit comes back once the aborted task is dropped.
-                return Arc::clone(permits).acquire_owned().await.ok();
-            }
-            Victim::At(at) => Some(at),
-            Victim::None => None,
-        };
-        let wake = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            permit = Arc::clone(permits).acquire_owned() => return permit.ok(),
-            () = wake => {}
-        }
+    if hosts.len() >= 2 && held + queued >= max_connections / hosts.len() {
+        Some("refused a connection of a host over its share")
+    } else if queued >= MAX_WAITING_PER_HOST {
+        Some("refused a connection of a host with enough waiting")
+    } else if waiting.len() >= MAX_WAITING {
+        Some("refused a connection: too many waiting")
+    } else {
+        None
     }
 }
 
@@ -493,10 +537,10 @@ mod tests {
             conn(attacker, Phase::Busy, old, epoch),
         ];
         let (t, _set) = tracked(states).await;
-        assert!(over_share(&t, 4, IpAddr::from(attacker)));
-        assert!(!over_share(&t, 4, IpAddr::from([10, 0, 0, 1])));
-        assert!(!over_share(&t, 4, IpAddr::from([10, 0, 0, 9])));
-        assert!(!over_share(&t[1..], 3, IpAddr::from(attacker)));
+        assert!(turn_away(&t, &[], 4, IpAddr::from(attacker)).is_some());
+        assert!(turn_away(&t, &[], 4, IpAddr::from([10, 0, 0, 1])).is_none());
+        assert!(turn_away(&t, &[], 4, IpAddr::from([10, 0, 0, 9])).is_none());
+        assert!(turn_away(&t[1..], &[], 3, IpAddr::from(attacker)).is_none());
 
         // Busy everywhere: nothing to close, wait for a slot.
         let states = vec![conn(attacker, Phase::Busy, old, epoch)];
