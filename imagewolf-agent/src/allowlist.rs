@@ -19,6 +19,10 @@
 //! registry named without a port (`registry.local` is not `registry.local:5000`; write
 //! `registry.local:*` for any port).
 //!
+//! A pattern whose host part has no wildcard (`127.0.0.1:5000/**`) also *names* that host:
+//! the registry client then reaches it even where its address would be refused (loopback,
+//! link-local, metadata: [`crate::registry::guard`]). Wildcard hosts name nothing.
+//!
 //! No pattern at all means every image is allowed (the behaviour before `--allow` existed);
 //! production clusters should list what they run.
 

@@ -28,7 +28,10 @@
 //!
 //! Registry host: `request.host` (the `Host` header the pusher used, e.g. `10.77.0.1:5000`),
 //! else the authority of `target.url`; `registry_override` replaces both when the registry's
-//! own idea of its address is not reachable from the nodes.
+//! own idea of its address is not reachable from the nodes. Whoever can post a notification
+//! therefore names the host the agent will request: the grammar is checked here, the address
+//! by the registry client's host policy ([`crate::registry::guard`]: no loopback, link-local,
+//! metadata... unless `--allow` names the host), before anything acts on the push.
 
 use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};

@@ -309,11 +309,7 @@ async fn the_connector_refuses_at_connect_time_whatever_the_caller_checked() {
         format!("http://{internal}/"),
         format!("http://localhost:{port}/"),
     ] {
-        let err = connector
-            .call(url.parse().unwrap())
-            .await
-            .err()
-            .expect(&url);
+        let err = connector.call(url.parse().unwrap()).await.expect_err(&url);
         let refused = refusal_in(err.as_ref()).unwrap_or_else(|| panic!("{url}: {err}"));
         assert!(refused.reason.contains("loopback"), "{refused}");
     }
