@@ -34,7 +34,10 @@ impl ImageSource for FallbackSource {
                 Err(e) if e.wants_fallback() => {
                     tracing::info!(%image, reason = %e, "registry API cannot fetch it; using the runtime");
                     self.fallback.pull(image).await.map_err(|f| SourceError {
-                        message: format!("{} (registry API first: {e})", f.message),
+                        message: format!(
+                            "{} (registry API first: {e})",
+                            without_quoted_body(&f.message)
+                        ),
                         retryable: f.retryable,
                     })
                 }
@@ -49,5 +52,17 @@ impl ImageSource for FallbackSource {
         } else {
             self.fallback.export(image)
         }
+    }
+}
+
+/// Docker's pull errors quote what the registry answered ("error parsing HTTP 404 response
+/// body: invalid character '<' ...: \"<html>...\""); errors reach `/stats`, and what answered
+/// may not be a registry, so the message is cut where the quote begins.
+pub(crate) fn without_quoted_body(message: &str) -> String {
+    const MARK: &str = "response body";
+    match message.to_ascii_lowercase().find(MARK) {
+        // ASCII lowercasing keeps byte offsets, so the cut is on a char boundary.
+        Some(at) => format!("{} (not shown)", &message[..at + MARK.len()]),
+        None => message.to_owned(),
     }
 }

@@ -465,3 +465,44 @@ async fn a_refused_registry_host_is_never_contacted_nor_handed_to_docker() {
         "Docker was never asked"
     );
 }
+
+/// A runtime source whose pull fails as dockerd does when a registry answers HTML.
+struct QuotingDocker;
+
+impl ImageSource for QuotingDocker {
+    fn pull<'a>(&'a self, _: &'a ImageRef) -> BoxFuture<'a, Result<PulledImage, SourceError>> {
+        Box::pin(async move {
+            Err(SourceError {
+                message: "error parsing HTTP 404 response body: invalid character '<' looking \
+                          for beginning of value: \"<html>internal-secret-4711</html>\""
+                    .into(),
+                retryable: false,
+            })
+        })
+    }
+
+    fn export<'a>(&'a self, _: &'a PulledImage) -> BoxFuture<'a, Result<Tarball, SourceError>> {
+        Box::pin(async move { Ok(Box::pin(&b""[..]) as Tarball) })
+    }
+}
+
+#[tokio::test]
+async fn the_runtimes_quote_of_a_registry_answer_is_cut_from_its_error() {
+    let (routes, addr, _) = fake_registry().await;
+    routes.lock().unwrap().insert(
+        "/v2/team/app/manifests/auth".into(),
+        ("401 Unauthorized".into(), String::new(), Vec::new()),
+    );
+    let both = FallbackSource::new(named(&[&addr]), Arc::new(QuotingDocker));
+    let err = both.pull(&image(&addr, "auth")).await.unwrap_err();
+    assert!(!err.message.contains("internal-secret"), "{err}");
+    assert!(
+        err.message
+            .starts_with("error parsing HTTP 404 response body (not shown)"),
+        "{err}"
+    );
+    assert_eq!(
+        fallback::without_quoted_body("no body here"),
+        "no body here"
+    );
+}
