@@ -13,7 +13,7 @@
 mod file;
 mod memory;
 
-pub use file::FileStorage;
+pub use file::{FileStorage, MAX_OPEN_FILES};
 pub use memory::MemoryStorage;
 
 use std::io;
