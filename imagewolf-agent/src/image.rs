@@ -10,6 +10,17 @@ pub use blobs::{Blob, BlobSet, Chunk, ManifestDoc};
 /// Largest image accepted in an announcement (the sum of its segments or blobs).
 pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
 
+/// True if `s` is an image id as runtimes write them: `sha256:` and 64 lowercase hex digits.
+/// Ids from other agents are checked with it before anything uses them (a file name under
+/// `--runtime none`, a runtime query).
+pub fn is_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// A reference to an image in a registry: `registry/repository[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ImageRef {

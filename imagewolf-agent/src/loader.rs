@@ -25,6 +25,14 @@ pub trait ImageLoader: Send + Sync + 'static {
     /// Streams the tarball at `path` into the runtime.
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>>;
 
+    /// Whether the runtime registers an archive's images under the names the archive gives
+    /// (Docker, containerd: yes): then a received archive must name only the announced
+    /// image before its end is released (`distributor/archive_check.rs`). A loader that
+    /// only keeps the verified bytes under the distribution's id says no.
+    fn registers_names(&self) -> bool {
+        true
+    }
+
     /// Whether loading an archive whose config lists only an image's first layers registers
     /// those layers, and a later load of the whole image skips them (Docker: yes). Then
     /// receivers load each layer as it arrives (`distributor/preload.rs`).
@@ -97,9 +105,15 @@ impl KeepTarball {
 }
 
 impl ImageLoader for KeepTarball {
+    fn registers_names(&self) -> bool {
+        false
+    }
+
     fn has_image<'a>(&'a self, image_id: &'a str) -> BoxFuture<'a, Result<bool, LoaderError>> {
+        // Only a well-formed id names a file here (never `..` or a path).
+        let valid = crate::image::is_image_id(image_id);
         let marker = self.dir.join(image_id.replace(':', "_"));
-        Box::pin(async move { Ok(tokio::fs::try_exists(marker).await.unwrap_or(false)) })
+        Box::pin(async move { Ok(valid && tokio::fs::try_exists(marker).await.unwrap_or(false)) })
     }
 
     fn load<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), LoaderError>> {

@@ -236,6 +236,9 @@ fn check_distribution(d: &Distribution) -> Result<(), String> {
     if !hex(&d.id, 40) {
         return Err("id is not 40 hex digits".into());
     }
+    if !crate::image::is_image_id(&d.image_id) {
+        return Err("image_id is not sha256:<64 hex>".into());
+    }
     if d.sha256.as_deref().is_some_and(|s| !hex(s, 64)) {
         return Err("sha256 is not 64 hex digits".into());
     }
@@ -247,6 +250,9 @@ fn check_distribution(d: &Distribution) -> Result<(), String> {
             return Err("a blob distribution with segments".into());
         }
         blobs.check()?;
+        if !blobs.holds_config(&d.image_id) {
+            return Err("image_id is not the config of any announced manifest".into());
+        }
     } else if d.sha256.is_some() && d.segments.is_empty() {
         return Err("a complete distribution without segments".into());
     }

@@ -74,6 +74,7 @@ use crate::peers::PeerClient;
 use crate::source::ImageSource;
 
 mod admit;
+mod archive_check;
 pub mod blobs;
 mod feed;
 mod lifecycle;

@@ -50,6 +50,8 @@ struct Walk {
     layers: Vec<String>,
     /// Names met, to stop at a repeated layer.
     seen: HashSet<String>,
+    /// The announced image id: the config must hash to it before any layer is loaded.
+    image_id: String,
 }
 
 /// What to do with an entry.
@@ -70,11 +72,12 @@ impl Distributor {
         &self,
         key: &str,
         path: &Path,
+        image_id: &str,
         readable_tx: &watch::Sender<Readable>,
     ) -> Vec<String> {
         let mut made = Vec::new();
         if self.loader.loads_layers_ahead() {
-            self.walk_and_preload(key, path, readable_tx, &mut made)
+            self.walk_and_preload(key, path, image_id, readable_tx, &mut made)
                 .await;
         }
         // Whatever stopped the walk, the real load now takes the rest as it is.
@@ -86,11 +89,15 @@ impl Distributor {
         &self,
         key: &str,
         path: &Path,
+        image_id: &str,
         readable_tx: &watch::Sender<Readable>,
         made: &mut Vec<String>,
     ) {
         let mut readable = readable_tx.subscribe();
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            image_id: image_id.to_owned(),
+            ..Walk::default()
+        };
         loop {
             let now = readable.borrow_and_update().clone();
             if now.failed.is_some() {
@@ -225,6 +232,12 @@ impl Walk {
                 return Err(format!("the archive does not start with a config ({name})"));
             }
             let bytes = read_at(path, data, size as usize).await?;
+            if format!("sha256:{}", hex(&Sha256::digest(&bytes))) != self.image_id {
+                return Err(format!(
+                    "the archive's config is not the announced image {}",
+                    self.image_id
+                ));
+            }
             let config: Value =
                 serde_json::from_slice(&bytes).map_err(|e| format!("config: {e}"))?;
             self.config = Some(config);

@@ -90,8 +90,24 @@ impl Distributor {
             // real load finds them.
             let (result, preloaded) = tokio::join!(
                 self.download(key, &mut updates, &path, &readable_tx),
-                self.preload_layers(key, &path, &readable_tx)
+                self.preload_layers(key, &path, &d.image_id, &readable_tx)
             );
+            // What the archive says it holds must be what was announced (archive_check.rs).
+            let result = match result {
+                Ok((torrents, len)) if self.loader.registers_names() => {
+                    let (path, announced) = (path.clone(), d.clone());
+                    tokio::task::spawn_blocking(move || {
+                        super::archive_check::check_archive(&path, len, &announced)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map(|()| (torrents, len))
+                }
+                other => other,
+            };
+            if let Err(e) = &result {
+                tracing::warn!(image = %d.image, "not loading the received archive: {e}");
+            }
             match &result {
                 Ok((_, len)) => readable_tx.send_modify(|r| r.verified = Some(*len)),
                 Err(e) => readable_tx.send_modify(|r| r.failed = Some(e.clone())),

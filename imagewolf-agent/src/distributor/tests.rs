@@ -70,6 +70,11 @@ pub(super) struct FlakyLoader {
 }
 
 impl ImageLoader for FlakyLoader {
+    // Test payloads are random bytes, not archives: nothing registers names here.
+    fn registers_names(&self) -> bool {
+        false
+    }
+
     fn has_image<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, LoaderError>> {
         self.has_image_calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(false) })

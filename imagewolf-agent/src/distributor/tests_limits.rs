@@ -39,6 +39,11 @@ struct SetLoader {
 }
 
 impl ImageLoader for SetLoader {
+    // Test payloads are random bytes, not archives: nothing registers names here.
+    fn registers_names(&self) -> bool {
+        false
+    }
+
     fn has_image<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, LoaderError>> {
         let present = self.present.lock().unwrap().contains(id);
         Box::pin(async move { Ok(present) })

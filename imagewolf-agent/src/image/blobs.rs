@@ -114,6 +114,19 @@ impl BlobSet {
     }
 
     /// Bounds and formats, checked before anything is allocated for an announcement.
+    /// True if one of the manifests is of the image whose config is `image_id` (what the
+    /// announcement's image id must be: the runtime names the image by it).
+    pub fn holds_config(&self, image_id: &str) -> bool {
+        use base64::Engine;
+        self.manifests.iter().any(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(&m.content)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .is_some_and(|doc| doc["config"]["digest"].as_str() == Some(image_id))
+        })
+    }
+
     pub fn check(&self) -> Result<(), String> {
         let digest = |s: &str| {
             s.strip_prefix("sha256:").is_some_and(|h| {
