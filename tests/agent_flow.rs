@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imagewolf::agent_api::agent_call;
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http::{self, Reply};
-use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
+use imagewolf::local_agents::{registry_push_envelope, LocalAgents, TEST_CLUSTER_SECRET};
 use imagewolf::{random_payload, seed_in_memory, TempDir};
 use imagewolf_agent::image::{Distribution, ImageRef};
 use imagewolf_agent::source::ImageSource;
@@ -219,11 +220,16 @@ async fn a_tarball_that_does_not_match_its_announced_sha256_is_never_loaded() {
         0,
     );
     let api = cluster.agents[1].api;
-    let reply = post(
+    // Announced as a member of the cluster would (the request signed with its secret).
+    let mut d = d;
+    d.sign(TEST_CLUSTER_SECRET);
+    let body = serde_json::to_vec(&d).unwrap();
+    let reply = agent_call(
         api,
+        "POST",
         "/v1/distributions",
-        "application/json",
-        &serde_json::to_string(&d).unwrap(),
+        Some(TEST_CLUSTER_SECRET),
+        &body,
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -291,31 +297,27 @@ async fn with_a_cluster_secret_only_signed_announcements_and_authorised_webhooks
     assert_eq!(ok.status, 200, "{}", ok.text());
     wait_for_state(node, reference, "loaded").await;
 
-    // A forged announcement (unsigned, then signed with another secret) is refused.
-    let listed = http::request(origin, "GET", "/v1/distributions", &[], b"")
-        .await
-        .unwrap();
+    // Outsiders (no request signature) can neither list nor announce.
+    let unsigned = agent_call(origin, "GET", "/v1/distributions", None, b"").await;
+    assert_eq!(unsigned.status, 401, "{}", unsigned.text());
+    let secret: &[u8] = b"cluster secret";
+    let listed = agent_call(origin, "GET", "/v1/distributions", Some(secret), b"").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
     let mut forged: Vec<Distribution> = serde_json::from_slice(&listed.body).unwrap();
     let mut forged = forged.remove(0);
     forged.image.tag = Some("evil".into());
     forged.sha256 = Some("44".repeat(32));
     forged.signature = None;
-    let reply = post(
-        node,
-        "/v1/distributions",
-        "application/json",
-        &serde_json::to_string(&forged).unwrap(),
-    )
-    .await;
+    let body = serde_json::to_vec(&forged).unwrap();
+    let reply = agent_call(node, "POST", "/v1/distributions", None, &body).await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    // A request signed by a member, carrying a distribution it did not sign (or signed with
+    // another secret): refused by the distribution's own signature.
+    let reply = agent_call(node, "POST", "/v1/distributions", Some(secret), &body).await;
     assert!(reply.text().contains("signature"), "{}", reply.text());
     forged.sign(b"not the cluster secret");
-    let reply = post(
-        node,
-        "/v1/distributions",
-        "application/json",
-        &serde_json::to_string(&forged).unwrap(),
-    )
-    .await;
+    let body = serde_json::to_vec(&forged).unwrap();
+    let reply = agent_call(node, "POST", "/v1/distributions", Some(secret), &body).await;
     assert!(reply.text().contains("signature"), "{}", reply.text());
     assert!(
         images(node)
@@ -606,11 +608,13 @@ async fn only_allowed_images_are_distributed_whatever_the_entry_point() {
         0,
     );
     d.sign(b"cluster secret");
-    let reply = post(
+    let body = serde_json::to_vec(&d).unwrap();
+    let reply = agent_call(
         node,
+        "POST",
         "/v1/distributions",
-        "application/json",
-        &serde_json::to_string(&d).unwrap(),
+        Some(b"cluster secret"),
+        &body,
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());

@@ -11,14 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use imagewolf::agent_api::{image_record, notify_push, stats as agent_stats, wait_for_state};
+use imagewolf::agent_api::{
+    agent_call, image_record, notify_push, stats as agent_stats, wait_for_state,
+};
 use imagewolf::docker::Registry;
 use imagewolf::http;
-use imagewolf::local_agents::{stored_blobs, LocalAgents};
+use imagewolf::local_agents::{stored_blobs, LocalAgents, TEST_CLUSTER_SECRET};
 use imagewolf::oci::{self, Blob, Image};
 use imagewolf::TempDir;
 use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig};
+use imagewolf_agent::auth::{ClusterKey, AUTH_HEADER};
 use imagewolf_agent::distributor::{
     BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
 };
@@ -66,7 +69,8 @@ impl Node {
                 api_port: api.port(),
                 bt_listen: SocketAddr::new(api.ip(), 0),
                 seed_time: Duration::from_secs(600),
-                cluster_secret: None,
+                // The cluster's secret: it fetches torrents from LocalAgents origins.
+                cluster_secret: Some(TEST_CLUSTER_SECRET.to_vec()),
                 allow: Allowlist::allow_all(),
                 max_torrents: 16,
                 retry: RetryPolicy::default(),
@@ -86,7 +90,7 @@ impl Node {
                 hub_registry: "docker.io".into(),
                 max_body: api::DEFAULT_MAX_BODY,
                 webhook_token: None,
-                cluster_key: None,
+                cluster_key: Some(ClusterKey::new(TEST_CLUSTER_SECRET)),
             },
             shutdown.subscribe(),
         ));
@@ -147,21 +151,23 @@ fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap()
 }
 
-/// `POST /v1/distributions` of `d` to `api`: the HTTP status and the JSON answer.
+/// `POST /v1/distributions` of `d` to `api` as a member of the cluster announces it (`d`
+/// signed, the request signed): the HTTP status and the JSON answer.
 async fn announce(api: SocketAddr, d: &Distribution) -> (u16, Value) {
-    let body = serde_json::to_vec(d).unwrap();
+    let mut d = d.clone();
+    d.sign(TEST_CLUSTER_SECRET);
+    let body = serde_json::to_vec(&d).unwrap();
     if body.len() > api::DEFAULT_MAX_BODY {
         return announce_head_only(api, body.len()).await;
     }
-    let reply = http::request(
+    let reply = agent_call(
         api,
         "POST",
         "/v1/distributions",
-        &[("Content-Type", "application/json")],
+        Some(TEST_CLUSTER_SECRET),
         &body,
     )
-    .await
-    .unwrap();
+    .await;
     let answer = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
     (reply.status, answer)
 }
@@ -172,9 +178,13 @@ async fn announce(api: SocketAddr, d: &Distribution) -> (u16, Value) {
 async fn announce_head_only(api: SocketAddr, len: usize) -> (u16, Value) {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(api).await?;
+        // Signed (over an empty body: the head is refused for its length before the body
+        // would be checked).
+        let auth =
+            ClusterKey::new(TEST_CLUSTER_SECRET).sign_request("POST", "/v1/distributions", b"");
         let head = format!(
             "POST /v1/distributions HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+             Content-Type: application/json\r\nContent-Length: {len}\r\n{AUTH_HEADER}: {auth}\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();
@@ -295,9 +305,14 @@ async fn a_restarted_receiver_resumes_from_its_partial_file() {
     notify_push(origin_api, registry.addr(), repo, "v1", &image.digest, "v1").await;
     let reference = format!("{}/{repo}:v1", registry.addr());
     wait_for_state(origin_api, &reference, "loaded", DEADLINE).await;
-    let reply = http::request(origin_api, "GET", "/v1/distributions", &[], b"")
-        .await
-        .unwrap();
+    let reply = agent_call(
+        origin_api,
+        "GET",
+        "/v1/distributions",
+        Some(TEST_CLUSTER_SECRET),
+        b"",
+    )
+    .await;
     let listed: Vec<Distribution> = serde_json::from_slice(&reply.body).unwrap();
     let full = listed
         .into_iter()

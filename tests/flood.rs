@@ -22,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use imagewolf::agent_api::agent_call;
 use imagewolf::docker::free_port;
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http;
-use imagewolf::local_agents::{registry_push_envelope, LocalAgents};
-use imagewolf::{random_payload, ChildGuard, TempDir};
+use imagewolf::local_agents::{registry_push_envelope, LocalAgents, TEST_CLUSTER_SECRET};
+use imagewolf::{ensure_fd_limit, random_payload, ChildGuard, TempDir};
 use imagewolf_agent::source::ImageSource;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::{MemoryStorage, Storage};
@@ -114,7 +115,10 @@ impl Agent {
         let log = dir.join("agent.log");
         let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
         let mut cmd = Command::new(bin);
-        cmd.args(["--peers", &format!("static:{}", peers.join(","))])
+        // The in-process origin's cluster secret (LocalAgents' default).
+        let secret = std::str::from_utf8(TEST_CLUSTER_SECRET).expect("a text secret");
+        cmd.env("IMAGEWOLF_CLUSTER_SECRET", secret)
+            .args(["--peers", &format!("static:{}", peers.join(","))])
             .args(["--listen", &api.to_string()])
             .args(["--bt-listen", &bt.to_string()])
             .args(["--advertise-addr", "127.0.0.1", "--runtime", "none"])
@@ -548,9 +552,14 @@ async fn run(bin: &Path, plan: &Plan) -> Figures {
     let agent_download = started.elapsed();
 
     // A downloader that knows only the agent: everything it gets, the agent served.
-    let listing = http::request(origin_api, "GET", "/v1/distributions", &[], b"")
-        .await
-        .unwrap();
+    let listing = agent_call(
+        origin_api,
+        "GET",
+        "/v1/distributions",
+        Some(TEST_CLUSTER_SECRET),
+        b"",
+    )
+    .await;
     let listing: serde_json::Value = serde_json::from_slice(&listing.body).unwrap();
     // The tarball's first segment (the image is announced in segments, each its own
     // torrent): 16 MiB of the 24.
@@ -925,46 +934,6 @@ async fn a_peer_silent_after_its_handshake_is_dropped_at_the_handshake_timeout()
         "a peer that spoke was dropped too"
     );
     seed.shutdown().await;
-}
-
-/// Raises this process's soft limit on open files to its hard limit when the soft one is
-/// below `need` (with `prlimit(1)`, on our own pid); fails the test clearly if even the hard
-/// limit is too low.
-fn ensure_fd_limit(need: u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let (soft, hard) = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| {
-            let mut v = l["Max open files".len()..].split_whitespace();
-            let parse = |s: Option<&str>| match s {
-                Some("unlimited") => Some(u64::MAX),
-                s => s?.parse().ok(),
-            };
-            Some((parse(v.next())?, parse(v.next())?))
-        })
-        .expect("reading RLIMIT_NOFILE from /proc/self/limits");
-    if soft >= need {
-        return;
-    }
-    assert!(
-        hard >= need,
-        "this test needs {need} descriptors, the hard limit is {hard}"
-    );
-    let hard = if hard == u64::MAX {
-        "unlimited".into()
-    } else {
-        hard.to_string()
-    };
-    let status = Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status()
-        .expect("running prlimit");
-    assert!(
-        status.success(),
-        "prlimit could not raise RLIMIT_NOFILE to {hard}"
-    );
 }
 
 /// Downloads `meta` from `seed` with a fresh session on 127.0.0.1; how long it took.

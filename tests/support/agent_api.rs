@@ -14,6 +14,27 @@ use crate::local_agents::registry_push_envelope;
 /// The content type of a registry's notification envelopes.
 pub const REGISTRY_EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
 
+/// An agent-to-agent call (`/v1/...`) as another agent of a cluster sharing `secret` makes
+/// it: signed with the request key ([`imagewolf_agent::auth`]); `None` sends it unsigned, as
+/// an outsider (or an agent of a cluster run without a secret) would.
+pub async fn agent_call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    secret: Option<&[u8]>,
+    body: &[u8],
+) -> http::Reply {
+    let header =
+        secret.map(|s| imagewolf_agent::auth::ClusterKey::new(s).sign_request(method, path, body));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(header) = &header {
+        headers.push((imagewolf_agent::auth::AUTH_HEADER, header.as_str()));
+    }
+    http::request(api, method, path, &headers, body)
+        .await
+        .unwrap()
+}
+
 /// `GET /stats`: one record per image the agent knows. Panics unless it answers 200 with a
 /// JSON list.
 pub async fn stats(api: SocketAddr) -> Vec<Value> {

@@ -23,6 +23,11 @@ use imagewolf_agent::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The cluster secret of [`LocalAgents`] unless a test sets another (agents refuse to run
+/// without one outside tests; tests run with one so the authenticated paths are the ones
+/// exercised).
+pub const TEST_CLUSTER_SECRET: &[u8] = b"imagewolf-local-agents-secret";
+
 /// One in-process agent.
 pub struct LocalAgent {
     /// Its HTTP API address.
@@ -85,7 +90,7 @@ impl LocalAgents {
             peers,
             shutdown,
             root,
-            cluster_secret: None,
+            cluster_secret: Some(TEST_CLUSTER_SECRET.to_vec()),
             webhook_token: None,
             allow: Allowlist::allow_all(),
             max_torrents: 16,
