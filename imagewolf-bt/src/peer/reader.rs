@@ -11,12 +11,13 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use super::pipeline::Pipeline;
 use super::{PeerError, PeerLink};
-use crate::torrent::state::TorrentState;
+use crate::torrent::state::{Announced, TorrentState};
 use crate::torrent::{verify, Counters, Torrent};
 use crate::wire::{
     bitfield, DecoderLimits, ExtensionHandshake, Handshake, Message, MessageDecoder, RawBlock,
 };
 use crate::BlockRef;
+use bitvec::{order::Msb0, slice::BitSlice};
 
 /// Bytes the read buffer asks the socket for at once: many blocks per system call.
 const READ_CHUNK: usize = 256 * 1024;
@@ -35,9 +36,6 @@ pub(super) struct Reader {
     /// We told the peer we are interested.
     am_interested: bool,
     pipeline: Pipeline,
-    /// No message other than the extension handshake has arrived yet (a Bitfield, HaveAll or
-    /// HaveNone is only allowed then).
-    at_start: bool,
     last_received: Instant,
     /// The peer has sent at least one byte since the handshake.
     heard: bool,
@@ -67,7 +65,6 @@ impl Reader {
             peer_choking: true,
             am_interested: false,
             pipeline,
-            at_start: true,
             last_received: now,
             heard: false,
             last_block: now,
@@ -115,9 +112,8 @@ impl Reader {
     }
 
     fn handle(&mut self, msg: Message) -> Result<(), PeerError> {
-        let at_start = std::mem::replace(&mut self.at_start, false);
         match msg {
-            Message::KeepAlive => self.at_start = at_start,
+            Message::KeepAlive => {}
             Message::Choke => {
                 self.peer_choking = true;
                 if !self.link.fast {
@@ -164,73 +160,23 @@ impl Reader {
                 }
             }
             Message::Bitfield(bits) => {
-                if !at_start {
-                    return Err(bad("BITFIELD after other messages"));
-                }
+                // Accepted whenever it comes, as libtorrent does: aria2 sends its extension
+                // handshake first and a Bitfield again mid-connection in place of HAVEs.
                 let num_pieces = self.torrent.lengths.num_pieces();
-                let bits = bitfield::masked(bits, num_pieces);
-                let mut state = self.torrent.state();
-                let TorrentState {
-                    picker,
-                    peers,
-                    spread,
-                    ..
-                } = &mut *state;
-                let Some(entry) = peers.get_mut(&self.link.key) else {
-                    return Ok(());
-                };
-                let slice = entry.bitfield.as_raw_mut_slice();
-                if slice.len() != bits.len() {
+                if bits.len() != self.torrent.lengths.bitfield_len() {
                     return Err(bad("BITFIELD of the wrong length"));
                 }
-                slice.copy_from_slice(&bits);
-                entry.have_count = entry.bitfield.count_ones() as u32;
-                if let Some(spread) = spread {
-                    spread.peer_bitfield(self.link.key, &entry.bitfield);
-                }
-                if entry.have_count == num_pieces {
-                    entry.has_all = true;
-                    picker.peer_has_all();
-                } else {
-                    picker.peer_bitfield(&entry.bitfield);
-                }
-                let interesting = picker.is_interesting(&entry.bitfield, entry.has_all);
-                let both_seeds = entry.has_all && picker.is_complete();
-                drop(state);
-                if both_seeds {
-                    return Err(PeerError::Closed("both sides are seeds".into()));
-                }
-                self.set_interested(interesting);
+                let bits = bitfield::masked(bits, num_pieces);
+                let bits = BitSlice::<u8, Msb0>::from_slice(&bits);
+                let bits = &bits[..(num_pieces as usize).min(bits.len())];
+                self.announced(Announced::Bits(bits))?;
             }
-            Message::HaveAll | Message::HaveNone => {
+            Message::HaveAll => {
                 self.require_fast()?;
-                if !at_start {
-                    return Err(bad("HAVE_ALL/HAVE_NONE after other messages"));
-                }
-                if matches!(msg, Message::HaveAll) {
-                    let mut state = self.torrent.state();
-                    let TorrentState {
-                        picker,
-                        peers,
-                        spread,
-                        ..
-                    } = &mut *state;
-                    let Some(entry) = peers.get_mut(&self.link.key) else {
-                        return Ok(());
-                    };
-                    if let Some(spread) = spread {
-                        spread.peer_has_all(self.link.key);
-                    }
-                    entry.has_all = true;
-                    picker.peer_has_all();
-                    let complete = picker.is_complete();
-                    drop(state);
-                    if complete {
-                        return Err(PeerError::Closed("both sides are seeds".into()));
-                    }
-                    self.set_interested(true);
-                }
+                self.announced(Announced::All)?;
             }
+            // Says nothing we did not assume (a peer has nothing until it tells us).
+            Message::HaveNone => self.require_fast()?,
             Message::Request(raw) => self.on_request(raw)?,
             Message::Cancel(raw) => {
                 let block = self.check_block(raw)?;
@@ -278,7 +224,6 @@ impl Reader {
                     return Err(bad("extended message without BEP 10 support"));
                 }
                 if id == crate::wire::EXTENDED_HANDSHAKE_ID {
-                    self.at_start = at_start; // A Bitfield may still follow.
                     let hs = ExtensionHandshake::decode(&payload)?;
                     if let Some(reqq) = hs.reqq {
                         let ours = self.torrent.config.max_outstanding_requests;
@@ -287,6 +232,21 @@ impl Reader {
                 }
                 // Other extension messages: we advertised none, so ignore whatever comes.
             }
+        }
+        Ok(())
+    }
+
+    /// The peer announced pieces in bulk (Bitfield or HaveAll), first or later on.
+    fn announced(&mut self, pieces: Announced<'_>) -> Result<(), PeerError> {
+        let outcome = self.torrent.state().peer_announced(self.link.key, pieces);
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        if outcome.both_seeds {
+            return Err(PeerError::Closed("both sides are seeds".into()));
+        }
+        if outcome.interesting {
+            self.set_interested(true);
         }
         Ok(())
     }

@@ -36,6 +36,23 @@ impl PeerEntry {
     }
 }
 
+/// Pieces a peer announced in bulk (see [`TorrentState::peer_announced`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Announced<'a> {
+    /// A Bitfield, spare bits masked, one bit per piece.
+    Bits(&'a BitSlice<u8, Msb0>),
+    /// HaveAll.
+    All,
+}
+
+/// What a bulk announcement changed for us.
+pub(crate) struct AnnounceOutcome {
+    /// The peer has a piece we lack.
+    pub interesting: bool,
+    /// The peer is a seed and so are we: the connection is of no use.
+    pub both_seeds: bool,
+}
+
 /// A piece being assembled from blocks, in memory until it verifies.
 pub(crate) struct PieceBuffer {
     pub data: Vec<u8>,
@@ -286,6 +303,65 @@ impl TorrentState {
         self.peers.insert(link.key, entry);
     }
 
+    /// A peer announced pieces in bulk: a Bitfield, or every piece (HaveAll). At the start of
+    /// a connection or at any later point (aria2 sends a Bitfield again mid-connection, in
+    /// place of HAVEs, when 20 or more pieces finished since it last checked). Bits already
+    /// known are kept (a peer never loses pieces; a later Bitfield only adds to what it
+    /// has), new ones are counted once each in the picker's availability, so the picker's
+    /// one-report-per-piece contract holds whenever the message comes. Returns `None` for an
+    /// unknown peer.
+    pub fn peer_announced(
+        &mut self,
+        key: PeerKey,
+        pieces: Announced<'_>,
+    ) -> Option<AnnounceOutcome> {
+        let lengths = self.lengths;
+        let num_pieces = lengths.num_pieces();
+        let TorrentState {
+            picker,
+            peers,
+            spread,
+            ..
+        } = self;
+        let entry = peers.get_mut(&key)?;
+        if !entry.has_all {
+            let full = match pieces {
+                Announced::All => true,
+                Announced::Bits(bits) => bits.count_ones() >= num_pieces as usize,
+            };
+            if full && entry.have_count == 0 {
+                // Nothing counted yet: a seed, counted apart in O(1).
+                entry.has_all = true;
+                picker.peer_has_all();
+            } else {
+                let gained: Vec<usize> = match pieces {
+                    Announced::All => entry.bitfield.iter_zeros().collect(),
+                    Announced::Bits(bits) => bits
+                        .iter_ones()
+                        .filter(|&i| entry.bitfield.get(i).is_some_and(|b| !*b))
+                        .collect(),
+                };
+                for i in gained {
+                    if let Some(piece) = lengths.piece(i as u32) {
+                        entry.bitfield.set(i, true);
+                        entry.have_count += 1;
+                        picker.peer_has(piece);
+                    }
+                }
+            }
+            if let Some(spread) = spread {
+                match pieces {
+                    Announced::All => spread.peer_has_all(key),
+                    Announced::Bits(bits) => spread.peer_bitfield(key, bits),
+                }
+            }
+        }
+        Some(AnnounceOutcome {
+            interesting: picker.is_interesting(&entry.bitfield, entry.has_all),
+            both_seeds: entry.is_seed(num_pieces) && picker.is_complete(),
+        })
+    }
+
     /// Removes a peer: its availability and outstanding requests go back to the picker.
     pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
         let entry = self.peers.remove(&key)?;
@@ -469,5 +545,98 @@ mod tests {
             let at = now + Duration::from_secs(redial_after);
             assert_eq!(s.next_dial(10, 10, at), Some(addr), "complete = {complete}");
         }
+    }
+
+    fn join(s: &mut TorrentState, n: u8) -> PeerKey {
+        let key = s.next_peer_key();
+        let addr: SocketAddr = ([10, 0, 0, n], 6881).into();
+        let link = PeerLink::new(key, addr, PeerId([n; 20]), false, true);
+        s.insert_peer(Arc::new(link));
+        key
+    }
+
+    fn check(s: &TorrentState) {
+        s.picker.check_invariants().unwrap();
+        s.picker
+            .check_availability(s.peers.values().map(|p| (&p.bitfield[..], p.has_all)))
+            .unwrap();
+    }
+
+    fn bits(n: usize, ones: &[usize]) -> BitVec<u8, Msb0> {
+        let mut b = bitvec![u8, Msb0; 0; n];
+        for &i in ones {
+            b.set(i, true);
+        }
+        b
+    }
+
+    #[test]
+    fn bitfields_and_have_all_count_once_whenever_they_come() {
+        let lengths = Lengths::new(16 * 1024, 1024).unwrap();
+        let mut have = bitvec![u8, Msb0; 0; 16];
+        have.set(0, true);
+        let mut s = TorrentState::new(
+            lengths,
+            Picker::with_have(lengths, &have),
+            TorrentStatus::Downloading,
+        );
+        let (a, b) = (join(&mut s, 1), join(&mut s, 2));
+        // a: a Bitfield holding only what we have, then (aria2-style) a later one with
+        // more, leaving out a piece it announced before, then HaveAll.
+        let out = s
+            .peer_announced(a, Announced::Bits(&bits(16, &[0])))
+            .unwrap();
+        assert!(!out.interesting && !out.both_seeds);
+        check(&s);
+        let out = s
+            .peer_announced(a, Announced::Bits(&bits(16, &[1, 2, 3])))
+            .unwrap();
+        assert!(out.interesting);
+        assert_eq!(s.peers[&a].have_count, 4, "a peer never loses pieces");
+        check(&s);
+        assert_eq!(s.picker.availability(lengths.piece(0).unwrap()), 1);
+        assert_eq!(s.picker.availability(lengths.piece(2).unwrap()), 1);
+        s.peer_announced(a, Announced::All).unwrap();
+        assert!(s.peers[&a].is_seed(16));
+        check(&s);
+        assert_eq!(s.picker.availability(lengths.piece(9).unwrap()), 1);
+        // b: HaveAll first (counted as a seed), then a Bitfield that changes nothing.
+        s.peer_announced(b, Announced::All).unwrap();
+        s.peer_announced(b, Announced::Bits(&bits(16, &[5])))
+            .unwrap();
+        check(&s);
+        assert_eq!(s.picker.availability(lengths.piece(5).unwrap()), 2);
+        // Requests and departures keep the picker consistent.
+        let mut picks = Vec::new();
+        let entry = &s.peers[&a];
+        s.picker
+            .pick(a, &entry.bitfield, entry.has_all, 8, &mut picks);
+        assert!(!picks.is_empty());
+        s.remove_peer(a);
+        check(&s);
+        s.remove_peer(b);
+        check(&s);
+        assert_eq!(s.picker.availability(lengths.piece(5).unwrap()), 0);
+        assert!(s.peer_announced(a, Announced::All).is_none());
+    }
+
+    #[test]
+    fn a_complete_peer_and_a_complete_us_have_nothing_to_say() {
+        let lengths = Lengths::new(4 * 1024, 1024).unwrap();
+        let mut s = TorrentState::new(
+            lengths,
+            Picker::with_have(lengths, &bitvec![u8, Msb0; 1; 4]),
+            TorrentStatus::Seeding,
+        );
+        let a = join(&mut s, 1);
+        let out = s
+            .peer_announced(a, Announced::Bits(&bits(4, &[0, 1])))
+            .unwrap();
+        assert!(!out.both_seeds && !out.interesting);
+        let out = s
+            .peer_announced(a, Announced::Bits(&bits(4, &[2, 3])))
+            .unwrap();
+        assert!(out.both_seeds);
+        check(&s);
     }
 }
