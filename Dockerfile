@@ -65,7 +65,9 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
 # Flags without a default, unset unless given (an empty value would be an invalid one):
 #   IMAGEWOLF_ADVERTISE_ADDR   IMAGEWOLF_REGISTRY   IMAGEWOLF_POLL
 #   IMAGEWOLF_WEBHOOK_TOKEN    (or IMAGEWOLF_WEBHOOK_TOKEN_FILE, read by the entrypoint)
-#   IMAGEWOLF_CLUSTER_SECRET   (or IMAGEWOLF_CLUSTER_SECRET_FILE, read by the entrypoint)
+#   IMAGEWOLF_CLUSTER_SECRET   (or IMAGEWOLF_CLUSTER_SECRET_FILE, read by the entrypoint):
+#                               required, the same on every agent (openssl rand -hex 32)
+#   IMAGEWOLF_INSECURE_NO_CLUSTER_SECRET (=true runs without one: trusted networks only)
 #   IMAGEWOLF_ALLOW            (unset: every image is distributed; set it in production, e.g.
 #                               registry.example.com/team/**,*/library/nginx)
 #   IMAGEWOLF_ENDPOINT_ADDRESS (the registry endpoint as the runtime reaches it, if not the
