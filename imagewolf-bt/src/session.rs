@@ -411,9 +411,19 @@ async fn read_handshake(
     timeout: Duration,
 ) -> Result<(TcpStream, Handshake), crate::peer::PeerError> {
     let mut buf = [0u8; Handshake::LEN];
-    tokio::time::timeout(timeout, stream.read_exact(&mut buf))
-        .await
-        .map_err(|_| crate::peer::PeerError::Timeout("handshake"))??;
+    tokio::time::timeout(timeout, async {
+        // The first byte tells a plaintext handshake (19, the protocol string's length) from
+        // an encrypted one (MSE/PE: a random Diffie-Hellman key), which we do not speak:
+        // close at once, so the client retries in plaintext right away.
+        stream.read_exact(&mut buf[..1]).await?;
+        if buf[0] != Handshake::PROTOCOL_LEN {
+            return Err(crate::wire::WireError::BadProtocol.into());
+        }
+        stream.read_exact(&mut buf[1..]).await?;
+        Ok::<_, crate::peer::PeerError>(())
+    })
+    .await
+    .map_err(|_| crate::peer::PeerError::Timeout("handshake"))??;
     Ok((stream, Handshake::decode(&buf)?))
 }
 
@@ -466,5 +476,26 @@ mod tests {
         assert_eq!(Source::of(a), Source::of(b));
         let mapped: SocketAddr = "[::ffff:127.0.0.2]:3".parse().unwrap();
         assert_eq!(Source::of(mapped), flooder);
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_handshake_is_refused_at_its_first_byte() {
+        use tokio::io::AsyncWriteExt;
+        let session = Session::new(SessionConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            ..SessionConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(session.listen_addr()).await.unwrap();
+        // The first byte of an MSE key; a client waiting for our key would sit out the whole
+        // handshake timeout if we waited for 68 bytes.
+        stream.write_all(&[0x8f]).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte))
+            .await
+            .expect("the connection was not closed at once");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        session.shutdown().await;
     }
 }

@@ -97,15 +97,34 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// Failed dials (or short-lived connections) in a row after which an address is given up.
+/// The waits before them grow 1, 2, 4, ... 32 s: about a minute of trying in all.
+const MAX_DIAL_ATTEMPTS: u32 = 7;
+/// How long a given-up address is not dialled, even when a tracker or the caller names it
+/// again (a tracker keeps handing out a peer that left without saying so for its whole
+/// peer lifetime, two minutes by default).
+const GIVE_UP_FOR: Duration = Duration::from_secs(600);
+/// A connection that lasted this long was useful: its address starts over with no failures.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
 /// What we know of an address we might connect to.
 #[derive(Debug, Clone, Copy)]
 enum AddrState {
-    /// Queued in `candidates` or being dialled.
-    Pending,
-    /// A connection to it is up.
-    Connected,
-    /// The last attempt failed; retry after `retry_at`.
+    /// Queued in `candidates` or being dialled; `attempts` failures in a row before this.
+    Pending { attempts: u32 },
+    /// A connection to it is up, since `since`, after `attempts` failures in a row.
+    Connected { attempts: u32, since: Instant },
+    /// The last attempt failed, or the connection ended: `attempts` in a row; retry after
+    /// `retry_at`.
     Failed { attempts: u32, retry_at: Instant },
+    /// Too many failures in a row: not dialled again before `until`, and then only if
+    /// named again.
+    GaveUp { until: Instant },
+}
+
+/// The wait before the next dial after `attempts` failures in a row: 1, 2, 4 ... 60 s.
+fn dial_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1 << attempts.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 pub(crate) struct TorrentState {
@@ -163,20 +182,30 @@ impl TorrentState {
         self.picker.is_complete()
     }
 
-    /// Queues addresses we have not seen; returns whether any was new.
+    /// Queues addresses we have not seen; returns whether any was new. An address that
+    /// failed keeps its back-off (a tracker names a peer that left for minutes after), and
+    /// one given up is taken again only once [`GIVE_UP_FOR`] has passed.
     pub fn add_candidates(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> bool {
+        self.add_candidates_at(addrs, Instant::now())
+    }
+
+    fn add_candidates_at(
+        &mut self,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        now: Instant,
+    ) -> bool {
         let mut added = false;
         for addr in addrs {
             if addr.port() == 0 || self.banned_ips.contains(&addr.ip()) {
                 continue;
             }
-            if let std::collections::hash_map::Entry::Vacant(e) = self.addrs.entry(addr) {
-                e.insert(AddrState::Pending);
-                self.candidates.push_back(addr);
-                added = true;
-            } else if let Some(AddrState::Failed { .. }) = self.addrs.get(&addr) {
-                // Told again about a peer that failed: it may be up now; retry soon.
-                self.addrs.insert(addr, AddrState::Pending);
+            let fresh = match self.addrs.get(&addr) {
+                None => true,
+                Some(AddrState::GaveUp { until }) => *until <= now,
+                Some(_) => false,
+            };
+            if fresh {
+                self.addrs.insert(addr, AddrState::Pending { attempts: 0 });
                 self.candidates.push_back(addr);
                 added = true;
             }
@@ -199,9 +228,9 @@ impl TorrentState {
         }
         // Failed addresses whose back-off expired go back in the queue.
         for (addr, state) in self.addrs.iter_mut() {
-            if let AddrState::Failed { retry_at, .. } = *state {
+            if let AddrState::Failed { attempts, retry_at } = *state {
                 if retry_at <= now {
-                    *state = AddrState::Pending;
+                    *state = AddrState::Pending { attempts };
                     self.candidates.push_back(*addr);
                 }
             }
@@ -215,39 +244,61 @@ impl TorrentState {
     pub fn dial_finished(&mut self, addr: SocketAddr, connected: bool, now: Instant) {
         self.half_open = self.half_open.saturating_sub(1);
         let attempts = match self.addrs.get(&addr) {
-            Some(AddrState::Failed { attempts, .. }) => *attempts,
+            Some(AddrState::Pending { attempts } | AddrState::Failed { attempts, .. }) => *attempts,
             _ => 0,
         };
         let state = if connected {
-            AddrState::Connected
-        } else {
-            let attempts = attempts + 1;
-            // 1 s, 2 s, 4 s ... capped at a minute: a LAN peer that is starting up comes soon.
-            let backoff = Duration::from_secs(1 << attempts.min(6)).min(Duration::from_secs(60));
-            AddrState::Failed {
+            AddrState::Connected {
                 attempts,
-                retry_at: now + backoff,
+                since: now,
             }
+        } else {
+            // Refused or unreachable: 1 s, 2 s, 4 s ... (a LAN peer that is starting up
+            // comes soon), then give up.
+            self.failed(attempts + 1, Duration::ZERO, now)
         };
         self.addrs.insert(addr, state);
+    }
+
+    /// `attempts` failures in a row: retry after the back-off (at least `min_wait`), or
+    /// give up.
+    fn failed(&self, attempts: u32, min_wait: Duration, now: Instant) -> AddrState {
+        if attempts >= MAX_DIAL_ATTEMPTS {
+            AddrState::GaveUp {
+                until: now + GIVE_UP_FOR,
+            }
+        } else {
+            AddrState::Failed {
+                attempts,
+                retry_at: now + dial_backoff(attempts).max(min_wait),
+            }
+        }
     }
 
     /// A connection that was up went down: its address may be dialled again later. Soon
     /// while we still need pieces; after a minute once we are a seed (peers that need us
     /// dial us, and two seeds would otherwise redial each other every second only to hang
-    /// up again).
+    /// up again). A connection that ended within [`STABLE_CONNECTION`] counts as a failure,
+    /// so a peer that keeps hanging up (or left for good) is redialled less and less often,
+    /// then given up.
     pub fn connection_lost(&mut self, dial_addr: SocketAddr, now: Instant) {
-        let wait = if self.is_complete() {
+        let min_wait = if self.is_complete() {
             Duration::from_secs(60)
         } else {
             Duration::from_secs(1)
         };
-        if let Some(state) = self.addrs.get_mut(&dial_addr) {
-            *state = AddrState::Failed {
-                attempts: 0,
-                retry_at: now + wait,
-            };
-        }
+        let attempts = match self.addrs.get(&dial_addr) {
+            Some(AddrState::Connected { attempts, since }) => {
+                if now.saturating_duration_since(*since) >= STABLE_CONNECTION {
+                    1
+                } else {
+                    attempts + 1
+                }
+            }
+            _ => return,
+        };
+        let state = self.failed(attempts, min_wait, now);
+        self.addrs.insert(dial_addr, state);
     }
 
     pub fn is_banned(&self, addr: SocketAddr, peer_id: &PeerId) -> bool {
@@ -539,12 +590,65 @@ mod tests {
             s.add_candidates([addr]);
             assert_eq!(s.next_dial(10, 10, now), Some(addr));
             s.dial_finished(addr, true, now);
+            let now = now + STABLE_CONNECTION;
             s.connection_lost(addr, now);
             let just_before = now + Duration::from_secs(redial_after) - Duration::from_millis(1);
             assert_eq!(s.next_dial(10, 10, just_before), None);
             let at = now + Duration::from_secs(redial_after);
             assert_eq!(s.next_dial(10, 10, at), Some(addr), "complete = {complete}");
         }
+    }
+
+    #[test]
+    fn a_peer_that_left_is_redialled_less_and_less_then_given_up() {
+        let addr: SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        let t0 = Instant::now();
+        let mut s = state(false);
+        s.add_candidates_at([addr], t0);
+        assert_eq!(s.next_dial(10, 10, t0), Some(addr));
+        s.dial_finished(addr, true, t0);
+        // A useful connection ends; then the peer is gone (refused), while a tracker keeps
+        // naming it every 2 s: it is dialled only when its back-off allows.
+        let mut now = t0 + STABLE_CONNECTION;
+        s.connection_lost(addr, now);
+        let mut dials = Vec::new();
+        let end = now + Duration::from_secs(300);
+        while now < end {
+            s.add_candidates_at([addr], now);
+            if let Some(a) = s.next_dial(10, 10, now) {
+                assert_eq!(a, addr);
+                dials.push(now);
+                s.dial_finished(addr, false, now);
+            }
+            now += Duration::from_millis(500);
+        }
+        let gaps: Vec<u64> = dials.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert_eq!(gaps, [2, 4, 8, 16, 32], "{gaps:?}");
+        assert_eq!(dials.len() as u32, MAX_DIAL_ATTEMPTS - 1);
+        // Given up: named again only after GIVE_UP_FOR is it dialled again, once.
+        let last = *dials.last().unwrap();
+        s.add_candidates_at([addr], last + GIVE_UP_FOR - Duration::from_secs(1));
+        assert_eq!(s.next_dial(10, 10, last + GIVE_UP_FOR), None);
+        assert!(s.add_candidates_at([addr], last + GIVE_UP_FOR));
+        assert_eq!(s.next_dial(10, 10, last + GIVE_UP_FOR), Some(addr));
+    }
+
+    #[test]
+    fn a_peer_that_keeps_hanging_up_is_given_up() {
+        let addr: SocketAddr = "10.0.0.2:6881".parse().unwrap();
+        let mut now = Instant::now();
+        let mut s = state(false);
+        s.add_candidates_at([addr], now);
+        let mut connections = 0;
+        for _ in 0..1000 {
+            if s.next_dial(10, 10, now).is_some() {
+                connections += 1;
+                s.dial_finished(addr, true, now);
+                s.connection_lost(addr, now + Duration::from_millis(100));
+            }
+            now += Duration::from_millis(500);
+        }
+        assert_eq!(connections, MAX_DIAL_ATTEMPTS);
     }
 
     fn join(s: &mut TorrentState, n: u8) -> PeerKey {

@@ -29,6 +29,11 @@ impl Handshake {
     /// Length of a handshake on the wire.
     pub const LEN: usize = 68;
 
+    /// The first byte of every plaintext handshake: the length of the protocol string. Any
+    /// other first byte is not BitTorrent (an encrypted MSE/PE handshake starts with a
+    /// random key), so a listener can tell at once.
+    pub const PROTOCOL_LEN: u8 = PROTOCOL[0];
+
     /// Length of the part that identifies the torrent (protocol string, reserved bytes and
     /// info-hash). A listener reads this much, looks the torrent up and answers before the
     /// remote peer id arrives, as BEP 3 allows.
