@@ -182,6 +182,29 @@ pub struct AgentConfig {
     #[arg(long, env = "IMAGEWOLF_REGISTRY")]
     pub registry: Option<String>,
 
+    /// INSECURE: read these registries (`HOST[:PORT]`, exactly as in image names; repeat the
+    /// flag or comma-separate) over plain http, credentials included, without TLS. Other
+    /// hosts are read over https; one written with an explicit port other than 443 falls
+    /// back to plain http (anonymously) only when it does not speak TLS at all.
+    #[arg(
+        long = "insecure-registry",
+        env = "IMAGEWOLF_INSECURE_REGISTRY",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub insecure_registry: Vec<String>,
+
+    /// A PEM file of CA certificates to trust for registries (a private CA), added to the
+    /// platform's roots.
+    #[arg(long, env = "IMAGEWOLF_REGISTRY_CA", value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+
+    /// Registry credentials: a Docker `config.json` or a Kubernetes `.dockerconfigjson`
+    /// (`{"auths": {"HOST": {"auth": "base64(user:password)"}}}`), read at start. Used for
+    /// basic auth and the token flow, sent to that registry and its token service only.
+    #[arg(long, env = "IMAGEWOLF_REGISTRY_AUTH_FILE", value_name = "FILE")]
+    pub registry_auth_file: Option<PathBuf>,
+
     /// Keep seeding this long after the image is loaded here, then delete the tarball.
     #[arg(long, env = "IMAGEWOLF_SEED_SECONDS", default_value_t = 600)]
     pub seed_seconds: u64,

@@ -12,7 +12,10 @@ use imagewolf_agent::distributor::{
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
-use imagewolf_agent::registry::{FallbackSource, HostPolicy, RegistrySource};
+use imagewolf_agent::registry::{
+    ClientOptions, CredentialStore, FallbackSource, HostPolicy, RegistryHttp, RegistrySource,
+    TlsSettings,
+};
 use imagewolf_agent::source::ImageSource;
 use imagewolf_agent::{containerd, discovery, docker, endpoint, poll, store};
 
@@ -46,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
     let advertise = config
         .advertise_addr
         .unwrap_or_else(|| discovery::detect_advertise_addr(&agents.borrow()));
-    let policy = host_policy(&config);
+    // One registry client for every source and the poller: connections, the scheme each
+    // host speaks and tokens are shared.
+    let http = registry_client(&config)?;
     let (source, loader): (Arc<dyn ImageSource>, Arc<dyn ImageLoader>) = match config.runtime {
         Runtime::Docker => {
             let docker = Arc::new(
@@ -55,9 +60,11 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("connecting to Docker at {}", config.docker_host))?,
             );
             // The registry API first (seeding starts while blobs arrive); Docker for what
-            // it cannot do (https, credentials, unsupported media types).
-            let source =
-                FallbackSource::new(RegistrySource::new().with_policy(policy), docker.clone());
+            // it cannot do (credentials or a CA only Docker has, unsupported media types).
+            let source = FallbackSource::new(
+                RegistrySource::new().with_client(http.clone()),
+                docker.clone(),
+            );
             (Arc::new(source), docker)
         }
         Runtime::Containerd => {
@@ -75,17 +82,13 @@ async fn main() -> anyhow::Result<()> {
             })?
             // The hosts.toml files that make containerd pull through this agent's endpoint.
             .with_hosts_dir(config.data_dir.join("containerd-hosts"));
-            // Originates through the registry API; what that cannot fetch gets
-            // ReceiveOnly's explanation.
-            let source = FallbackSource::new(
-                RegistrySource::new().with_policy(policy),
-                Arc::new(containerd::ReceiveOnly),
-            );
+            // Originates through the registry API (https, credentials): no Docker needed.
+            let source = RegistrySource::new().with_client(http.clone());
             (Arc::new(source), Arc::new(containerd))
         }
         Runtime::None => (
             // No runtime, yet this node can originate: the registry API needs none.
-            Arc::new(RegistrySource::new().with_policy(policy)),
+            Arc::new(RegistrySource::new().with_client(http.clone())),
             Arc::new(KeepTarball::new(config.data_dir.join("loaded"))?),
         ),
     };
@@ -122,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     if config.blobs() {
-        start_blob_path(&config, &distributor, shutdown_rx.clone()).await?;
+        start_blob_path(&config, &distributor, http.clone(), shutdown_rx.clone()).await?;
     }
     tracing::info!(
         api = %config.listen,
@@ -144,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
     if !config.poll.is_empty() {
         spawn_poller(
             &config,
+            http.clone(),
             advertise,
             agents.clone(),
             Arc::clone(&distributor),
@@ -182,10 +186,64 @@ fn host_policy(config: &AgentConfig) -> HostPolicy {
     )
 }
 
+/// The agent's registry client: the host policy, the TLS roots (`--registry-ca`), the
+/// plain-http hosts (`--insecure-registry`, `http://` poll targets; logged loudly) and the
+/// credentials (`--registry-auth-file`; hosts logged, never secrets). A bad CA or
+/// credentials file stops the agent at start.
+fn registry_client(config: &AgentConfig) -> anyhow::Result<RegistryHttp> {
+    let tls = match &config.registry_ca {
+        Some(path) => {
+            TlsSettings::with_ca_file(path).map_err(|e| anyhow::anyhow!("--registry-ca: {e}"))?
+        }
+        None => TlsSettings::platform(),
+    };
+    let roots = tls.summary();
+    tracing::info!(
+        platform = roots.platform,
+        builtin = roots.builtin,
+        registry_ca = roots.extra,
+        "registry TLS roots"
+    );
+    let credentials = match &config.registry_auth_file {
+        Some(path) => {
+            let (store, warnings) = CredentialStore::read_file(path)
+                .map_err(|e| anyhow::anyhow!("--registry-auth-file: {e}"))?;
+            for w in warnings {
+                tracing::warn!("--registry-auth-file: {w}");
+            }
+            tracing::info!(registries = ?store.hosts(), "registry credentials loaded");
+            store
+        }
+        None => CredentialStore::empty(),
+    };
+    let mut plain_http = Vec::new();
+    for host in &config.insecure_registry {
+        let host = host.trim();
+        if host.is_empty() {
+            continue;
+        }
+        if host.contains(['/', '@', ' ']) {
+            anyhow::bail!("--insecure-registry {host:?}: expected HOST[:PORT], as in image names");
+        }
+        plain_http.push(host.to_owned());
+    }
+    plain_http.extend(poll::plain_http_hosts(&config.poll));
+    if !plain_http.is_empty() {
+        tracing::warn!(hosts = ?plain_http, "INSECURE: these registries are read over plain http, without TLS (--insecure-registry, http:// --poll targets): credentials and images cross the network unencrypted");
+    }
+    Ok(RegistryHttp::with_options(ClientOptions {
+        policy: host_policy(config),
+        tls,
+        plain_http,
+        credentials,
+    }))
+}
+
 /// `--distribution blobs`: the node's store and its registry endpoint.
 async fn start_blob_path(
     config: &AgentConfig,
     distributor: &Arc<Distributor>,
+    http: RegistryHttp,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let dir = config.data_dir.join("store");
@@ -213,7 +271,7 @@ async fn start_blob_path(
         .unwrap_or_else(imagewolf_agent::registry::manifest::host_platform);
     let path = BlobPath::new(
         store,
-        RegistrySource::for_platform(platform).with_policy(host_policy(config)),
+        RegistrySource::for_platform(platform).with_client(http),
         address.clone(),
     )
     .with_platforms(platform, &config.platforms);
@@ -232,6 +290,7 @@ async fn start_blob_path(
 /// with the lowest address among those it knows polls (see [`poll`]).
 fn spawn_poller(
     config: &AgentConfig,
+    http: RegistryHttp,
     advertise: std::net::IpAddr,
     agents: tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>,
     distributor: Arc<Distributor>,
@@ -242,7 +301,7 @@ fn spawn_poller(
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let should_poll = move || agents.borrow().iter().all(|a| advertise <= a.ip());
     tokio::spawn(poll::run(
-        poll::Poller::new(config.poll.clone()),
+        poll::Poller::with_client(config.poll.clone(), http),
         config.poll_interval(),
         should_poll,
         tx,

@@ -21,9 +21,11 @@
 //!   binary polls only on the agent with the lowest address among those it knows. A
 //!   hand-over between agents can miss a push made during it (the new poller baselines
 //!   first); the interval bounds that window.
-//! - **http:// only for now.** The agent carries no TLS stack; `https://` targets are
-//!   refused with that reason at startup instead of failing at every round. Anonymous
-//!   access only (no token flow).
+//! - **The agent's registry client** ([`crate::registry::client`]): `https://` targets are
+//!   read over TLS, with the credentials of `--registry-auth-file` and the token flow;
+//!   `http://` targets are the operator saying the registry speaks plain http, so their
+//!   hosts are read over plain http ([`PollTarget::plain_http`]). The agent binary shares
+//!   one client between the poller and the image sources.
 //! - **Bounded**: bodies ([`MAX_BODY`]), tags per repository ([`MAX_TAGS`]), pages
 //!   ([`MAX_PAGES`]) and each request ([`REQUEST_TIMEOUT`]); `Link` is followed only to a
 //!   path on the same registry.
@@ -98,27 +100,33 @@ pub struct PollTarget {
     pub repository: String,
     /// Only this tag; `None` watches every tag.
     pub tag: Option<String>,
+    /// Written `http://`: the registry is read over plain http (as `--insecure-registry`
+    /// would); `https://`: over TLS.
+    pub plain_http: bool,
 }
 
 impl std::str::FromStr for PollTarget {
     type Err = PollError;
 
-    /// `http://HOST[:PORT]/REPO[:TAG]`.
+    /// `https://HOST[:PORT]/REPO[:TAG]` or `http://HOST[:PORT]/REPO[:TAG]`.
     fn from_str(entry: &str) -> Result<Self, PollError> {
         let bad = |reason: &str| PollError::BadTarget {
             entry: entry.chars().take(200).collect(),
             reason: reason.to_owned(),
         };
         let entry = entry.trim();
-        if entry.starts_with("https://") {
-            return Err(bad(
-                "https registries are not supported yet (the agent has no TLS client); \
-                 use webhooks, or an http:// mirror",
-            ));
-        }
-        let rest = entry
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("expected http://HOST[:PORT]/REPOSITORY[:TAG]"))?;
+        let (rest, plain_http) = match (
+            entry.strip_prefix("https://"),
+            entry.strip_prefix("http://"),
+        ) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => {
+                return Err(bad(
+                    "expected https://HOST[:PORT]/REPOSITORY[:TAG] (or http:// for a plain-http registry)",
+                ))
+            }
+        };
         let (registry, path) = rest
             .split_once('/')
             .ok_or_else(|| bad("no repository after the registry"))?;
@@ -143,18 +151,29 @@ impl std::str::FromStr for PollTarget {
             registry: registry.to_owned(),
             repository: repository.to_owned(),
             tag: tag.map(str::to_owned),
+            plain_http,
         })
     }
 }
 
 impl std::fmt::Display for PollTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}/{}", self.registry, self.repository)?;
+        let scheme = if self.plain_http { "http" } else { "https" };
+        write!(f, "{scheme}://{}/{}", self.registry, self.repository)?;
         match &self.tag {
             Some(tag) => write!(f, ":{tag}"),
             None => Ok(()),
         }
     }
+}
+
+/// The hosts of the `http://` targets: read over plain http.
+pub fn plain_http_hosts(targets: &[PollTarget]) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|t| t.plain_http)
+        .map(|t| t.registry.clone())
+        .collect()
 }
 
 /// Parses a comma-separated `--poll` list (empty entries ignored).
@@ -179,13 +198,25 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// A poller for `targets`; nothing is requested until [`Poller::poll_once`]. The
-    /// targets' registries are the operator's: reached as given
-    /// ([`crate::registry::HostPolicy`]).
+    /// A poller for `targets` with a client of its own (platform roots, no credentials);
+    /// nothing is requested until [`Poller::poll_once`]. The targets' registries are the
+    /// operator's: reached as given ([`crate::registry::HostPolicy`]), `http://` ones over
+    /// plain http.
     pub fn new(targets: Vec<PollTarget>) -> Self {
-        let policy = crate::registry::HostPolicy::naming(targets.iter().map(|t| &t.registry));
+        let client = RegistryHttp::with_options(crate::registry::ClientOptions {
+            policy: crate::registry::HostPolicy::naming(targets.iter().map(|t| &t.registry)),
+            plain_http: plain_http_hosts(&targets),
+            ..crate::registry::ClientOptions::default()
+        });
+        Self::with_client(targets, client)
+    }
+
+    /// A poller for `targets` reading through `client` (the agent's one client, whose
+    /// policy must name the targets' hosts and whose plain-http hosts must include the
+    /// `http://` targets': [`plain_http_hosts`]).
+    pub fn with_client(targets: Vec<PollTarget>, client: RegistryHttp) -> Self {
         Poller {
-            client: RegistryHttp::with_policy(policy),
+            client,
             targets,
             seen: HashMap::new(),
             baselined: HashSet::new(),
@@ -274,8 +305,10 @@ impl Poller {
         let mut path = format!("/v2/{}/tags/list", target.repository);
         let mut tags = Vec::new();
         for _ in 0..MAX_PAGES {
-            let url = format!("http://{}{path}", target.registry);
-            let (status, headers, body) = self.request(Method::GET, &url, None).await?;
+            let url = format!("{}{path}", target.registry);
+            let (status, headers, body) = self
+                .request(Method::GET, &target.registry, &path, None)
+                .await?;
             if status == StatusCode::NOT_FOUND {
                 return Ok(Vec::new());
             }
@@ -320,10 +353,7 @@ impl Poller {
             }
         }
         Err(PollError::Malformed {
-            url: format!(
-                "http://{}/v2/{}/tags/list",
-                target.registry, target.repository
-            ),
+            url: format!("{}/v2/{}/tags/list", target.registry, target.repository),
             message: format!("more than {MAX_PAGES} pages of tags"),
         })
     }
@@ -341,12 +371,10 @@ impl Poller {
             tracing::warn!(%target, tag, "registry listed an invalid tag; skipped");
             return Ok(None);
         }
-        let url = format!(
-            "http://{}/v2/{}/manifests/{tag}",
-            target.registry, target.repository
-        );
+        let path = format!("/v2/{}/manifests/{tag}", target.repository);
+        let url = format!("{}{path}", target.registry);
         let (status, headers, _) = self
-            .request(Method::HEAD, &url, Some(MANIFEST_ACCEPT))
+            .request(Method::HEAD, &target.registry, &path, Some(MANIFEST_ACCEPT))
             .await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -366,7 +394,7 @@ impl Poller {
         }
         // No digest header: fetch the manifest and hash it, as the registry does.
         let (status, _, body) = self
-            .request(Method::GET, &url, Some(MANIFEST_ACCEPT))
+            .request(Method::GET, &target.registry, &path, Some(MANIFEST_ACCEPT))
             .await?;
         if status != StatusCode::OK {
             return Err(PollError::Status {
@@ -380,10 +408,16 @@ impl Poller {
     async fn request(
         &self,
         method: Method,
-        url: &str,
+        registry: &str,
+        path: &str,
         accept: Option<&str>,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), PollError> {
-        match self.client.request(method, url, accept, MAX_BODY).await {
+        let url = &format!("{registry}{path}");
+        match self
+            .client
+            .request(method, registry, path, accept, MAX_BODY)
+            .await
+        {
             Ok(r) => Ok((r.status, r.headers, r.body)),
             Err(HttpError::Timeout { .. }) => Err(PollError::Timeout {
                 url: url.to_owned(),
@@ -455,10 +489,19 @@ mod tests {
             PollTarget {
                 registry: "10.0.0.5:5000".into(),
                 repository: "team/app".into(),
-                tag: None
+                tag: None,
+                plain_http: true,
             }
         );
         assert_eq!(t.to_string(), "http://10.0.0.5:5000/team/app");
+        let t: PollTarget = "https://ghcr.io/team/app:v1".parse().unwrap();
+        assert!(!t.plain_http);
+        assert_eq!(t.registry, "ghcr.io");
+        assert_eq!(t.to_string(), "https://ghcr.io/team/app:v1");
+        assert_eq!(
+            plain_http_hosts(&parse_targets("https://a/x,http://b:5000/y").unwrap()),
+            vec!["b:5000".to_owned()]
+        );
         let t: PollTarget = "http://registry:5000/app:prod".parse().unwrap();
         assert_eq!(t.tag.as_deref(), Some("prod"));
         assert_eq!(t.repository, "app");
@@ -467,7 +510,7 @@ mod tests {
         for bad in [
             "",
             "r:5000/app",
-            "https://r/app",
+            "ftp://r/app",
             "http://r",
             "http://r/",
             "http:///app",

@@ -358,7 +358,8 @@ impl Service<Name> for GuardedResolver {
     }
 }
 
-/// hyper_util's `HttpConnector` with the policy applied at connect time: named hosts are
+/// hyper_util's `HttpConnector` with the policy applied at connect time (the TCP connection
+/// TLS then runs over, for https): named hosts are
 /// connected to as given; an IP literal is judged by `rule` before connecting; a name is
 /// resolved by a [`GuardedResolver`], so only addresses `rule` allows are ever dialled.
 #[derive(Clone)]
@@ -374,8 +375,11 @@ impl GuardedConnector {
     pub fn new(policy: Arc<HostPolicy>, rule: Rule, connect_timeout: Duration) -> Self {
         let mut open = HttpConnector::new();
         open.set_connect_timeout(Some(connect_timeout));
+        // TLS (hyper-rustls) runs over this connector: it hands https URIs down too.
+        open.enforce_http(false);
         let mut guarded = HttpConnector::new_with_resolver(GuardedResolver { rule });
         guarded.set_connect_timeout(Some(connect_timeout));
+        guarded.enforce_http(false);
         GuardedConnector {
             policy,
             rule,

@@ -4,13 +4,16 @@
 //! ([`archive`]), so seeding can start while blobs are still arriving.
 //!
 //! Design decisions:
-//! - **http:// and anonymous only**, like [`crate::poll`]: the agent carries no TLS stack
-//!   and no credentials. A registry named without a port (Docker would use https on 443),
-//!   on port 443, that answers plain HTTP with "HTTPS", that redirects to https or asks for
-//!   credentials or a token (401/403), or an image in a format `docker load` on dockerd
-//!   20.10 cannot take (zstd or foreign layers, schema 1, artifacts) is
-//!   [`RegistryError::Unsupported`]: Docker may manage, so [`FallbackSource`] hands such
-//!   an image to the runtime's source.
+//! - **https and credentials in the agent itself** ([`client`]): rustls with the platform's
+//!   roots (plus `--registry-ca`), the distribution token flow and basic auth with the
+//!   credentials of `--registry-auth-file` ([`auth`]), plain http only for hosts named
+//!   insecure or, with an explicit port, for hosts that do not speak TLS at all. So every
+//!   node can be an origin, containerd nodes included. What is left for Docker
+//!   ([`RegistryError::Unsupported`], which [`FallbackSource`] hands to the runtime's source
+//!   on Docker nodes): a registry that wants credentials the agent was not given, a
+//!   certificate the agent does not trust (Docker may have its own `certs.d`), or an image
+//!   in a format `docker load` on dockerd 20.10 cannot take (zstd or foreign layers,
+//!   schema 1, artifacts).
 //! - **Everything is checked.** The manifest's SHA-256 when fetched by digest (or when the
 //!   registry names one), the config's digest and size at pull, every blob's size and
 //!   SHA-256 while it streams: a bad blob ends the archive with an error naming it.
@@ -32,11 +35,13 @@
 //!   architecture (Rust's `std::env::consts::ARCH` in Go's names) is taken.
 
 pub mod archive;
+pub mod auth;
 pub mod client;
 mod fallback;
 pub mod guard;
 pub mod manifest;
 pub mod plan;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -48,10 +53,12 @@ use http_body_util::BodyExt;
 use hyper::StatusCode;
 
 pub use archive::ArchivePlan;
-pub use client::{RegistryHttp, MANIFEST_ACCEPT};
+pub use auth::CredentialStore;
+pub use client::{ClientOptions, RegistryHttp, MANIFEST_ACCEPT};
 pub use fallback::FallbackSource;
 pub use guard::HostPolicy;
 pub use plan::{BlobPlan, RawManifest};
+pub use tls::TlsSettings;
 
 use self::archive::BlobSource;
 use self::client::{sha256_digest, valid_digest, HttpError};
@@ -73,8 +80,9 @@ pub enum RegistryError {
     /// The registry is unreachable, timed out, or answered 5xx/429: try again later.
     #[error("{0}")]
     Unavailable(String),
-    /// This source cannot do it but Docker might (https, credentials or token auth, a media
-    /// type it does not handle): a [`FallbackSource`] tries the runtime's source.
+    /// This source cannot do it but Docker might (credentials the agent was not given, a
+    /// certificate it does not trust, a media type it does not handle): a
+    /// [`FallbackSource`] tries the runtime's source.
     #[error("{0}")]
     Unsupported(String),
     /// Neither a retry nor Docker would help (no such image, malformed or corrupt content).
@@ -109,8 +117,10 @@ impl From<HttpError> for RegistryError {
             HttpError::Transport { .. } | HttpError::Timeout { .. } => {
                 RegistryError::Unavailable(e.to_string())
             }
-            HttpError::HttpsRedirect { .. } => RegistryError::Unsupported(e.to_string()),
-            HttpError::Redirect { .. } | HttpError::Refused { .. } => {
+            HttpError::Tls { .. } | HttpError::NotTls { .. } => {
+                RegistryError::Unsupported(e.to_string())
+            }
+            HttpError::Redirect { .. } | HttpError::Refused { .. } | HttpError::Auth { .. } => {
                 RegistryError::Failed(e.to_string())
             }
         }
@@ -131,32 +141,22 @@ fn status_error(what: &str, status: StatusCode, body: &[u8]) -> RegistryError {
         .contains("https");
     match status.as_u16() {
         401 | 403 => RegistryError::Unsupported(format!(
-            "{message} (needs credentials; this source pulls anonymously)"
+            "{message} (needs credentials; --registry-auth-file has none for this registry)"
         )),
         400 if says_https => RegistryError::Unsupported(format!(
-            "{message} (the registry speaks https; this source speaks http only)"
+            "{message} (the registry says it speaks https, and was read over plain http: \
+             is it named in --insecure-registry?)"
         )),
         408 | 429 | 500..=599 => RegistryError::Unavailable(message),
         _ => RegistryError::Failed(message),
     }
 }
 
-/// Whether Docker would talk plain HTTP to `registry` without extra configuration hints we
-/// can see: an explicit port other than 443, or localhost. Anything else is assumed https.
-fn plain_http_plausible(registry: &str) -> bool {
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-        _ => (registry, None),
-    };
-    match port {
-        Some(p) => p != "443",
-        None => host == "localhost" || host.starts_with("127."),
-    }
-}
-
 /// Pulls manifests and configs over the registry API and exports docker-archives built from
-/// blobs (see the module docs). http only, anonymous; hosts as its [`HostPolicy`] allows
-/// (strict by default: [`RegistrySource::with_policy`] names the hosts the operator trusts).
+/// blobs (see the module docs). Hosts as its client's [`HostPolicy`] allows (strict by
+/// default: [`RegistrySource::with_policy`] names the hosts the operator trusts,
+/// [`RegistrySource::with_client`] shares the agent's one client, with its TLS roots,
+/// credentials and insecure hosts).
 #[derive(Clone)]
 pub struct RegistrySource {
     http: RegistryHttp,
@@ -190,6 +190,20 @@ impl RegistrySource {
             http: RegistryHttp::with_policy(policy),
             platform: self.platform,
         }
+    }
+
+    /// This source, reading through `http` (the agent's one client: its policy, TLS roots,
+    /// insecure hosts, credentials and token cache).
+    pub fn with_client(self, http: RegistryHttp) -> Self {
+        RegistrySource {
+            http,
+            platform: self.platform,
+        }
+    }
+
+    /// The client this source reads through.
+    pub fn client(&self) -> &RegistryHttp {
+        &self.http
     }
 
     /// The policy this source reaches hosts by.
@@ -257,8 +271,11 @@ impl RegistrySource {
                 d.size
             )));
         }
-        let url = blob_url(&image.registry, &image.repository, &d.digest);
-        let r = self.http.get_bounded(&url, None, MAX_CONFIG).await?;
+        let path = blob_path(&image.repository, &d.digest);
+        let r = self
+            .http
+            .get_bounded(&image.registry, &path, None, MAX_CONFIG)
+            .await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&what, r.status, &r.body));
         }
@@ -295,23 +312,15 @@ impl RegistrySource {
 
 impl RegistrySource {
     /// The checks every pull starts with, before anything else acts on the push: the names
-    /// and the digest's form, that the [`HostPolicy`] allows the registry host (a literal
-    /// address as it is, a name by what it resolves to; a refusal is
-    /// [`RegistryError::Failed`], so [`FallbackSource`] never hands it to Docker), then that
-    /// the registry plausibly speaks plain http (this source's only protocol).
+    /// and the digest's form, then that the [`HostPolicy`] allows the registry host (a
+    /// literal address as it is, a name by what it resolves to; a refusal is
+    /// [`RegistryError::Failed`], so [`FallbackSource`] never hands it to Docker).
     async fn check_reference(&self, image: &ImageRef) -> Result<(), RegistryError> {
         check_names(image)?;
         self.http
             .check_registry(&image.registry)
             .await
             .map_err(|refused| RegistryError::Failed(refused.to_string()))?;
-        if !plain_http_plausible(&image.registry) {
-            return Err(RegistryError::Unsupported(format!(
-                "{}: a registry without a port other than 443 speaks https as far as Docker \
-                 is concerned; this source speaks http only",
-                image.registry
-            )));
-        }
         Ok(())
     }
 }
@@ -335,8 +344,8 @@ fn check_names(image: &ImageRef) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn blob_url(registry: &str, repository: &str, digest: &str) -> String {
-    format!("http://{registry}/v2/{repository}/blobs/{digest}")
+fn blob_path(repository: &str, digest: &str) -> String {
+    format!("/v2/{repository}/blobs/{digest}")
 }
 
 /// Blob downloads from one repository.
@@ -353,20 +362,17 @@ impl BlobSource for HttpBlobs {
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, RegistryError>>, RegistryError>>
     {
         Box::pin(async move {
-            let url = blob_url(&self.registry, &self.repository, &blob.digest);
+            let path = blob_path(&self.repository, &blob.digest);
+            let url = format!("{}{path}", self.registry);
             let what = format!(
                 "blob {} of {}/{}",
                 blob.digest, self.registry, self.repository
             );
             // Errors name the URL asked for, not where a redirect led.
-            let (_, resp) = self.http.get_following(&url, None).await?;
+            let (_, resp) = self.http.get_following(&self.registry, &path, None).await?;
             if resp.status() != StatusCode::OK {
                 let status = resp.status();
-                let body = http_body_util::Limited::new(resp.into_body(), MAX_SNIFF)
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let body = client::read_prefix(resp.into_body(), MAX_SNIFF).await;
                 return Err(status_error(&what, status, &body));
             }
             let length = resp

@@ -131,14 +131,16 @@ impl RegistrySource {
         image: &ImageRef,
         by: &str,
     ) -> Result<(RawManifest, Manifest), RegistryError> {
-        let url = format!(
-            "http://{}/v2/{}/manifests/{by}",
-            image.registry, image.repository
-        );
+        let path = format!("/v2/{}/manifests/{by}", image.repository);
         let what = format!("manifest {}/{}:{by}", image.registry, image.repository);
         let r = self
             .http
-            .get_bounded(&url, Some(super::MANIFEST_ACCEPT), MAX_MANIFEST)
+            .get_bounded(
+                &image.registry,
+                &path,
+                Some(super::MANIFEST_ACCEPT),
+                MAX_MANIFEST,
+            )
             .await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&what, r.status, &r.body));

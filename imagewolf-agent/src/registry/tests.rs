@@ -12,13 +12,26 @@ use super::*;
 
 /// path -> (status line, extra headers, body).
 type Routes = Arc<Mutex<HashMap<String, (String, String, Vec<u8>)>>>;
+/// path -> (the `Authorization` value required, the `WWW-Authenticate` sent without it).
+type Guards = Arc<Mutex<HashMap<String, (String, String)>>>;
+/// Every request head received.
+type Heads = Arc<Mutex<Vec<String>>>;
 
 async fn serve(routes: Routes) -> String {
+    serve_guarded(routes, Guards::default(), Heads::default()).await
+}
+
+/// The double: answers `routes`; a guarded path answers 401 with its challenge unless the
+/// request carries the required `Authorization`; a TLS ClientHello gets a plain-HTTP 400, as
+/// real plain-http servers answer it (so the client reads this host over plain http).
+async fn serve_guarded(routes: Routes, guards: Guards, heads: Heads) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let routes = Arc::clone(&routes);
+            let guards = Arc::clone(&guards);
+            let heads = Arc::clone(&heads);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut len = 0;
@@ -27,10 +40,33 @@ async fn serve(routes: Routes) -> String {
                         Ok(0) | Err(_) => return,
                         Ok(n) => len += n,
                     }
+                    if buf[0] == 0x16 {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
                 }
                 let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                heads.lock().unwrap().push(head.clone());
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let found = routes.lock().unwrap().get(&path).cloned();
+                let authorization = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let guard = guards.lock().unwrap().get(&path).cloned();
+                let found = match guard {
+                    Some((needed, challenge)) if needed != authorization => Some((
+                        "401 Unauthorized".into(),
+                        format!("WWW-Authenticate: {challenge}\r\n"),
+                        Vec::new(),
+                    )),
+                    _ => routes.lock().unwrap().get(&path).cloned(),
+                };
                 let (status, headers, body) =
                     found.unwrap_or_else(|| ("404 Not Found".into(), String::new(), Vec::new()));
                 let mut reply = format!(
@@ -235,23 +271,30 @@ async fn what_docker_could_do_is_marked_for_fallback() {
             (status.into(), headers.into(), body.as_bytes().to_vec()),
         );
     };
+    // A token service (on the registry's own host) that refuses anonymous tokens.
     set(
         "/v2/team/app/manifests/auth",
         "401 Unauthorized",
-        "WWW-Authenticate: Bearer realm=\"https://auth/token\"\r\n",
+        &format!("WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"reg\"\r\n"),
         "{\"errors\":[]}",
+    );
+    set(
+        "/token?service=reg&scope=repository%3Ateam%2Fapp%3Apull",
+        "401 Unauthorized",
+        "",
+        "",
+    );
+    set(
+        "/v2/team/app/manifests/basic",
+        "401 Unauthorized",
+        "WWW-Authenticate: Basic realm=\"reg\"\r\n",
+        "",
     );
     set(
         "/v2/team/app/manifests/tls",
         "400 Bad Request",
         "",
         "Client sent an HTTP request to an HTTPS server.",
-    );
-    set(
-        "/v2/team/app/manifests/moved",
-        "301 Moved Permanently",
-        "Location: https://secure/v2/team/app/manifests/moved\r\n",
-        "",
     );
     set(
         "/v2/team/app/manifests/zstd",
@@ -265,17 +308,11 @@ async fn what_docker_could_do_is_marked_for_fallback() {
         .unwrap(),
     );
     let source = named(&[&addr]);
-    for tag in ["auth", "tls", "moved", "zstd"] {
+    // Credentials this agent was not given, a registry named insecure that speaks https, a
+    // media type docker load cannot take: Docker may manage.
+    for tag in ["auth", "basic", "tls", "zstd"] {
         let err = source.pull_image(&image(&addr, tag)).await.unwrap_err();
         assert!(err.wants_fallback() && !err.retryable(), "{tag}: {err:?}");
-    }
-    for registry in [
-        "registry.example.com",
-        "registry.example.com:443",
-        "docker.io",
-    ] {
-        let err = source.pull_image(&image(registry, "v1")).await.unwrap_err();
-        assert!(err.wants_fallback(), "{registry}: {err:?}");
     }
     // Not for Docker either: missing, or the registry failing (retryable).
     let err = source.pull_image(&image(&addr, "nope")).await.unwrap_err();
@@ -505,4 +542,220 @@ async fn the_runtimes_quote_of_a_registry_answer_is_cut_from_its_error() {
         fallback::without_quoted_body("no body here"),
         "no body here"
     );
+}
+
+/// The registry double, its guarded paths and the heads it received.
+async fn guarded_registry() -> (Routes, Guards, Heads, String) {
+    let (routes, guards, heads) = (Routes::default(), Guards::default(), Heads::default());
+    let addr = serve_guarded(Arc::clone(&routes), Arc::clone(&guards), Arc::clone(&heads)).await;
+    (routes, guards, heads, addr)
+}
+
+/// A source reading through a client with `credentials` for `registry`, the `insecure`
+/// hosts over plain http, and `named` hosts reachable on loopback.
+fn authenticating(
+    named: &[&str],
+    insecure: &[&str],
+    registry: &str,
+    user: &str,
+    password: &str,
+) -> RegistrySource {
+    let credentials = CredentialStore::from_entries([(
+        registry.to_owned(),
+        auth::Credentials::new(user, password),
+    )]);
+    RegistrySource::new().with_client(RegistryHttp::with_options(ClientOptions {
+        policy: HostPolicy::naming(named),
+        plain_http: insecure.iter().map(|h| h.to_string()).collect(),
+        credentials,
+        ..ClientOptions::default()
+    }))
+}
+
+fn heads_with(heads: &Heads, needle: &str) -> usize {
+    heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.contains(needle))
+        .count()
+}
+
+/// The token flow end to end against doubles: registry R asks for a bearer token from the
+/// realm on T (basic credentials sent there), every manifest and blob request to R carries
+/// the token, the blob redirected to storage S does not; the token is cached (T asked once
+/// for two pulls); the password and token never appear in an error.
+#[tokio::test]
+async fn token_flow_credentials_go_to_the_registry_and_realm_only() {
+    let (routes, guards, r_heads, r) = guarded_registry().await;
+    let (t_routes, _, t_heads, t) = guarded_registry().await;
+    let (s_routes, _, s_heads, s) = guarded_registry().await;
+    let config = config_json(1);
+    let layer = vec![7u8; 5000];
+    let manifest = manifest_json(&config, &[&layer], GZIP);
+    let bearer = "Bearer tok-5e3c7";
+    let challenge = format!(
+        "Bearer realm=\"http://{t}/token\",service=\"registry.test\",scope=\"repository:team/app:pull\""
+    );
+    let layer_path = format!("/v2/team/app/blobs/{}", sha256_digest(&layer));
+    let config_path = format!("/v2/team/app/blobs/{}", sha256_digest(&config));
+    for path in ["/v2/team/app/manifests/v1", &config_path, &layer_path] {
+        guards
+            .lock()
+            .unwrap()
+            .insert(path.into(), (bearer.into(), challenge.clone()));
+    }
+    ok(&routes, "/v2/team/app/manifests/v1", "", manifest);
+    ok(&routes, &config_path, "", config.clone());
+    routes.lock().unwrap().insert(
+        layer_path.clone(),
+        (
+            "307 Temporary Redirect".into(),
+            format!("Location: http://{s}/bucket/layer?sig=abc\r\n"),
+            Vec::new(),
+        ),
+    );
+    ok(&s_routes, "/bucket/layer?sig=abc", "", layer.clone());
+    let basic = auth::Credentials::new("alice", "s3cret-pw").basic_header();
+    ok(
+        &t_routes,
+        "/token?service=registry.test&scope=repository%3Ateam%2Fapp%3Apull",
+        "",
+        b"{\"token\":\"tok-5e3c7\",\"expires_in\":300}".to_vec(),
+    );
+    // T also checks the credentials.
+    let source = authenticating(&[&r, &t, &s], &[&r, &t], &r, "alice", "s3cret-pw");
+    let pulled = source.pull_image(&image(&r, "v1")).await.unwrap();
+    let mut out = Vec::new();
+    source
+        .export_image(&pulled)
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(out.len() as u64, pulled.size_hint);
+    // Again: the cached token is sent at once, T is not asked again.
+    let pulled = source.pull_image(&image(&r, "v1")).await.unwrap();
+    assert_eq!(pulled.image_id, sha256_digest(&config));
+    assert_eq!(source.client().cached_tokens(&r), 1);
+
+    assert_eq!(t_heads.lock().unwrap().len(), 1, "one token request");
+    assert_eq!(
+        heads_with(&t_heads, &basic),
+        1,
+        "credentials sent to the realm"
+    );
+    assert_eq!(heads_with(&r_heads, "s3cret"), 0);
+    assert_eq!(
+        heads_with(&r_heads, &basic),
+        0,
+        "R asked for a token, not basic"
+    );
+    // manifest 401 + manifest + config + layer (redirect) + manifest + config.
+    assert_eq!(
+        heads_with(&r_heads, bearer),
+        5,
+        "{:?}",
+        r_heads.lock().unwrap()
+    );
+    let s_heads = s_heads.lock().unwrap();
+    assert_eq!(s_heads.len(), 1);
+    assert!(
+        !s_heads[0].to_ascii_lowercase().contains("authorization"),
+        "the storage host got credentials: {}",
+        s_heads[0]
+    );
+}
+
+/// A realm on a loopback address the operator did not name is refused (never contacted),
+/// like any registry host; named, it is asked.
+#[tokio::test]
+async fn a_realm_on_an_unnamed_loopback_host_is_refused() {
+    let (routes, guards, _, r) = guarded_registry().await;
+    let (_, _, t_heads, t) = guarded_registry().await;
+    guards.lock().unwrap().insert(
+        "/v2/team/app/manifests/v1".into(),
+        (
+            "Bearer x".into(),
+            format!("Bearer realm=\"http://{t}/token\",service=\"s\""),
+        ),
+    );
+    ok(&routes, "/v2/team/app/manifests/v1", "", b"{}".to_vec());
+    // R is named insecure, so the token flow runs over plain http; T is not named.
+    let err = authenticating(&[&r], &[&r], &r, "u", "p")
+        .pull_image(&image(&r, "v1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("registry host {t} refused"))
+            && err.to_string().contains("loopback"),
+        "{err}"
+    );
+    assert_eq!(t_heads.lock().unwrap().len(), 0, "the realm was contacted");
+}
+
+/// Basic auth: the right credentials pass (and are then sent at once); wrong ones are a
+/// clear error naming the registry, never the password, and not handed to Docker.
+#[tokio::test]
+async fn basic_auth_right_and_wrong_credentials() {
+    let (routes, guards, heads, r) = guarded_registry().await;
+    let config = config_json(0);
+    let good = auth::Credentials::new("bob", "right-pw").basic_header();
+    let config_path = format!("/v2/team/app/blobs/{}", sha256_digest(&config));
+    for path in ["/v2/team/app/manifests/v1", config_path.as_str()] {
+        guards
+            .lock()
+            .unwrap()
+            .insert(path.into(), (good.clone(), "Basic realm=\"r\"".into()));
+    }
+    ok(
+        &routes,
+        "/v2/team/app/manifests/v1",
+        "",
+        manifest_json(&config, &[], GZIP),
+    );
+    ok(&routes, &config_path, "", config.clone());
+    let right = authenticating(&[&r], &[&r], &r, "bob", "right-pw");
+    right.pull_image(&image(&r, "v1")).await.unwrap();
+    // manifest: 401 then with credentials; config: with credentials at once.
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        3,
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    assert_eq!(heads_with(&heads, &good), 2);
+
+    let wrong = authenticating(&[&r], &[&r], &r, "bob", "wrong-pw");
+    let err = wrong.pull_image(&image(&r, "v1")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Failed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("refused the credentials for"), "{text}");
+    assert!(
+        !text.contains("wrong-pw") && !text.contains("bob:"),
+        "{text}"
+    );
+}
+
+/// A host with an explicit port that speaks plain http, not named insecure, is read over
+/// http anonymously: credentials configured for it are never sent there.
+#[tokio::test]
+async fn no_credentials_over_plain_http_unless_named_insecure() {
+    let (routes, guards, heads, r) = guarded_registry().await;
+    guards.lock().unwrap().insert(
+        "/v2/team/app/manifests/v1".into(),
+        ("Basic x".into(), "Basic realm=\"r\"".into()),
+    );
+    ok(&routes, "/v2/team/app/manifests/v1", "", b"{}".to_vec());
+    let source = authenticating(&[&r], &[], &r, "carol", "pw-over-http");
+    let err = source.pull_image(&image(&r, "v1")).await.unwrap_err();
+    assert!(err.to_string().contains("--insecure-registry"), "{err}");
+    assert_eq!(
+        heads_with(&heads, "Basic"),
+        0,
+        "credentials sent over plain http"
+    );
+    assert_eq!(heads_with(&heads, "/v2/team/app"), 1, "one plain request");
 }

@@ -277,6 +277,11 @@ async fn counting_server(reply: String) -> (String, Arc<AtomicUsize>) {
                         Ok(0) | Err(_) => return,
                         Ok(n) => len += n,
                     }
+                    // A TLS ClientHello: a plain-HTTP server's 400, as real ones answer.
+                    if buf[0] == 0x16 {
+                        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                        return;
+                    }
                 }
                 let _ = conn.write_all(reply.as_bytes()).await;
             });
@@ -355,7 +360,10 @@ async fn redirects_to_unnamed_internal_hosts_are_refused_and_never_contacted() {
         .await;
         let http = RegistryHttp::with_policy(HostPolicy::naming([&registry]));
         let url = format!("http://{registry}/v2/a/blobs/x");
-        let err = http.get_bounded(&url, None, 1 << 20).await.unwrap_err();
+        let err = http
+            .get_bounded(&registry, "/v2/a/blobs/x", None, 1 << 20)
+            .await
+            .unwrap_err();
         let HttpError::Refused {
             url: named_url,
             refused,
@@ -380,7 +388,7 @@ async fn redirects_to_unnamed_internal_hosts_are_refused_and_never_contacted() {
     .await;
     let http = RegistryHttp::with_policy(HostPolicy::naming([&registry, &internal]));
     let r = http
-        .get_bounded(&format!("http://{registry}/v2/a/blobs/x"), None, 1 << 20)
+        .get_bounded(&registry, "/v2/a/blobs/x", None, 1 << 20)
         .await
         .unwrap();
     assert_eq!(&r.body[..], SECRET.as_bytes());
@@ -388,7 +396,7 @@ async fn redirects_to_unnamed_internal_hosts_are_refused_and_never_contacted() {
 
     // The registry itself on loopback, not named: refused before any request.
     let err = RegistryHttp::new()
-        .get_bounded(&format!("http://{internal}/v2/"), None, 1 << 20)
+        .get_bounded(&internal, "/v2/", None, 1 << 20)
         .await
         .unwrap_err();
     assert!(
