@@ -14,6 +14,12 @@ impl PeerId {
     /// The BEP 20 client prefix of every peer id this library makes.
     pub const PREFIX: &'static [u8; 8] = b"-IW0001-";
 
+    /// Whether the id carries an ImageWolf client prefix (`-IW`, any version): the peer
+    /// runs this engine, so it trades pieces the way initial seeding counts on.
+    pub(crate) fn is_imagewolf(&self) -> bool {
+        self.0.starts_with(&Self::PREFIX[..3])
+    }
+
     /// A fresh random peer id with our client prefix.
     pub fn generate() -> Self {
         let mut id = [0u8; 20];

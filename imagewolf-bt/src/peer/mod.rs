@@ -135,13 +135,18 @@ async fn run(
         if theirs.supports_extended() {
             link.send(&extension_handshake(&torrent, addr));
         }
-        // An initial seed starts by showing nothing; the reader then shows pieces a few at a
-        // time (see `SeedSpreader`).
-        let spreading = state
-            .spread
-            .as_mut()
-            .map(|s| s.peer_joined(key, std::time::Instant::now()))
-            .is_some();
+        // An initial seed starts by showing an ImageWolf peer nothing; the reader then shows
+        // pieces a few at a time (see `SeedSpreader`). Other clients get the open view at
+        // once: spreading only pays off between peers that trade as ours do.
+        let ours = theirs.peer_id.is_imagewolf();
+        let spreading = state.spread.as_mut().is_some_and(|s| {
+            s.peer_joined(key, std::time::Instant::now());
+            if !ours {
+                let nothing = crate::picker::BitSlice::empty();
+                s.open_view(key, nothing, false, &mut Vec::new());
+            }
+            ours
+        });
         let have = state.picker.have();
         let have_count = if spreading {
             0

@@ -44,6 +44,12 @@
 //!   `live_given` count the peers marked live and their `given`;
 //! - every piece in a peer's `given_pieces` has gone out (it is freed again only when that
 //!   peer leaves, if no peer announced it).
+//! - an open peer ([`SeedSpreader::open_view`]) has no window and is not live.
+//!
+//! Spreading pays off only when peers trade what they got among themselves. A peer for whom
+//! it does not (a client that is not ours, which may ask on a timer and so get one window
+//! per tick; a peer alone with the seed) is given the open view: everything, as from a plain
+//! seed ([`SeedSpreader::open_view`]). The caller decides who.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -71,8 +77,10 @@ struct Shown {
     /// Those pieces, to be freed again if the peer leaves before anyone announced them.
     given_pieces: Vec<u32>,
     /// Counted in the fair share: it asked us for something within
-    /// [`SeedSpreader::STALL`] as of the last tick, or since.
+    /// [`SeedSpreader::STALL`] as of the last tick, or since. Never for an open peer.
     live: bool,
+    /// Shown everything ([`SeedSpreader::open_view`]): no window, not in the fair share.
+    open: bool,
 }
 
 /// Chooses which pieces an initial seed shows to which peer (see the module docs).
@@ -176,6 +184,7 @@ impl SeedSpreader {
             given: 0,
             given_pieces: Vec::new(),
             live: true,
+            open: false,
         };
         self.live_peers += 1;
         // A key joining twice starts over; what its old window held is free again.
@@ -236,7 +245,7 @@ impl SeedSpreader {
     pub fn tick(&mut self, now: Instant) -> usize {
         let mut freed = Vec::new();
         (self.live_peers, self.live_given) = (0, 0);
-        for shown in self.peers.values_mut() {
+        for shown in self.peers.values_mut().filter(|s| !s.open) {
             shown.live = now.saturating_duration_since(shown.last_progress) < Self::STALL;
             if shown.live {
                 self.live_peers += 1;
@@ -277,7 +286,7 @@ impl SeedSpreader {
         let first = self.settle(peer, piece);
         if let Some(shown) = self.peers.get_mut(&peer) {
             shown.last_progress = now;
-            if !shown.live {
+            if !shown.live && !shown.open {
                 shown.live = true;
                 self.live_peers += 1;
                 self.live_given += u64::from(shown.given);
@@ -286,7 +295,9 @@ impl SeedSpreader {
                 shown.given_pieces.push(piece.get());
                 if shown.given < u32::MAX {
                     shown.given += 1;
-                    self.live_given += 1;
+                    if shown.live {
+                        self.live_given += 1;
+                    }
                 }
             }
         }
@@ -347,7 +358,7 @@ impl SeedSpreader {
             return 0;
         }
         match self.peers.get(&peer) {
-            Some(shown) if self.within_share(shown.given) => {}
+            Some(shown) if !shown.open && self.within_share(shown.given) => {}
             _ => return 0,
         }
         let Some(shown) = self.peers.get_mut(&peer) else {
@@ -381,6 +392,51 @@ impl SeedSpreader {
             self.free.increment(p, &mut self.rng);
         }
         out.len() - before
+    }
+
+    /// Shows `peer` everything from now on, as a plain seed would: appends the pieces not yet
+    /// shown to it that it does not have to `out` (send a HAVE for each, or a HaveAll /
+    /// Bitfield if nothing was sent yet). Its window's pieces are free for others again; it
+    /// is shown no more windows and leaves the fair share. What it asks for still goes out
+    /// (and is freed again if it leaves before anyone announced it).
+    ///
+    /// For peers with whom spreading does not pay off: a client that is not ours may refill
+    /// its requests on a timer (one window per tick: Transmission got 0.5 MB/s), and a peer
+    /// that is alone with the seed has nobody to trade with. Returns whether the peer was
+    /// spreading before.
+    pub fn open_view(
+        &mut self,
+        peer: PeerKey,
+        peer_bits: &BitSlice<u8, Msb0>,
+        peer_has_all: bool,
+        out: &mut Vec<PieceIndex>,
+    ) -> bool {
+        let Some(shown) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if shown.open {
+            return false;
+        }
+        shown.open = true;
+        let window = std::mem::take(&mut shown.window);
+        if shown.live {
+            shown.live = false;
+            self.live_peers -= 1;
+            self.live_given -= u64::from(shown.given);
+        }
+        self.free_all(&window);
+        let before = out.len();
+        self.unshown(peer, peer_bits, peer_has_all, out);
+        // Shown, like a window's pieces: pieces nobody was shown go to the others first.
+        for piece in &out[before..] {
+            self.free.increment(piece.get(), &mut self.rng);
+        }
+        true
+    }
+
+    /// Whether `peer` was shown everything ([`SeedSpreader::open_view`]).
+    pub fn is_open(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|s| s.open)
     }
 
     /// Appends the pieces not yet shown to `peer` that it does not have: what to send HAVEs
@@ -421,6 +477,7 @@ impl SeedSpreader {
         );
         let mut windows = vec![0u32; self.lengths.num_pieces() as usize];
         for shown in self.peers.values() {
+            assert!(!shown.open || (shown.window.is_empty() && !shown.live));
             assert!(shown
                 .given_pieces
                 .iter()
@@ -771,6 +828,8 @@ mod tests {
         Has(u8, u16),
         /// Time passes (ms) and stalled windows are released.
         Tick(u16),
+        /// The peer is shown everything.
+        Open(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -781,6 +840,7 @@ mod tests {
             (0u8..6).prop_map(Op::RequestPending),
             ((0u8..6), (0u16..64)).prop_map(|(p, i)| Op::Has(p, i)),
             (0u16..1500).prop_map(Op::Tick),
+            (0u8..6).prop_map(Op::Open),
         ]
     }
 
@@ -849,6 +909,25 @@ mod tests {
                     Op::Tick(ms) => {
                         now += Duration::from_millis(ms.into());
                         s.tick(now);
+                    }
+                    Op::Open(p) => {
+                        let Some(bits) = have.get(&p) else { continue };
+                        let mut out = Vec::new();
+                        s.open_view(PeerKey(p.into()), bits, false, &mut out);
+                        prop_assert!(s.is_open(PeerKey(p.into())));
+                        let list = shown_to.get_mut(&p).unwrap();
+                        for piece in &out {
+                            prop_assert!(!bits[piece.as_usize()], "shown a piece the peer has");
+                            prop_assert!(!list.contains(&piece.get()), "shown twice to one peer");
+                            list.push(piece.get());
+                            times_shown[piece.as_usize()] += 1;
+                        }
+                        let mut more = Vec::new();
+                        prop_assert_eq!(s.top_up(PeerKey(p.into()), bits, false, now, &mut more), 0);
+                        // Everything it lacks is shown now.
+                        for i in 0..pieces {
+                            prop_assert!(bits[i as usize] || list.contains(&i));
+                        }
                     }
                 }
                 s.check();

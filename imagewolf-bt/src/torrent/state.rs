@@ -97,6 +97,11 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// A peer that has been the only one for this long while we spread is shown everything
+/// ([`TorrentState::spread_tick`]). Long enough that the peers of a swarm starting together
+/// have all connected.
+const ALONE: Duration = Duration::from_secs(3);
+
 /// Failed dials (or short-lived connections) in a row after which an address is given up.
 /// The waits before them grow 1, 2, 4, ... 32 s: about a minute of trying in all.
 const MAX_DIAL_ATTEMPTS: u32 = 7;
@@ -152,6 +157,8 @@ pub(crate) struct TorrentState {
     pub spread: Option<SeedSpreader>,
     /// Spreading stays on after every piece has gone out (`AddTorrent::holding_spread`).
     pub spread_held: bool,
+    /// When a peer last joined or left.
+    peers_changed: Instant,
 }
 
 impl TorrentState {
@@ -175,6 +182,7 @@ impl TorrentState {
             checking: false,
             spread: None,
             spread_held: false,
+            peers_changed: Instant::now(),
         }
     }
 
@@ -352,6 +360,7 @@ impl TorrentState {
             have_count: 0,
         };
         self.peers.insert(link.key, entry);
+        self.peers_changed = Instant::now();
     }
 
     /// A peer announced pieces in bulk: a Bitfield, or every piece (HaveAll). At the start of
@@ -416,6 +425,7 @@ impl TorrentState {
     /// Removes a peer: its availability and outstanding requests go back to the picker.
     pub fn remove_peer(&mut self, key: PeerKey) -> Option<PeerEntry> {
         let entry = self.peers.remove(&key)?;
+        self.peers_changed = Instant::now();
         self.picker.peer_left(key, &entry.bitfield, entry.has_all);
         if let Some(spread) = &mut self.spread {
             spread.peer_left(key);
@@ -535,6 +545,30 @@ impl TorrentState {
         false
     }
 
+    /// The spreader's tick (see [`SeedSpreader::tick`]); and a peer that has been alone with
+    /// the seed for [`ALONE`] is shown everything: there is nobody it could trade with, so
+    /// windows would only cost it round trips. Not while spreading is held (an origin that
+    /// pulls shows nothing more once every piece is out, whoever is left).
+    pub fn spread_tick(&mut self, now: Instant) {
+        let Some(spread) = &mut self.spread else {
+            return;
+        };
+        spread.tick(now);
+        if self.spread_held
+            || self.peers.len() != 1
+            || now.saturating_duration_since(self.peers_changed) < ALONE
+        {
+            return;
+        }
+        if let Some((&key, entry)) = self.peers.iter().next() {
+            let mut pieces = Vec::new();
+            if spread.open_view(key, &entry.bitfield, entry.has_all, &mut pieces) {
+                tracing::debug!(addr = %entry.link.addr, "alone with the seed: shown everything");
+                entry.link.send_haves(&pieces);
+            }
+        }
+    }
+
     /// Ends spreading: shows every peer every piece it was not shown and does not have.
     pub fn finish_spreading(&mut self) {
         let Some(spread) = &mut self.spread else {
@@ -649,6 +683,55 @@ mod tests {
             now += Duration::from_millis(500);
         }
         assert_eq!(connections, MAX_DIAL_ATTEMPTS);
+    }
+
+    #[test]
+    fn a_peer_alone_with_a_spreading_seed_is_shown_everything() {
+        // 64 pieces of 64 KiB: a window is 8 of them.
+        let lengths = Lengths::new(64 << 16, 1 << 16).unwrap();
+        let spreading = |held: bool| {
+            let mut s = TorrentState::new(
+                lengths,
+                Picker::with_have(lengths, &bitvec![u8, Msb0; 1; 64]),
+                TorrentStatus::Seeding,
+            );
+            s.spread = Some(SeedSpreader::with_rng_seed(lengths, 3));
+            s.spread_held = held;
+            s
+        };
+        let haves = |s: &TorrentState, key: PeerKey| s.peers[&key].link.io().out.len() / 9;
+        for held in [false, true] {
+            let mut s = spreading(held);
+            let a = join(&mut s, 1);
+            s.spread.as_mut().unwrap().peer_joined(a, Instant::now());
+            assert!(s.spread_step(a));
+            let window = haves(&s, a);
+            assert!(window > 0 && window < 64, "{window}");
+            s.spread_tick(Instant::now());
+            assert_eq!(haves(&s, a), window, "not alone for long yet");
+            s.spread_tick(Instant::now() + ALONE);
+            if held {
+                assert_eq!(haves(&s, a), window, "a held seed keeps spreading");
+            } else {
+                assert_eq!(haves(&s, a), 64, "alone: shown every piece once");
+                assert!(s.spread.as_ref().unwrap().is_open(a));
+            }
+        }
+        // Two peers: they can trade, so both keep spreading.
+        let mut s = spreading(false);
+        let (a, b) = (join(&mut s, 1), join(&mut s, 2));
+        for key in [a, b] {
+            s.spread.as_mut().unwrap().peer_joined(key, Instant::now());
+            s.spread_step(key);
+        }
+        let window = haves(&s, a);
+        s.spread_tick(Instant::now() + ALONE);
+        assert_eq!(haves(&s, a), window);
+        assert!(!s.spread.as_ref().unwrap().is_open(a));
+        // Once b leaves, a is alone.
+        s.remove_peer(b);
+        s.spread_tick(Instant::now() + ALONE);
+        assert!(s.spread.as_ref().unwrap().is_open(a));
     }
 
     fn join(s: &mut TorrentState, n: u8) -> PeerKey {

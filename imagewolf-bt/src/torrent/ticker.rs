@@ -28,10 +28,9 @@ pub(crate) async fn run(torrent: Arc<Torrent>) {
         }
         dial_candidates(&torrent);
         let now = Instant::now();
-        if let Some(spread) = &mut torrent.state().spread {
-            // Stalled windows go to the others; the fair-share cap follows the live peers.
-            spread.tick(now);
-        }
+        // Stalled windows go to the others; the fair-share cap follows the live peers; a
+        // peer left alone with the seed is shown everything.
+        torrent.state().spread_tick(now);
         if now.duration_since(last_rechoke) >= RECHOKE_EVERY {
             last_rechoke = now;
             rechoke(&torrent);
