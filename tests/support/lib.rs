@@ -3,6 +3,7 @@
 //! deterministic payloads, and the reference BitTorrent client used for interoperability.
 
 pub mod agent_api;
+pub mod clients;
 pub mod cluster;
 pub mod containerd;
 pub mod docker;
@@ -12,6 +13,8 @@ pub mod http;
 pub mod local_agents;
 pub mod mem_registry;
 pub mod oci;
+pub mod secure_registry;
+pub mod token_issuer;
 
 use std::io;
 use std::path::{Path, PathBuf};
