@@ -14,7 +14,8 @@
 //!   says nothing within [`PROBE_TIMEOUT`]) and it then answers plain `GET /v2/` over http
 //!   is it read over http ([`Scheme`] remembered per host; re-checked after
 //!   [`PLAIN_HTTP_RECHECK`], https first again). A certificate error is an error, never a
-//!   reason to try http; a host once seen speaking https is never read over http again.
+//!   reason to try http; a host once seen speaking https is never read over http again
+//!   (while remembered: the last [`MAX_SCHEME_HOSTS`] hosts, plain-http ones forgotten first).
 //!   Over such an auto-detected plain-http host no `Authorization` is ever sent.
 //!
 //! **Authentication** ([`super::auth`]): a 401 with `WWW-Authenticate: Bearer realm=...`
@@ -68,7 +69,7 @@ pub const MAX_REDIRECTS: usize = 3;
 /// Largest token service answer read.
 pub const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 /// Most hosts whose scheme is remembered.
-const MAX_SCHEME_HOSTS: usize = 1024;
+pub const MAX_SCHEME_HOSTS: usize = 1024;
 /// Most hosts remembered as asking for basic auth.
 const MAX_BASIC_HOSTS: usize = 1024;
 /// Bytes of an error answer looked at (never quoted) to tell "speaks https" apart.

@@ -10,7 +10,8 @@ use crate::image::ImageRef;
 use crate::source::{ImageSource, PulledImage, SourceError, Tarball};
 
 /// Pulls with [`RegistrySource`]; when that reports [`super::RegistryError::Unsupported`]
-/// (https, credentials, a media type it cannot carry), pulls with `fallback` (Docker)
+/// (credentials the agent was not given, a certificate it does not trust, a media type it
+/// cannot carry), pulls with `fallback` (Docker)
 /// instead. Export goes to whichever pulled: a [`PulledImage`] with an archive plan came
 /// from the registry source. Other registry errors are returned as they are (Docker would
 /// not do better on a missing image, and a registry that is down is retried).

@@ -1,5 +1,7 @@
 //! What the registry-native origin distributes: the pushed manifest (or index), this
-//! platform's manifest, and its blobs, read over the registry API with every digest checked.
+//! platform's manifest, and its blobs, read over the registry API with every digest checked,
+//! through the source's client (https, credentials, tokens: the same one as the tarball
+//! path's when the agent shares it, [`RegistrySource::with_client`]).
 
 use bytes::Bytes;
 use futures::stream::BoxStream;

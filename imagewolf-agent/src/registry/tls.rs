@@ -52,10 +52,16 @@ impl Default for TlsSettings {
 }
 
 impl TlsSettings {
-    /// The platform's roots, else Mozilla's (see the module docs).
+    /// The platform's roots, else Mozilla's (see the module docs); read from disk once per
+    /// process.
     pub fn platform() -> Self {
-        let (roots, summary) = default_roots();
-        Self::from_roots(roots, summary)
+        static PLATFORM: std::sync::OnceLock<TlsSettings> = std::sync::OnceLock::new();
+        PLATFORM
+            .get_or_init(|| {
+                let (roots, summary) = default_roots();
+                Self::from_roots(roots, summary)
+            })
+            .clone()
     }
 
     /// Only the certificates of `pem` (a PEM bundle) as roots: for tests and for operators
