@@ -68,6 +68,9 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
 #   IMAGEWOLF_CLUSTER_SECRET   (or IMAGEWOLF_CLUSTER_SECRET_FILE, read by the entrypoint):
 #                               required, the same on every agent (openssl rand -hex 32)
 #   IMAGEWOLF_INSECURE_NO_CLUSTER_SECRET (=true runs without one: trusted networks only)
+#   IMAGEWOLF_REGISTRY_AUTH_FILE (registry credentials: a mounted config.json / .dockerconfigjson)
+#   IMAGEWOLF_REGISTRY_CA      (PEM of a private CA for registries, added to the roots)
+#   IMAGEWOLF_INSECURE_REGISTRY (HOST[:PORT]s read over plain http: INSECURE)
 #   IMAGEWOLF_ALLOW            (unset: every image is distributed; set it in production, e.g.
 #                               registry.example.com/team/**,*/library/nginx)
 #   IMAGEWOLF_ENDPOINT_ADDRESS (the registry endpoint as the runtime reaches it, if not the

@@ -140,6 +140,10 @@ pub struct AgentMetrics {
     /// HTTP requests refused: any 4xx answer, plus connections dropped for malformed HTTP or
     /// timeouts (which get no answer we could count by code).
     pub http_rejected: u64,
+    /// HTTP connections open (or accepted and waiting for a slot) now.
+    pub http_connections: u64,
+    /// HTTP connections closed to make room, or turned away, at the connection limit.
+    pub http_closed_for_room: u64,
     /// The distributor's slots and refusals.
     pub distribution: DistributionMetrics,
     /// The blob store's figures (`--distribution blobs`).
@@ -186,6 +190,8 @@ pub struct HttpCounters {
     // a map lookup and an add, far cheaper than the request they count.
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     rejected: AtomicU64,
+    connections: AtomicU64,
+    closed_for_room: AtomicU64,
 }
 
 impl HttpCounters {
@@ -222,6 +228,18 @@ impl HttpCounters {
             .collect()
     }
 
+    /// Sets the number of connections open now (the API's accept loop does).
+    pub fn set_connections(&self, n: usize) {
+        self.connections.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed to make room, or turned away, at the connection limit
+    /// (also counted as rejected).
+    pub fn record_closed_for_room(&self) {
+        self.closed_for_room.fetch_add(1, Ordering::Relaxed);
+        self.record_rejected();
+    }
+
     /// Requests rejected so far.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
@@ -233,6 +251,8 @@ impl HttpCounters {
             known_agents,
             http: self.requests(),
             http_rejected: self.rejected(),
+            http_connections: self.connections.load(Ordering::Relaxed),
+            http_closed_for_room: self.closed_for_room.load(Ordering::Relaxed),
             distribution: DistributionMetrics::default(),
             store: None,
         }
@@ -582,6 +602,30 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
         "imagewolf_http_rejected_total",
         &[],
         Num::Int(agent.http_rejected),
+    );
+    family(
+        &mut out,
+        "imagewolf_http_connections",
+        "gauge",
+        "HTTP connections open, or accepted and waiting for a slot.",
+    );
+    sample(
+        &mut out,
+        "imagewolf_http_connections",
+        &[],
+        Num::Int(agent.http_connections),
+    );
+    family(
+        &mut out,
+        "imagewolf_http_connections_closed_for_room_total",
+        "counter",
+        "HTTP connections closed to make room, or turned away, at the connection limit (the host holding the most gives way).",
+    );
+    sample(
+        &mut out,
+        "imagewolf_http_connections_closed_for_room_total",
+        &[],
+        Num::Int(agent.http_closed_for_room),
     );
     out
 }

@@ -182,11 +182,23 @@ async fn floods_from_one_host_leave_the_api_to_the_others() {
         .await
         .unwrap()
         .text();
-    let closed = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("imagewolf_http_rejected_total "))
-        .unwrap_or("?");
-    println!("connections closed or turned away by the limits: {closed}");
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let open = metric("imagewolf_http_connections");
+    let closed = metric("imagewolf_http_connections_closed_for_room_total");
+    println!("connections open during the flood: {open} (limit 512); closed or turned away to make room: {closed}");
+    assert!(
+        open <= 512 + 64,
+        "{open} connections: the limit did not hold"
+    );
+    assert!(
+        closed > 0,
+        "the flood never reached the limit: the test proves nothing"
+    );
     drop((stalled, dribbles, polling));
 }
 

@@ -208,6 +208,7 @@ pub(crate) async fn serve_with_limits(
             let w = waiting.swap_remove(next);
             tracked.push(spawn(&mut connections, w, permit));
         }
+        ctx.counters.set_connections(tracked.len() + waiting.len());
         let give_up = limits.header_read_timeout;
         waiting.retain(|w| w.since.elapsed() < give_up);
         // Room for those still waiting: close one victim per newcomer not already covered
@@ -219,7 +220,7 @@ pub(crate) async fn serve_with_limits(
                 Victim::Now(i) => {
                     let victim = tracked.swap_remove(i);
                     victim.task.abort();
-                    ctx.counters.record_rejected();
+                    ctx.counters.record_closed_for_room();
                     tracing::debug!(
                         source = %victim.state.ip,
                         phase = ?victim.state.phase(),
@@ -249,7 +250,7 @@ pub(crate) async fn serve_with_limits(
                         Ok(permit) if waiting.is_empty() => tracked.push(spawn(&mut connections, w, permit)),
                         _ => {
                             if let Some(why) = turn_away(&tracked, &waiting, max_connections, ip) {
-                                ctx.counters.record_rejected();
+                                ctx.counters.record_closed_for_room();
                                 tracing::debug!(source = %ip, "API connections exhausted: {why}");
                             } else {
                                 waiting.push(w);
