@@ -77,8 +77,9 @@ pub const DEFAULT_API_PORT: u16 = 8000;
 pub enum Runtime {
     /// Docker Engine, through its API (`DOCKER_HOST`).
     Docker,
-    /// containerd (Kubernetes nodes), through its `ctr` client: this node receives and
-    /// imports images; it cannot pull (the push must reach an agent with Docker).
+    /// containerd (Kubernetes nodes), through its `ctr` client: images reach the runtime
+    /// through the agent's registry endpoint (or `ctr import`); this node originates
+    /// through the registry API (https and credentials included), no Docker needed.
     Containerd,
     /// No runtime: verified tarballs are kept in `DATA_DIR/loaded/` (demos, tests).
     None,
@@ -92,7 +93,8 @@ pub enum DistributionMode {
     Auto,
     /// As blobs by digest through the node's store; the runtime pulls from the agent's
     /// registry endpoint and keeps the registry's digests; a new version moves only its new
-    /// layers. Images the registry API cannot read (https, credentials) still go as tarballs.
+    /// layers. On Docker nodes, images the registry API cannot read (an unknown CA, missing
+    /// credentials, unsupported media types) go as tarballs through Docker.
     Blobs,
     /// As one `docker save` tarball per image, loaded with `docker load` / `ctr import`.
     Tarball,

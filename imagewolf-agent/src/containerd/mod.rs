@@ -14,14 +14,13 @@
 //! Layout, each file with its own design notes: `ctr.rs` runs `ctr` (bounded output,
 //! deadlines), `images.rs` finds an image by id and lists the namespace, `import.rs`
 //! imports a tarball, `endpoint_pull.rs` pulls through the agent's registry endpoint
-//! (hosts dir, hosts.toml, the pull and the tag), `receive_only.rs` is the fallback source
-//! ([`ReceiveOnly`]).
+//! (hosts dir, hosts.toml, the pull and the tag). A containerd node originates through the
+//! registry-API source alone (https and credentials included), so it needs no runtime source.
 
 mod ctr;
 mod endpoint_pull;
 mod images;
 mod import;
-mod receive_only;
 
 #[cfg(test)]
 mod tests;
@@ -35,7 +34,6 @@ use crate::image::ImageRef;
 use crate::loader::{ImageLoader, LoaderError};
 
 pub use endpoint_pull::default_hosts_dir;
-pub use receive_only::ReceiveOnly;
 
 /// containerd's default socket.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
