@@ -83,8 +83,9 @@ impl PeerClient {
     pub async fn announce(&self, agent: SocketAddr, d: &Distribution) -> Result<(), PeerCallError> {
         let body =
             serde_json::to_vec(d).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
-        let req = self.request(agent, hyper::Method::POST, "/v1/distributions", body)?;
-        self.call(agent, req).await.map(|_| ())
+        self.call(agent, hyper::Method::POST, "/v1/distributions", body)
+            .await
+            .map(|_| ())
     }
 
     /// `GET /v1/distributions` from `agent`.
@@ -92,8 +93,9 @@ impl PeerClient {
         &self,
         agent: SocketAddr,
     ) -> Result<Vec<Distribution>, PeerCallError> {
-        let req = self.request(agent, hyper::Method::GET, "/v1/distributions", Vec::new())?;
-        let body = self.call(agent, req).await?;
+        let body = self
+            .call(agent, hyper::Method::GET, "/v1/distributions", Vec::new())
+            .await?;
         serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
     }
 
@@ -105,8 +107,9 @@ impl PeerClient {
         info_hash: &str,
     ) -> Result<Bytes, PeerCallError> {
         let path = format!("/v1/torrents/{info_hash}");
-        let req = self.request(agent, hyper::Method::GET, &path, Vec::new())?;
-        let body = self.call(agent, req).await?;
+        let body = self
+            .call(agent, hyper::Method::GET, &path, Vec::new())
+            .await?;
         if body.len() > MAX_TORRENT {
             return Err(PeerCallError::BadReply(
                 agent,
@@ -116,30 +119,146 @@ impl PeerClient {
         Ok(body)
     }
 
+    /// One call, signed afresh for each attempt: a request that fails on a pooled connection
+    /// the other side had just closed (it idles them out) is sent once more on a new one.
+    /// Every call is idempotent (an announcement already known is answered "known").
     async fn call(
         &self,
         agent: SocketAddr,
-        req: hyper::Request<Full<Bytes>>,
+        method: hyper::Method,
+        path: &str,
+        body: Vec<u8>,
     ) -> Result<Bytes, PeerCallError> {
+        let first = self
+            .attempt(
+                agent,
+                self.request(agent, method.clone(), path, body.clone())?,
+            )
+            .await;
+        match first {
+            Err(Attempt::Reused(e)) => {
+                tracing::debug!(%agent, path, "retrying on a new connection: {e}");
+                let req = self.request(agent, method, path, body)?;
+                self.attempt(agent, req).await.map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        agent: SocketAddr,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<Bytes, Attempt> {
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| PeerCallError::Request(agent, e.to_string()))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                // A connect error means the agent is not there: no second try.
+                if e.is_connect() {
+                    Attempt::Failed(PeerCallError::Request(agent, e.to_string()))
+                } else {
+                    Attempt::Reused(PeerCallError::Request(agent, e.to_string()))
+                }
+            })?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_REPLY)
                 .collect()
                 .await
-                .map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?
+                .map_err(|e| Attempt::Failed(PeerCallError::BadReply(agent, e.to_string())))?
                 .to_bytes();
             if !status.is_success() {
-                return Err(PeerCallError::Status(agent, status.as_u16()));
+                return Err(Attempt::Failed(PeerCallError::Status(
+                    agent,
+                    status.as_u16(),
+                )));
             }
             Ok(body)
         };
         tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|_| PeerCallError::Timeout(agent))?
+            .map_err(|_| Attempt::Failed(PeerCallError::Timeout(agent)))?
+    }
+}
+
+/// How one attempt of a call failed.
+enum Attempt {
+    /// The request failed on a connection (likely a pooled one the other side closed).
+    Reused(PeerCallError),
+    /// Any other failure: final.
+    Failed(PeerCallError),
+}
+
+impl Attempt {
+    fn into_error(self) -> PeerCallError {
+        match self {
+            Attempt::Reused(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Reads one request head (these requests have no body).
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte).await {
+                Ok(1) => buf.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_pooled_connection_closed_under_it_is_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&connections);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]";
+                    // The first connection answers one request, then hangs up on the next
+                    // one as it arrives (the race of an idle timeout with a new request).
+                    if read_head(&mut s).await {
+                        s.write_all(ok).await.unwrap();
+                    }
+                    if n == 0 {
+                        read_head(&mut s).await;
+                        return;
+                    }
+                    while read_head(&mut s).await {
+                        s.write_all(ok).await.unwrap();
+                    }
+                });
+            }
+        });
+        let client = PeerClient::new(Some(ClusterKey::new(b"0123456789abcdef")));
+        assert!(client.distributions(agent).await.unwrap().is_empty());
+        // The pooled connection is reused, fails, and the call goes through on a new one.
+        assert!(client.distributions(agent).await.unwrap().is_empty());
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_is_not_there_fails_at_once_without_a_second_try() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = listener.local_addr().unwrap();
+        drop(listener);
+        let client = PeerClient::new(None);
+        let err = client.distributions(agent).await.unwrap_err();
+        assert!(matches!(err, PeerCallError::Request(..)), "{err}");
     }
 }
