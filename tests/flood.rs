@@ -324,9 +324,29 @@ fn spawn_flood(
     }
 }
 
+/// The host each kind of flood comes from (127.0.0.0/8 is all loopback): the peers that
+/// handshake and go silent from one host, the connections that never handshake or send
+/// garbage from another, HTTP from a third, none of them the agents' own 127.0.0.1. Both
+/// listeners make room at the expense of the host holding the most, so one host's idle flood
+/// cannot keep another's handshakes out (that is tested on its own below); here each host
+/// gets to push its own limit.
+fn flood_source(kind: Kind) -> [u8; 4] {
+    match kind {
+        Kind::BtSilent => [127, 0, 0, 3],
+        Kind::BtIdle | Kind::BtWrongHash | Kind::BtGarbage => [127, 0, 0, 2],
+        Kind::HttpIdle | Kind::HttpSlowloris | Kind::HttpBody => [127, 0, 0, 4],
+    }
+}
+
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket.connect(addr).await
+}
+
 async fn flood_one(kind: Kind, addr: SocketAddr, info_hash: InfoHash) -> Outcome {
-    let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
-    {
+    let connect = connect_from(flood_source(kind), addr);
+    let stream = match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(s)) => s,
         _ => {
             return Outcome {
