@@ -324,15 +324,19 @@ fn spawn_flood(
     }
 }
 
-/// The host each kind of flood comes from (127.0.0.0/8 is all loopback): the peers that
-/// handshake and go silent from one host, the connections that never handshake or send
-/// garbage from another, HTTP from a third, none of them the agents' own 127.0.0.1. Both
-/// listeners make room at the expense of the host holding the most, so one host's idle flood
-/// cannot keep another's handshakes out (that is tested on its own below); here each host
-/// gets to push its own limit.
+/// The host each kind of flood comes from (127.0.0.0/8 is all loopback), none of them the
+/// agents' own 127.0.0.1: connections that never handshake or send garbage from one host,
+/// HTTP from another, and the peers that handshake and go silent from fifty hosts (a few
+/// each, the way many machines would push the peer limit). Both listeners make room at the
+/// expense of the host holding the most, so the idle flood's host gives way to them (one
+/// host's idle flood against another's handshakes is tested on its own below).
 fn flood_source(kind: Kind) -> [u8; 4] {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
     match kind {
-        Kind::BtSilent => [127, 0, 0, 3],
+        Kind::BtSilent => {
+            let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50;
+            [127, 0, 0, 10 + i]
+        }
         Kind::BtIdle | Kind::BtWrongHash | Kind::BtGarbage => [127, 0, 0, 2],
         Kind::HttpIdle | Kind::HttpSlowloris | Kind::HttpBody => [127, 0, 0, 4],
     }
