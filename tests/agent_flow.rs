@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use imagewolf::agent_api::agent_call;
 use imagewolf::generated_image::GeneratedImage;
 use imagewolf::http::{self, Reply};
 use imagewolf::local_agents::{registry_push_envelope, LocalAgents, TEST_CLUSTER_SECRET};
 use imagewolf::{random_payload, seed_in_memory, TempDir};
 use imagewolf_agent::image::{Distribution, ImageRef};
+use imagewolf_agent::loader::{ImageLoader, KeepTarball, LoaderError};
 use imagewolf_agent::source::ImageSource;
 
 const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
@@ -734,6 +736,106 @@ async fn with_max_torrents_1_pushes_queue_and_all_arrive() {
             "{text}"
         );
         assert_eq!(metric(&text, "imagewolf_distributions_queued"), Some(0.0));
+    }
+    cluster.shutdown().await;
+}
+
+/// A `--runtime none` loader that behaves like a real runtime in one respect: it registers
+/// images under the names their archives give, so received archives are checked against
+/// their announcements before it may load them.
+struct NamingLoader(KeepTarball);
+
+impl ImageLoader for NamingLoader {
+    fn has_image<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, LoaderError>> {
+        self.0.has_image(id)
+    }
+
+    fn load<'a>(&'a self, path: &'a std::path::Path) -> BoxFuture<'a, Result<(), LoaderError>> {
+        self.0.load(path)
+    }
+
+    fn registers_names(&self) -> bool {
+        true
+    }
+}
+
+/// The attack of a member gone rogue (or of anyone, on a cluster run without a secret): an
+/// announcement whose hashes are all right but whose archive holds another image, or names
+/// the announced one otherwise (`docker.io/library/nginx:latest` over a node's own). The
+/// receiving node fails it with the reason and loads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_holding_or_naming_another_image_than_announced_is_never_loaded() {
+    let dir = TempDir::new("agent-names").unwrap();
+    let (mut cluster, mut listeners) = LocalAgents::start(dir.path().join("agents"), vec![], 1)
+        .await
+        .unwrap();
+    let listener = listeners.pop().unwrap();
+    let kept = dir.path().join("node");
+    let loader = Arc::new(NamingLoader(KeepTarball::new(kept.join("loaded")).unwrap()));
+    let node = cluster
+        .start_late_with_loader(listener, None, Some(loader))
+        .await
+        .unwrap()
+        .api;
+    let image = |registry: &str, repository: &str, tag: &str| ImageRef {
+        registry: registry.into(),
+        repository: repository.into(),
+        tag: Some(tag.into()),
+        digest: None,
+    };
+    // (archive's own name, announced as, announced image id or None for the archive's, why)
+    let cases = [
+        (
+            "docker.io/library/nginx:latest",
+            image("10.1.2.3:5000", "team/innocent", "v1"),
+            None,
+            "names its image",
+        ),
+        (
+            "docker.io/library/nginx:1.27",
+            image("docker.io", "library/nginx", "1.27"),
+            Some(format!("sha256:{}", "ab".repeat(32))),
+            "not the announced",
+        ),
+    ];
+    for (i, (own_name, announced, image_id, why)) in cases.into_iter().enumerate() {
+        let case_dir = dir.path().join(format!("case-{i}"));
+        std::fs::create_dir_all(&case_dir).unwrap();
+        let archive = GeneratedImage::build(&case_dir, own_name, 1 << 20).unwrap();
+        let payload = std::fs::read(&archive.path).unwrap();
+        let (seeder, meta, _seeding) = seed_in_memory("image.tar", payload.clone()).await;
+        let reference = format!(
+            "{}/{}:{}",
+            announced.registry,
+            announced.repository,
+            announced.tag.as_deref().unwrap()
+        );
+        let mut d = Distribution::single(
+            announced,
+            image_id.unwrap_or_else(|| archive.image_id.clone()),
+            &meta,
+            sha256_hex(&payload),
+            vec![seeder.listen_addr().to_string()],
+            0,
+        );
+        d.sign(TEST_CLUSTER_SECRET);
+        let body = serde_json::to_vec(&d).unwrap();
+        let reply = agent_call(
+            node,
+            "POST",
+            "/v1/distributions",
+            Some(TEST_CLUSTER_SECRET),
+            &body,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let img = wait_for_state(node, &reference, "failed").await;
+        assert!(img["error"].as_str().unwrap().contains(why), "{img}");
+        assert!(
+            loaded_files(&kept).is_empty(),
+            "a mismatched archive was loaded"
+        );
+        seeder.shutdown().await;
     }
     cluster.shutdown().await;
 }
