@@ -57,6 +57,12 @@ use super::auth::{self, Challenge, CredentialStore, Credentials, TokenCache};
 use super::guard::{refusal_in, GuardedConnector, HostPolicy, RedirectHop, Refused, Rule};
 use super::tls::TlsSettings;
 
+mod credentials;
+mod scheme;
+
+use credentials::{challenges_of, pick, secret_header, AuthUse};
+use scheme::{explicit_port, tls_error_in, TlsProblem};
+
 /// Deadline of each registry request (until the response head; and for a whole bounded read).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a host with an explicit port gets to answer a TLS handshake before it is tried
@@ -245,42 +251,6 @@ impl Default for RegistryHttp {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The `Authorization` a request carried.
-#[derive(Clone)]
-enum AuthUse {
-    None,
-    Basic(HeaderValue),
-    Bearer {
-        header: HeaderValue,
-        with_credentials: bool,
-    },
-}
-
-impl AuthUse {
-    fn header(&self) -> Option<&HeaderValue> {
-        match self {
-            AuthUse::None => None,
-            AuthUse::Basic(h) | AuthUse::Bearer { header: h, .. } => Some(h),
-        }
-    }
-
-    fn with_credentials(&self) -> bool {
-        match self {
-            AuthUse::None => false,
-            AuthUse::Basic(_) => true,
-            AuthUse::Bearer {
-                with_credentials, ..
-            } => *with_credentials,
-        }
-    }
-}
-
-fn secret_header(value: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(value).ok()?;
-    v.set_sensitive(true);
-    Some(v)
 }
 
 impl RegistryHttp {
@@ -601,227 +571,6 @@ impl RegistryHttp {
         Ok((url, resp, next))
     }
 
-    /// What to send before any challenge: a cached token for the scope, else basic
-    /// credentials to a host that asked for them before.
-    fn preemptive(&self, host: &str, scope: &str, credentials: Option<&Credentials>) -> AuthUse {
-        if let Some((token, with_credentials)) =
-            lock(&self.inner.tokens).get(host, scope, Instant::now())
-        {
-            if let Some(header) = secret_header(&token.header()) {
-                return AuthUse::Bearer {
-                    header,
-                    with_credentials,
-                };
-            }
-        }
-        match credentials {
-            Some(c) if lock(&self.inner.basic).contains(host) => {
-                secret_header(&c.basic_header()).map_or(AuthUse::None, AuthUse::Basic)
-            }
-            _ => AuthUse::None,
-        }
-    }
-
-    /// The token flow: GET the realm with `service` and `scope`, anonymously or with the
-    /// registry's credentials (basic). `None` when the service refuses an anonymous
-    /// request (the caller returns the registry's 401: credentials are needed).
-    async fn fetch_token(
-        &self,
-        registry: &str,
-        host: &str,
-        url: &str,
-        challenge: &Challenge,
-        scope: &str,
-        credentials: Option<&Credentials>,
-    ) -> Result<Option<AuthUse>, HttpError> {
-        let auth_error = |message: String| HttpError::Auth {
-            url: url.to_owned(),
-            message,
-        };
-        let realm = challenge
-            .param("realm")
-            .ok_or_else(|| auth_error(format!("{host} asks for a bearer token without a realm")))?;
-        if !(realm.starts_with("https://") || realm.starts_with("http://")) || realm.len() > 2048 {
-            return Err(auth_error(format!(
-                "{host} names a token realm that is not an http(s) URL"
-            )));
-        }
-        let realm_host = authority_of(realm)
-            .map_err(|e| auth_error(format!("{host} names an unusable token realm: {e}")))?;
-        let realm_mode = self.host_mode(&realm_host);
-        let realm_https = realm.starts_with("https://");
-        // Credentials go to the realm over https, or plain http to a host named insecure.
-        let credentials = credentials.filter(|_| realm_https || realm_mode == HostMode::PlainHttp);
-        if !realm_host.eq_ignore_ascii_case(host) && !self.inner.policy.is_named(&realm_host) {
-            self.preflight(url, &realm_host, Rule::Registry).await?;
-        }
-        let mut query = Vec::new();
-        if let Some(service) = challenge.param("service") {
-            query.push(format!("service={}", percent_encode(service)));
-        }
-        let scopes = challenge.param("scope").unwrap_or(scope);
-        for s in scopes.split(' ').filter(|s| !s.is_empty()) {
-            query.push(format!("scope={}", percent_encode(s)));
-        }
-        let sep = if realm.contains('?') { '&' } else { '?' };
-        let token_url = if query.is_empty() {
-            realm.to_owned()
-        } else {
-            format!("{realm}{sep}{}", query.join("&"))
-        };
-        let header = match credentials {
-            Some(c) => Some(secret_header(&c.basic_header()).ok_or_else(|| {
-                auth_error(format!("the credentials for {host} do not fit in a header"))
-            })?),
-            None => None,
-        };
-        let asked = Instant::now();
-        let resp = self
-            .send(
-                &self.inner.direct,
-                Method::GET,
-                &token_url,
-                Some("application/json"),
-                header.as_ref(),
-            )
-            .await
-            .map_err(|e| match e {
-                HttpError::Transport { message, .. } => HttpError::Transport {
-                    url: url.to_owned(),
-                    message: format!("token service {realm_host}: {message}"),
-                },
-                HttpError::Tls {
-                    message,
-                    certificate,
-                    ..
-                } => HttpError::Tls {
-                    url: url.to_owned(),
-                    message: format!("token service {realm_host}: {message}"),
-                    certificate,
-                },
-                HttpError::Refused { refused, .. } => HttpError::Refused {
-                    url: url.to_owned(),
-                    refused,
-                },
-                e => e,
-            })?;
-        let status = resp.status();
-        match status.as_u16() {
-            200 => {}
-            401 | 403 if credentials.is_some() => {
-                return Err(auth_error(format!(
-                    "the token service {realm_host} refused the credentials for {} (HTTP {})",
-                    auth::normalize_registry_key(registry).unwrap_or_else(|| host.to_owned()),
-                    status.as_u16()
-                )))
-            }
-            401 | 403 => return Ok(None),
-            408 | 429 | 500..=599 => {
-                return Err(HttpError::Transport {
-                    url: url.to_owned(),
-                    message: format!("token service {realm_host} answered {}", status.as_u16()),
-                })
-            }
-            _ => {
-                return Err(auth_error(format!(
-                    "the token service {realm_host} answered {}",
-                    status.as_u16()
-                )))
-            }
-        }
-        let body = read_bounded(url, resp, MAX_TOKEN_RESPONSE).await?.body;
-        let token = auth::parse_token_response(&body)
-            .map_err(|e| auth_error(format!("token service {realm_host}: {e}")))?;
-        let header = secret_header(&token.header())
-            .ok_or_else(|| auth_error(format!("token service {realm_host}: unusable token")))?;
-        let with_credentials = credentials.is_some();
-        tracing::debug!(registry = host, realm = %realm_host, scope, lifetime = ?token.lifetime, with_credentials, "registry token obtained");
-        lock(&self.inner.tokens).insert(host, scope, token, with_credentials, asked);
-        Ok(Some(AuthUse::Bearer {
-            header,
-            with_credentials,
-        }))
-    }
-
-    /// The scheme `host` is read over (see the module docs).
-    async fn scheme_for(
-        &self,
-        registry: &str,
-        host: &str,
-        mode: HostMode,
-    ) -> Result<Scheme, HttpError> {
-        match mode {
-            HostMode::PlainHttp => return Ok(Scheme::Http),
-            HostMode::HttpsOnly => return Ok(Scheme::Https),
-            HostMode::HttpsElsePlain => {}
-        }
-        if let Some(&(scheme, when)) = lock(&self.inner.schemes).get(host) {
-            if scheme == Scheme::Https || when.elapsed() < PLAIN_HTTP_RECHECK {
-                return Ok(scheme);
-            }
-        }
-        let scheme = self.probe(registry, host).await?;
-        let mut schemes = lock(&self.inner.schemes);
-        if schemes.len() >= MAX_SCHEME_HOSTS && !schemes.contains_key(host) {
-            // Forget the plain-http decisions first (they are re-checked anyway), then any.
-            let victim = schemes
-                .iter()
-                .min_by_key(|(_, (s, when))| (*s == Scheme::Https, *when))
-                .map(|(h, _)| h.clone());
-            if let Some(v) = victim {
-                schemes.remove(&v);
-            }
-        }
-        schemes.insert(host.to_owned(), (scheme, Instant::now()));
-        Ok(scheme)
-    }
-
-    /// Whether `host` speaks https; if its answer to a TLS handshake is not TLS at all, and
-    /// it answers `GET /v2/` over plain http with something other than "use https", it
-    /// speaks plain http only.
-    async fn probe(&self, registry: &str, host: &str) -> Result<Scheme, HttpError> {
-        let https = format!("https://{host}/v2/");
-        let tls_failure = match tokio::time::timeout(
-            PROBE_TIMEOUT,
-            self.send(&self.inner.direct, Method::GET, &https, None, None),
-        )
-        .await
-        {
-            Ok(Ok(_)) => return Ok(Scheme::Https),
-            Ok(Err(HttpError::NotTls { message, .. })) => format!("no TLS: {message}"),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => format!("no TLS answer within {PROBE_TIMEOUT:?}"),
-        };
-        let http = format!("http://{host}/v2/");
-        let resp = within_deadline(
-            &http,
-            self.send(&self.inner.direct, Method::GET, &http, None, None),
-        )
-        .await
-        .map_err(|e| HttpError::Transport {
-            url: https.clone(),
-            message: format!("{tls_failure}; and over plain http: {e}"),
-        })?;
-        let status = resp.status();
-        let sniff = read_prefix(resp.into_body(), MAX_SNIFF).await;
-        if status == StatusCode::BAD_REQUEST
-            && String::from_utf8_lossy(&sniff)
-                .to_ascii_lowercase()
-                .contains("https")
-        {
-            return Err(HttpError::Transport {
-                url: https,
-                message: format!("{tls_failure}; it says it speaks https"),
-            });
-        }
-        tracing::warn!(
-            registry,
-            "registry does not speak TLS: reading it over plain http, anonymously (name it in \
-             --insecure-registry to send credentials to it)"
-        );
-        Ok(Scheme::Http)
-    }
-
     /// The policy's check of `host` under `rule`, as an error naming `url`.
     async fn preflight(&self, url: &str, host: &str, rule: Rule) -> Result<(), HttpError> {
         self.inner
@@ -891,76 +640,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The challenge to answer: a bearer one with a realm first, else basic.
-fn pick(challenges: &[Challenge]) -> Option<&Challenge> {
-    challenges
-        .iter()
-        .find(|c| c.scheme == "bearer" && c.param("realm").is_some())
-        .or_else(|| challenges.iter().find(|c| c.scheme == "basic"))
-}
-
-/// Every challenge of every `WWW-Authenticate` header.
-fn challenges_of(headers: &HeaderMap) -> Vec<Challenge> {
-    headers
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(auth::parse_challenges)
-        .take(auth::MAX_CHALLENGES)
-        .collect()
-}
-
-/// What went wrong in a TLS handshake.
-enum TlsProblem {
-    /// The peer's answer was not TLS (a plain-HTTP server), or it closed without a word.
-    NotTls(String),
-    /// The peer's certificate was refused.
-    Certificate(String),
-    /// The peer speaks TLS but the handshake failed otherwise.
-    Other(String),
-}
-
-/// The TLS failure somewhere in an error's chain (io::Errors looked into: tokio-rustls
-/// wraps rustls's error in one, and an io::Error's `source` skips its payload).
-fn tls_error_in(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
-    let mut current = Some(e);
-    let mut depth = 0;
-    while let Some(err) = current {
-        depth += 1;
-        if depth > 32 {
-            return None;
-        }
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            use rustls::{Error as E, InvalidMessage as M};
-            return Some(match tls {
-                E::InvalidMessage(M::InvalidContentType | M::UnknownProtocolVersion) => {
-                    TlsProblem::NotTls("its answer is not a TLS record".into())
-                }
-                E::InvalidCertificate(_) | E::NoCertificatesPresented => {
-                    TlsProblem::Certificate(tls.to_string())
-                }
-                other => TlsProblem::Other(other.to_string()),
-            });
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(found) = tls_error_in(inner) {
-                    return Some(found);
-                }
-            }
-            if io.kind() == std::io::ErrorKind::UnexpectedEof
-                && io.to_string().contains("tls handshake")
-            {
-                return Some(TlsProblem::NotTls(
-                    "it closed the connection during the handshake".into(),
-                ));
-            }
-        }
-        current = err.source();
-    }
-    None
-}
-
 fn transport(url: &str, message: String) -> HttpError {
     HttpError::Transport {
         url: url.to_owned(),
@@ -983,16 +662,6 @@ pub fn api_host(registry: &str) -> String {
 /// `host[:port]` + `path`, for messages before the scheme is known.
 fn shown_url(registry: &str, path: &str) -> String {
     format!("{registry}{path}")
-}
-
-/// The port of `host[:port]` (IPv6 literals in brackets), if written.
-fn explicit_port(host: &str) -> Option<u16> {
-    let after = match host.rfind(']') {
-        Some(i) => &host[i + 1..],
-        None => host,
-    };
-    let (_, port) = after.rsplit_once(':')?;
-    port.parse().ok()
 }
 
 /// The `host[:port]` of a URL (user info refused).
