@@ -822,17 +822,7 @@ async fn slow_clients_time_out_and_connections_are_bounded() {
     let mut kept = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        while !complete_response(&answer) {
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before answering");
-            answer.extend_from_slice(&chunk[..n]);
-        }
+        exchange_keep_alive(&mut stream).await;
         kept.push(stream);
     }
     // ... so a third client is only served once the keep-alive (header) timeout frees one.
@@ -956,4 +946,19 @@ async fn idle_keep_alive_connections_close_without_counting_as_rejected() {
         text.contains("\nimagewolf_http_rejected_total 0\n"),
         "{text}"
     );
+}
+
+/// One `GET /healthz` on a kept-alive connection, read to the end of the answer.
+pub(super) async fn exchange_keep_alive(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !complete_response(&answer) {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&chunk[..n]);
+    }
 }

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::tests::{
-    complete_response, distribution, get, post, raw_exchange, send_with, start_with, Reply, EVENTS,
+    distribution, exchange_keep_alive, get, post, raw_exchange, send_with, start_with, Reply,
+    EVENTS,
 };
 use super::*;
 use crate::notification::tests::manifest_list_envelope;
@@ -254,19 +255,4 @@ async fn a_host_flooding_the_connection_slots_only_displaces_its_own() {
     );
     // And the legitimate keep-alive connection was never closed for room.
     exchange_keep_alive(&mut legit).await;
-}
-
-/// One `GET /healthz` on a kept-alive connection, read to the end of the answer.
-async fn exchange_keep_alive(stream: &mut TcpStream) {
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    while !complete_response(&answer) {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed before answering");
-        answer.extend_from_slice(&chunk[..n]);
-    }
 }
