@@ -81,6 +81,31 @@ pub(crate) fn require_root(what: &str) -> io::Result<()> {
 }
 
 /// The last `max` bytes of a log file, for error messages.
+/// `docker-registry serve CONFIG` from `cmd` (the binary, possibly inside a node's
+/// namespace), both output streams to `log`.
+pub(crate) fn spawn_registry(mut cmd: Command, config: &Path, log: &Path) -> io::Result<Child> {
+    let log_file = File::create(log)?;
+    cmd.arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| other(format!("starting docker-registry: {e}")))
+}
+
+/// Ok while the registry process still runs; its exit status and log tail once it is gone
+/// (a start-up check for [`wait_ready`]).
+pub(crate) fn registry_running(child: &mut Child, addr: &str, log: &Path) -> io::Result<()> {
+    match child.try_wait()? {
+        Some(status) => Err(other(format!(
+            "docker-registry on {addr} exited with {status}; log tail:\n{}",
+            log_tail(log, 4000)
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn log_tail(path: &Path, max: usize) -> String {
     match fs::read(path) {
         Ok(bytes) => {
@@ -654,19 +679,11 @@ impl Registry {
             }
         }
         fs::write(&config, yaml)?;
-        let log_file = File::create(&log)?;
-        let mut cmd = match node {
+        let cmd = match node {
             Some(node) => node.command(&bin),
             None => Command::new(&bin),
         };
-        let child = cmd
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| other(format!("starting docker-registry: {e}")))?;
+        let child = spawn_registry(cmd, &config, &log)?;
         let mut r = Registry {
             child,
             addr: addr.to_owned(),
@@ -679,13 +696,7 @@ impl Registry {
         let startup = wait_ready(
             &format!("registry on {addr}"),
             START_TIMEOUT,
-            || match child.try_wait()? {
-                Some(status) => Err(other(format!(
-                    "docker-registry on {addr} exited with {status}; log tail:\n{}",
-                    log_tail(&log, 4000)
-                ))),
-                None => Ok(()),
-            },
+            || registry_running(child, addr, &log),
             || {
                 // Our own log must say we bound the port: with parallel tests, another
                 // registry may hold it and answer the probe while ours failed to bind.

@@ -11,18 +11,20 @@
 //! Processes are started and stopped by their own pid (SIGTERM, then SIGKILL) on drop; a
 //! missing `docker-registry` fails the test with the install command, never skips it.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
-use crate::docker::{free_port, log_tail, other, parse_blob_get, require_binary, wait_ready};
+use crate::docker::{
+    free_port, other, parse_blob_get, registry_running, require_binary, spawn_registry, wait_ready,
+};
 use crate::TempDir;
 
 /// How long the registry may take to listen.
@@ -212,15 +214,7 @@ impl SecureRegistry {
         }
         fs::write(path("config.yml"), yaml)?;
         let log = path("registry.log");
-        let log_file = File::create(&log)?;
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg(path("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| other(format!("starting docker-registry: {e}")))?;
+        let child = spawn_registry(Command::new(&bin), &path("config.yml"), &log)?;
         let mut r = SecureRegistry {
             child,
             addr: addr.to_owned(),
@@ -231,13 +225,7 @@ impl SecureRegistry {
         wait_ready(
             &format!("registry on {addr}"),
             START_TIMEOUT,
-            || match child.try_wait()? {
-                Some(status) => Err(other(format!(
-                    "docker-registry on {addr} exited with {status}; log tail:\n{}",
-                    log_tail(&log, 4000)
-                ))),
-                None => Ok(()),
-            },
+            || registry_running(child, addr, &log),
             // Our own log must say we bound the port (another registry may hold it).
             || {
                 fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
