@@ -4,7 +4,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -53,6 +53,8 @@ pub(crate) struct PeerLink {
     pub uploaded: AtomicU64,
     /// Payload bytes received since the choker last looked (see [`PeerLink::take_rechoke_bytes`]).
     rechoke_bytes: AtomicU64,
+    /// The port the peer accepts connections on, from its extension handshake (0: unknown).
+    pub listen_port: AtomicU16,
 }
 
 impl PeerLink {
@@ -78,6 +80,7 @@ impl PeerLink {
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             rechoke_bytes: AtomicU64::new(0),
+            listen_port: AtomicU16::new(0),
         }
     }
 
@@ -183,6 +186,18 @@ impl PeerLink {
     pub fn count_received(&self, bytes: u64) {
         self.downloaded.fetch_add(bytes, Ordering::Relaxed);
         self.rechoke_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Where the peer accepts connections: the dialled address for a connection we made,
+    /// else the address with the port of its extension handshake, if it gave one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.outgoing {
+            return Some(self.addr);
+        }
+        match self.listen_port.load(Ordering::Relaxed) {
+            0 => None,
+            port => Some(SocketAddr::new(self.addr.ip(), port)),
+        }
     }
 
     /// Bytes received since the last call: the choker's measure of what a peer gives us.

@@ -205,9 +205,12 @@ async fn run(
         .unwrap_or_else(|| "closed".into());
     {
         let mut state = torrent.state();
-        state.remove_peer(link.key);
+        let entry = state.remove_peer(link.key);
         if let Some(dialled) = dial_addr {
             state.connection_lost(dialled, Instant::now());
+        }
+        if entry.is_some_and(|e| e.is_seed(torrent.lengths.num_pieces())) {
+            state.seed_left(dial_addr.into_iter().chain(link.listen_addr()));
         }
     }
     tracing::debug!(%addr, "disconnected: {reason}");

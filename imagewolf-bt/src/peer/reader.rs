@@ -225,6 +225,9 @@ impl Reader {
                 }
                 if id == crate::wire::EXTENDED_HANDSHAKE_ID {
                     let hs = ExtensionHandshake::decode(&payload)?;
+                    if let Some(port) = hs.p {
+                        self.link.listen_port.store(port, Ordering::Relaxed);
+                    }
                     if let Some(reqq) = hs.reqq {
                         let ours = self.torrent.config.max_outstanding_requests;
                         self.pipeline.set_max(reqq.clamp(1, ours));

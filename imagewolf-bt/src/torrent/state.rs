@@ -125,6 +125,10 @@ enum AddrState {
     /// Too many failures in a row: not dialled again before `until`, and then only if
     /// named again.
     GaveUp { until: Instant },
+    /// A seed whose connection ended while we were complete too (two seeds have nothing
+    /// to say to each other). A complete torrent never dials it, however often a tracker
+    /// names it; if it ever needs pieces, it dials us.
+    Seed,
 }
 
 /// The wait before the next dial after `attempts` failures in a row: 1, 2, 4 ... 60 s.
@@ -210,6 +214,8 @@ impl TorrentState {
             let fresh = match self.addrs.get(&addr) {
                 None => true,
                 Some(AddrState::GaveUp { until }) => *until <= now,
+                // Kept whoever names it: a tracker lists every seed of the swarm.
+                Some(AddrState::Seed) => !self.is_complete(),
                 Some(_) => false,
             };
             if fresh {
@@ -243,7 +249,14 @@ impl TorrentState {
                 }
             }
         }
-        let addr = self.candidates.pop_front()?;
+        let complete = self.is_complete();
+        let addr = loop {
+            let addr = self.candidates.pop_front()?;
+            // Queued before we learnt it is a seed (or before we completed).
+            if !(complete && matches!(self.addrs.get(&addr), Some(AddrState::Seed))) {
+                break addr;
+            }
+        };
         self.half_open += 1;
         Some(addr)
     }
@@ -307,6 +320,20 @@ impl TorrentState {
         };
         let state = self.failed(attempts, min_wait, now);
         self.addrs.insert(dial_addr, state);
+    }
+
+    /// A connection to a seed ended while we are complete too: its addresses (the one we
+    /// dialled, and the listen address it told us in its extension handshake) are never
+    /// dialled again by this complete torrent (see [`AddrState::Seed`]).
+    pub fn seed_left(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        if !self.is_complete() {
+            return;
+        }
+        for addr in addrs {
+            if addr.port() != 0 {
+                self.addrs.insert(addr, AddrState::Seed);
+            }
+        }
     }
 
     pub fn is_banned(&self, addr: SocketAddr, peer_id: &PeerId) -> bool {
@@ -665,6 +692,35 @@ mod tests {
         assert_eq!(s.next_dial(10, 10, last + GIVE_UP_FOR), None);
         assert!(s.add_candidates_at([addr], last + GIVE_UP_FOR));
         assert_eq!(s.next_dial(10, 10, last + GIVE_UP_FOR), Some(addr));
+    }
+
+    /// Dials of `addr` over half an hour while a tracker names it every 10 s and every
+    /// connection ends at once because both sides are seeds.
+    fn dials_of_a_seed(complete: bool) -> usize {
+        let addr: SocketAddr = "10.0.0.3:6881".parse().unwrap();
+        let mut now = Instant::now();
+        let end = now + Duration::from_secs(1800);
+        let mut s = state(complete);
+        let mut dials = 0;
+        while now < end {
+            s.add_candidates_at([addr], now);
+            while let Some(a) = s.next_dial(10, 10, now) {
+                dials += 1;
+                s.dial_finished(a, true, now);
+                let lost = now + Duration::from_millis(50);
+                s.connection_lost(a, lost);
+                s.seed_left([a]);
+            }
+            now += Duration::from_secs(10);
+        }
+        dials
+    }
+
+    #[test]
+    fn a_complete_torrent_never_redials_a_seed() {
+        assert_eq!(dials_of_a_seed(true), 1);
+        // A torrent that still needs pieces keeps coming back to a seed (backing off).
+        assert!(dials_of_a_seed(false) > 7, "{}", dials_of_a_seed(false));
     }
 
     #[test]
