@@ -190,7 +190,7 @@ impl Session {
             peers: 0,
             hash_failures: 0,
         };
-        let torrent = Arc::new(Torrent {
+        let torrent = Arc::new_cyclic(|this| Torrent {
             info_hash,
             lengths,
             metainfo: Arc::new(metainfo),
@@ -210,6 +210,7 @@ impl Session {
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             announcer: Mutex::new(None),
             spreading: spreading.into(),
+            this: this.clone(),
         });
         {
             let mut table = self.inner.table();

@@ -7,21 +7,21 @@
 //! concurrently matters: two peers uploading to each other with full socket buffers would
 //! deadlock if either stopped reading while it wrote.
 
+mod handler;
 mod link;
 pub(crate) mod pipeline;
 mod reader;
 mod writer;
 
+pub(crate) use handler::{AnnounceOutcome, Announced, Hello, PeerHandler, Refusal};
 pub(crate) use link::PeerLink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::torrent::{Torrent, TorrentEvent};
 use crate::wire::{ExtensionHandshake, Handshake, Message, WireError};
 
 /// Why a connection ended. Every variant is fatal for that one connection only.
@@ -44,19 +44,23 @@ pub enum PeerError {
     Closed(String),
 }
 
-/// Dials `addr` for `torrent`, handshakes, and runs the connection until it ends.
-pub(crate) async fn dial(torrent: Arc<Torrent>, addr: SocketAddr) {
-    let timeout = torrent.config.handshake_timeout;
-    let ours = Handshake::new(torrent.info_hash, torrent.config.peer_id);
+/// Dials `addr` for the torrent `handler` stands for, handshakes, and runs the connection
+/// until it ends.
+pub(crate) async fn dial<H: PeerHandler>(handler: Arc<H>, addr: SocketAddr) {
+    let config = handler.config();
+    let timeout = config.handshake_timeout;
+    let info_hash = handler.info_hash();
+    let ours = Handshake::new(info_hash, config.peer_id);
+    let bulk = config.bulk_traffic;
     let attempt = tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        tune_socket(&stream, torrent.config.bulk_traffic);
+        tune_socket(&stream, bulk);
         stream.write_all(&ours.encode()).await?;
         let mut buf = [0u8; Handshake::LEN];
         stream.read_exact(&mut buf).await?;
         let theirs = Handshake::decode(&buf)?;
-        if theirs.info_hash != torrent.info_hash {
+        if theirs.info_hash != info_hash {
             return Err(PeerError::Protocol(
                 "peer answered for another torrent".into(),
             ));
@@ -65,118 +69,64 @@ pub(crate) async fn dial(torrent: Arc<Torrent>, addr: SocketAddr) {
     })
     .await
     .unwrap_or(Err(PeerError::Timeout("handshake")));
-    torrent
-        .state()
-        .dial_finished(addr, attempt.is_ok(), Instant::now());
+    handler.dial_finished(addr, attempt.is_ok());
     match attempt {
-        Ok((stream, theirs)) => run(torrent, stream, theirs, Some(addr)).await,
+        Ok((stream, theirs)) => run(handler, stream, theirs, Some(addr)).await,
         Err(e) => tracing::debug!(%addr, "dial failed: {e}"),
     }
 }
 
 /// Runs a connection the session accepted, whose handshake named this torrent. Sends our
 /// handshake back, then runs it like any other.
-pub(crate) async fn accepted(torrent: Arc<Torrent>, mut stream: TcpStream, theirs: Handshake) {
-    let ours = Handshake::new(torrent.info_hash, torrent.config.peer_id);
+pub(crate) async fn accepted<H: PeerHandler>(
+    handler: Arc<H>,
+    mut stream: TcpStream,
+    theirs: Handshake,
+) {
+    let ours = Handshake::new(handler.info_hash(), handler.config().peer_id);
     let sent = tokio::time::timeout(
-        torrent.config.handshake_timeout,
+        handler.config().handshake_timeout,
         stream.write_all(&ours.encode()),
     )
     .await;
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    run(torrent, stream, theirs, None).await;
+    run(handler, stream, theirs, None).await;
 }
 
 /// The connection after both handshakes: admission, the first messages, then the reader and
 /// writer until either ends.
-async fn run(
-    torrent: Arc<Torrent>,
+async fn run<H: PeerHandler>(
+    handler: Arc<H>,
     stream: TcpStream,
     theirs: Handshake,
     dial_addr: Option<SocketAddr>,
 ) {
-    let our_id = torrent.config.peer_id;
-    if theirs.peer_id == our_id {
+    if theirs.peer_id == handler.config().peer_id {
         return; // We dialled ourselves (our own address came back from the tracker).
     }
     let Ok(addr) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
-    tune_socket(&stream, torrent.config.bulk_traffic);
-    let fast = theirs.supports_fast();
-    let link = {
-        let mut state = torrent.state();
-        if state.checking {
-            return;
-        }
-        let admitted = state.admit(
-            addr,
-            &theirs.peer_id,
-            &our_id,
-            dial_addr.is_some(),
-            torrent.config.max_peers_per_torrent,
-        );
-        if let Err(refusal) = admitted {
+    tune_socket(&stream, handler.config().bulk_traffic);
+    let hello = Hello {
+        addr,
+        peer_id: theirs.peer_id,
+        dial_addr,
+        fast: theirs.supports_fast(),
+        extension_handshake: theirs
+            .supports_extended()
+            .then(|| extension_handshake(&*handler, addr)),
+    };
+    let link = match handler.join(hello) {
+        Ok(link) => link,
+        Err(refusal) => {
             tracing::debug!(%addr, "refused: {refusal}");
             return;
         }
-        let key = state.next_peer_key();
-        let link = Arc::new(PeerLink::new(
-            key,
-            addr,
-            theirs.peer_id,
-            dial_addr.is_some(),
-            fast,
-        ));
-        state.insert_peer(Arc::clone(&link));
-        // The first messages, in the order the protocol wants: extension handshake, then
-        // exactly one of Bitfield / HaveAll / HaveNone (fast), or a Bitfield if we have any.
-        if theirs.supports_extended() {
-            link.send(&extension_handshake(&torrent, addr));
-        }
-        // An initial seed starts by showing an ImageWolf peer nothing; the reader then shows
-        // pieces a few at a time (see `SeedSpreader`). Other clients get the open view at
-        // once: spreading only pays off between peers that trade as ours do.
-        let ours = theirs.peer_id.is_imagewolf();
-        let spreading = state.spread.as_mut().is_some_and(|s| {
-            s.peer_joined(key, std::time::Instant::now());
-            if !ours {
-                let nothing = crate::picker::BitSlice::empty();
-                s.open_view(key, nothing, false, &mut Vec::new());
-            }
-            ours
-        });
-        let have = state.picker.have();
-        let have_count = if spreading {
-            0
-        } else {
-            state.picker.have_count()
-        };
-        let first = if fast && have_count == torrent.lengths.num_pieces() {
-            Some(Message::HaveAll)
-        } else if fast && have_count == 0 {
-            Some(Message::HaveNone)
-        } else if have_count > 0 {
-            let mut bits = vec![0u8; torrent.lengths.bitfield_len()];
-            for i in have.iter_ones() {
-                bits[i / 8] |= 0x80 >> (i % 8);
-            }
-            Some(Message::Bitfield(bits.into()))
-        } else {
-            None
-        };
-        if let Some(msg) = first {
-            link.send(&msg);
-        }
-        link
     };
-    torrent.emit(TorrentEvent::PeerConnected {
-        addr,
-        peer_id: theirs.peer_id,
-    });
     let (read, write) = stream.into_split();
-    let reader = reader::Reader::new(Arc::clone(&torrent), Arc::clone(&link), read, theirs);
+    let reader = reader::Reader::new(Arc::clone(&handler), Arc::clone(&link), read, theirs);
     let (read_result, write_result) = tokio::join!(
         async {
             let r = reader.run().await;
@@ -188,7 +138,7 @@ async fn run(
             r
         },
         async {
-            let w = writer::run(&torrent, &link, write).await;
+            let w = writer::run(&*handler, &link, write).await;
             link.close(&match &w {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
@@ -203,19 +153,8 @@ async fn run(
         .or_else(|| read_result.err().map(|e| e.to_string()))
         .or_else(|| write_result.err().map(|e| e.to_string()))
         .unwrap_or_else(|| "closed".into());
-    {
-        let mut state = torrent.state();
-        let entry = state.remove_peer(link.key);
-        if let Some(dialled) = dial_addr {
-            state.connection_lost(dialled, Instant::now());
-        }
-        if entry.is_some_and(|e| e.is_seed(torrent.lengths.num_pieces())) {
-            state.seed_left(dial_addr.into_iter().chain(link.listen_addr()));
-        }
-    }
     tracing::debug!(%addr, "disconnected: {reason}");
-    torrent.emit(TorrentEvent::PeerDisconnected { addr, reason });
-    torrent.wake_ticker.notify_one();
+    handler.left(&link, dial_addr, reason);
 }
 
 /// Most bytes the kernel holds unsent on a peer socket (`TCP_NOTSENT_LOWAT`).
@@ -265,15 +204,15 @@ fn tune_socket(stream: &TcpStream, bulk: bool) {
 
 /// Our BEP 10 handshake: no extension messages, a large `reqq` (libtorrent caps its queue
 /// to us at this), our listen port, and the address we see the peer at.
-fn extension_handshake(torrent: &Torrent, addr: SocketAddr) -> Message {
+fn extension_handshake<H: PeerHandler>(handler: &H, addr: SocketAddr) -> Message {
     let yourip = match addr.ip() {
         std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
         std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
     };
     let hs = ExtensionHandshake {
         v: Some(concat!("ImageWolf ", env!("CARGO_PKG_VERSION")).into()),
-        p: Some(torrent.listen_port),
-        reqq: Some(torrent.config.max_queued_peer_requests as u32),
+        p: Some(handler.listen_port()),
+        reqq: Some(handler.config().max_queued_peer_requests as u32),
         yourip: Some(yourip),
         ..ExtensionHandshake::default()
     };

@@ -10,9 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::pipeline::Pipeline;
-use super::{PeerError, PeerLink};
-use crate::torrent::state::{Announced, TorrentState};
-use crate::torrent::{verify, Counters, Torrent};
+use super::{Announced, PeerError, PeerHandler, PeerLink};
 use crate::wire::{
     bitfield, DecoderLimits, ExtensionHandshake, Handshake, Message, MessageDecoder, RawBlock,
 };
@@ -24,8 +22,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How often timers (snub, idle, rate samples) are checked.
 const TICK: Duration = Duration::from_secs(1);
 
-pub(super) struct Reader {
-    torrent: Arc<Torrent>,
+pub(super) struct Reader<H> {
+    handler: Arc<H>,
     link: Arc<PeerLink>,
     read: OwnedReadHalf,
     buf: BytesMut,
@@ -45,18 +43,18 @@ pub(super) struct Reader {
     picks: Vec<BlockRef>,
 }
 
-impl Reader {
+impl<H: PeerHandler> Reader<H> {
     pub fn new(
-        torrent: Arc<Torrent>,
+        handler: Arc<H>,
         link: Arc<PeerLink>,
         read: OwnedReadHalf,
         theirs: Handshake,
     ) -> Self {
         let now = Instant::now();
-        let decoder = MessageDecoder::new(DecoderLimits::for_torrent(&torrent.lengths));
-        let pipeline = Pipeline::new(torrent.config.max_outstanding_requests, now);
+        let decoder = MessageDecoder::new(DecoderLimits::for_torrent(&handler.lengths()));
+        let pipeline = Pipeline::new(handler.config().max_outstanding_requests, now);
         Self {
-            torrent,
+            handler,
             link,
             read,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -74,7 +72,8 @@ impl Reader {
     }
 
     pub async fn run(mut self) -> Result<(), PeerError> {
-        let mut shutdown = self.torrent.shutdown.subscribe();
+        let handler = Arc::clone(&self.handler);
+        let mut shutdown = handler.shutdown();
         let mut closing = self.link.closing.subscribe();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -91,7 +90,7 @@ impl Reader {
                     self.drain()?;
                 }
                 _ = tick.tick() => self.on_tick()?,
-                _ = self.torrent.verify_drained.notified() => self.refill(),
+                _ = handler.verify_drained().notified() => self.refill(),
                 r = closing.wait_for(Option::is_some) => {
                     let reason = r.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
                     return Err(PeerError::Closed(reason));
@@ -106,7 +105,7 @@ impl Reader {
         while let Some(msg) = self.decoder.decode(&mut self.buf)? {
             self.handle(msg)?;
         }
-        self.torrent.spread_step(self.link.key);
+        self.handler.spread_step(self.link.key);
         self.refill();
         Ok(())
     }
@@ -124,46 +123,28 @@ impl Reader {
             Message::Unchoke => self.peer_choking = false,
             Message::Interested => {
                 self.link.io().peer_interested = true;
-                self.try_unchoke();
+                self.handler.interested(&self.link);
             }
             Message::NotInterested => {
                 self.link.io().peer_interested = false;
-                self.torrent.state().unchoked.remove(&self.link.key);
+                self.handler.not_interested(self.link.key);
             }
             Message::Have(index) => {
                 let piece = self
-                    .torrent
-                    .lengths
+                    .handler
+                    .lengths()
                     .piece(index)
                     .ok_or_else(|| bad("HAVE for a piece that does not exist"))?;
-                let mut state = self.torrent.state();
-                let TorrentState {
-                    picker,
-                    peers,
-                    spread,
-                    ..
-                } = &mut *state;
-                let Some(entry) = peers.get_mut(&self.link.key) else {
-                    return Ok(());
-                };
-                if let Some(spread) = spread {
-                    spread.peer_has(self.link.key, piece);
-                }
-                if !entry.has_all && !entry.bitfield[piece.as_usize()] {
-                    entry.bitfield.set(piece.as_usize(), true);
-                    entry.have_count += 1;
-                    picker.peer_has(piece);
-                    if !self.am_interested && !picker.have()[piece.as_usize()] {
-                        drop(state);
-                        self.set_interested(true);
-                    }
+                if self.handler.have(self.link.key, piece) {
+                    self.set_interested(true);
                 }
             }
             Message::Bitfield(bits) => {
                 // Accepted whenever it comes, as libtorrent does: aria2 sends its extension
                 // handshake first and a Bitfield again mid-connection in place of HAVEs.
-                let num_pieces = self.torrent.lengths.num_pieces();
-                if bits.len() != self.torrent.lengths.bitfield_len() {
+                let lengths = self.handler.lengths();
+                let num_pieces = lengths.num_pieces();
+                if bits.len() != lengths.bitfield_len() {
                     return Err(bad("BITFIELD of the wrong length"));
                 }
                 let bits = bitfield::masked(bits, num_pieces);
@@ -194,8 +175,8 @@ impl Reader {
             Message::Piece { index, begin, data } => {
                 let len = u32::try_from(data.len()).map_err(|_| bad("oversized block"))?;
                 let block = self
-                    .torrent
-                    .lengths
+                    .handler
+                    .lengths()
                     .block_at(index, begin, len)
                     .ok_or_else(|| bad("PIECE outside the torrent"))?;
                 self.on_block(block, &data);
@@ -204,17 +185,14 @@ impl Reader {
                 self.require_fast()?;
                 let block = self.check_block(raw)?;
                 if self.link.io().requested.remove(&block) {
-                    self.torrent
-                        .state()
-                        .picker
-                        .request_released(self.link.key, block);
+                    self.handler.release(self.link.key, &[block]);
                 }
             }
             Message::Suggest(index) | Message::AllowedFast(index) => {
                 self.require_fast()?;
                 // Valid but unused: our picker's rarest-first order is better informed on a LAN.
-                self.torrent
-                    .lengths
+                self.handler
+                    .lengths()
                     .piece(index)
                     .ok_or_else(|| bad("SUGGEST/ALLOWED_FAST for a piece that does not exist"))?;
             }
@@ -229,7 +207,7 @@ impl Reader {
                         self.link.listen_port.store(port, Ordering::Relaxed);
                     }
                     if let Some(reqq) = hs.reqq {
-                        let ours = self.torrent.config.max_outstanding_requests;
+                        let ours = self.handler.config().max_outstanding_requests;
                         self.pipeline.set_max(reqq.clamp(1, ours));
                     }
                 }
@@ -241,7 +219,7 @@ impl Reader {
 
     /// The peer announced pieces in bulk (Bitfield or HaveAll), first or later on.
     fn announced(&mut self, pieces: Announced<'_>) -> Result<(), PeerError> {
-        let outcome = self.torrent.state().peer_announced(self.link.key, pieces);
+        let outcome = self.handler.announced(self.link.key, pieces);
         let Some(outcome) = outcome else {
             return Ok(());
         };
@@ -263,8 +241,8 @@ impl Reader {
     }
 
     fn check_block(&self, raw: RawBlock) -> Result<BlockRef, PeerError> {
-        self.torrent
-            .lengths
+        self.handler
+            .lengths()
             .block_at(raw.index, raw.begin, raw.length)
             .ok_or_else(|| bad("block outside the torrent"))
     }
@@ -272,38 +250,20 @@ impl Reader {
     /// The peer asks for a block: queue it for the writer, or reject it (fast) / ignore it.
     fn on_request(&mut self, raw: RawBlock) -> Result<(), PeerError> {
         let block = self.check_block(raw)?;
-        let mut state = self.torrent.state();
-        let have = state.picker.have()[block.piece().as_usize()];
-        let mut io = self.link.io();
-        let refuse = io.am_choking
-            || !have
-            || io.serve.len() >= self.torrent.config.max_queued_peer_requests;
-        if let (false, Some(spread)) = (refuse, &mut state.spread) {
-            spread.requested(self.link.key, block.piece(), Instant::now());
+        if !self.handler.request(&self.link, block) && self.link.fast {
+            self.link.send(&Message::Reject(raw));
         }
-        drop(state);
-        if refuse {
-            if self.link.fast {
-                Message::Reject(raw).encode(&mut io.out);
-                drop(io);
-                self.link.writer_wake.notify_one();
-            }
-            return Ok(());
-        }
-        io.serve.push_back(block);
-        drop(io);
-        self.link.writer_wake.notify_one();
         Ok(())
     }
 
     /// A block arrived: keep it if we asked this peer for it and still want it.
     fn on_block(&mut self, block: BlockRef, data: &[u8]) {
         let len = u64::from(block.len());
-        Counters::add(&self.torrent.counters.downloaded, len);
+        self.handler.count_received(len);
         self.link.count_received(len);
         if !self.link.io().requested.remove(&block) {
             // Unrequested, or cancelled after the peer had sent it.
-            Counters::add(&self.torrent.counters.wasted, len);
+            self.handler.count_wasted(len);
             return;
         }
         self.pipeline.on_block(block.len());
@@ -311,21 +271,10 @@ impl Reader {
         if self.snubbed {
             self.snubbed = false;
             self.pipeline
-                .set_max(self.torrent.config.max_outstanding_requests);
+                .set_max(self.handler.config().max_outstanding_requests);
         }
-        let outcome = self
-            .torrent
-            .state()
-            .accept_block(self.link.key, block, data);
-        if !outcome.accepted {
-            Counters::add(&self.torrent.counters.wasted, len);
-        }
-        for other in outcome.cancel_at {
-            other.cancel(block);
-        }
-        if let Some(job) = outcome.complete {
-            let torrent = Arc::clone(&self.torrent);
-            self.torrent.spawn(verify::verify_and_store(torrent, job));
+        if !self.handler.block(self.link.key, block, data) {
+            self.handler.count_wasted(len);
         }
     }
 
@@ -334,8 +283,7 @@ impl Reader {
         if self.peer_choking || !self.am_interested || self.link.is_closing() {
             return;
         }
-        if self.torrent.verifying_bytes.load(Ordering::Relaxed) > self.torrent.piece_memory_limit()
-        {
+        if self.handler.requests_paused() {
             return; // Hashing or the disk is behind; resume when it drains.
         }
         let outstanding = self.link.io().requested.len();
@@ -344,28 +292,17 @@ impl Reader {
             return;
         }
         self.picks.clear();
-        let still_interesting = {
-            let mut state = self.torrent.state();
-            let TorrentState { picker, peers, .. } = &mut *state;
-            let Some(entry) = peers.get(&self.link.key) else {
-                return;
-            };
-            picker.pick(
-                self.link.key,
-                &entry.bitfield,
-                entry.has_all,
-                target - outstanding,
-                &mut self.picks,
-            );
-            !self.picks.is_empty()
-                || outstanding > 0
-                || picker.is_interesting(&entry.bitfield, entry.has_all)
-        };
-        if !still_interesting {
-            self.set_interested(false);
-            return;
+        let picked = self.handler.pick(
+            self.link.key,
+            target - outstanding,
+            outstanding,
+            &mut self.picks,
+        );
+        match picked {
+            None => {}
+            Some(false) => self.set_interested(false),
+            Some(true) => self.link.request(&self.picks),
         }
-        self.link.request(&self.picks);
     }
 
     fn set_interested(&mut self, interested: bool) {
@@ -379,20 +316,6 @@ impl Reader {
         }
     }
 
-    /// Unchokes the peer if a slot is free (on a LAN there always is).
-    fn try_unchoke(&self) {
-        let mut state = self.torrent.state();
-        if state.unchoked.contains(&self.link.key) {
-            return;
-        }
-        if state.unchoked.len() < self.torrent.config.unchoke_slots {
-            state.unchoked.insert(self.link.key);
-            drop(state);
-            self.link.set_choking(false);
-        }
-        // Otherwise the ticker's rotation will get to it.
-    }
-
     /// Gives all our outstanding requests at this peer back to the picker; with `cancel`,
     /// also tells the peer (snub), otherwise they are already void (choke).
     fn release_requests(&mut self, cancel: bool) {
@@ -402,16 +325,14 @@ impl Reader {
             self.link.io().requested.drain().collect()
         };
         if !blocks.is_empty() {
-            let mut state = self.torrent.state();
-            for block in blocks {
-                state.picker.request_released(self.link.key, block);
-            }
+            self.handler.release(self.link.key, &blocks);
         }
     }
 
     fn on_tick(&mut self) -> Result<(), PeerError> {
         let now = Instant::now();
-        let config = &self.torrent.config;
+        let handler = Arc::clone(&self.handler);
+        let config = handler.config();
         // A peer speaks as soon as it is connected (an extension handshake, what it has, or
         // that it is interested); one that stays silent after its handshake only holds one of
         // the torrent's peer slots, so it gets the handshake's time, not the idle timeout.
@@ -435,7 +356,7 @@ impl Reader {
         if !waiting {
             self.last_block = now;
         }
-        self.torrent.spread_step(self.link.key);
+        self.handler.spread_step(self.link.key);
         self.refill();
         Ok(())
     }

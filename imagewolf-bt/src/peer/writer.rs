@@ -8,8 +8,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{PeerError, PeerLink};
-use crate::torrent::{Counters, Torrent};
+use super::{PeerError, PeerHandler, PeerLink};
 use crate::wire::{encode_piece_header, Message, PIECE_HEADER_LEN};
 use crate::{BlockRef, Lengths};
 
@@ -27,13 +26,13 @@ const WRITE_CHUNK: usize = 32 * 1024;
 /// How long a closing connection may take to send its queued control messages.
 const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub(super) async fn run(
-    torrent: &Arc<Torrent>,
+pub(super) async fn run<H: PeerHandler>(
+    handler: &H,
     link: &Arc<PeerLink>,
     mut write: OwnedWriteHalf,
 ) -> Result<(), PeerError> {
-    let mut shutdown = torrent.shutdown.subscribe();
-    let keepalive = torrent.config.keepalive_interval;
+    let mut shutdown = handler.shutdown();
+    let keepalive = handler.config().keepalive_interval;
     let mut batch: Vec<BlockRef> = Vec::with_capacity(SERVE_BATCH);
     // Piece frames read from storage and not yet written, their lengths (chunks end on a
     // frame boundary: a control message must never land inside a Piece frame), and their
@@ -74,7 +73,7 @@ pub(super) async fn run(
             write.write_all(&out).await?;
         }
         if !batch.is_empty() {
-            frames = read_blocks(torrent, &batch).await?;
+            frames = read_blocks(handler, &batch).await?;
             frame_lens.extend(batch.iter().map(|b| PIECE_HEADER_LEN + b.len() as usize));
             frames_payload = batch.iter().map(|b| u64::from(b.len())).sum();
         }
@@ -82,12 +81,12 @@ pub(super) async fn run(
             let len = next_chunk(&mut frame_lens, WRITE_CHUNK);
             let chunk = frames.split_to(len.min(frames.len()));
             tokio::select! {
-                _ = torrent.upload_limit.acquire(chunk.len() as u64) => {}
+                _ = handler.upload_limit().acquire(chunk.len() as u64) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             }
             write.write_all(&chunk).await?;
             if frames.is_empty() {
-                Counters::add(&torrent.counters.uploaded, frames_payload);
+                handler.count_uploaded(frames_payload);
                 link.uploaded
                     .fetch_add(frames_payload, std::sync::atomic::Ordering::Relaxed);
             }
@@ -110,9 +109,12 @@ fn next_chunk(frame_lens: &mut VecDeque<usize>, max: usize) -> usize {
 }
 
 /// Reads `blocks` from storage on the blocking pool into ready-to-send Piece frames.
-async fn read_blocks(torrent: &Arc<Torrent>, blocks: &[BlockRef]) -> Result<BytesMut, PeerError> {
-    let storage = Arc::clone(&torrent.storage);
-    let lengths = torrent.lengths;
+async fn read_blocks<H: PeerHandler>(
+    handler: &H,
+    blocks: &[BlockRef],
+) -> Result<BytesMut, PeerError> {
+    let storage = Arc::clone(handler.storage());
+    let lengths = handler.lengths();
     let blocks = blocks.to_vec();
     tokio::task::spawn_blocking(move || frame_blocks(&*storage, &lengths, &blocks))
         .await

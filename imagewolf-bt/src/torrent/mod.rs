@@ -5,7 +5,7 @@
 //!   task. Its mutable core, [`state::TorrentState`] (picker, peer table, piece buffers, ban
 //!   evidence), sits behind ONE `std::sync::Mutex`, held only for short, non-async, I/O-free
 //!   sections: no `.await`, no storage access and no hashing while it is held.
-//! - Each peer connection has a [`crate::peer::PeerLink`] with its own small mutex (outgoing
+//! - Each peer connection has a `PeerLink` with its own small mutex (outgoing
 //!   bytes, queued requests to serve, our outstanding requests to it).
 //! - Lock order: torrent state, then a peer link. Never the other way round.
 //!
@@ -17,6 +17,7 @@
 //! Storage therefore only ever holds verified pieces.
 
 mod handle;
+mod peers;
 pub(crate) mod smart_ban;
 pub(crate) mod state;
 mod ticker;
@@ -112,6 +113,8 @@ pub(crate) struct Torrent {
     /// Mirrors `state.spread.is_some()`, so peers of a torrent that is not spreading (almost
     /// all of them) skip taking the lock for it.
     pub spreading: AtomicBool,
+    /// This torrent itself, for the hooks that start tasks (`Arc::new_cyclic`).
+    pub this: std::sync::Weak<Torrent>,
 }
 
 impl Torrent {
@@ -136,13 +139,6 @@ impl Torrent {
         // Reap finished tasks so a long-lived seed does not accumulate them.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
-    }
-
-    /// One spreading step for peer `key` (see [`state::TorrentState::spread_step`]).
-    pub fn spread_step(&self, key: crate::picker::PeerKey) {
-        if self.spreading.load(Ordering::Relaxed) && !self.state().spread_step(key) {
-            self.spreading.store(false, Ordering::Relaxed);
-        }
     }
 
     /// Ends a hold on spreading (see [`crate::AddTorrent::holding_spread`]).

@@ -11,7 +11,7 @@ use bitvec::prelude::*;
 
 use super::smart_ban::SmartBan;
 use super::TorrentStatus;
-use crate::peer::PeerLink;
+use crate::peer::{AnnounceOutcome, Announced, PeerLink, Refusal};
 use crate::picker::{PeerKey, Picker, Received, SeedSpreader};
 use crate::{BlockRef, Lengths, PeerId, PieceIndex};
 
@@ -34,23 +34,6 @@ impl PeerEntry {
     pub fn is_seed(&self, num_pieces: u32) -> bool {
         self.has_all || self.have_count == num_pieces
     }
-}
-
-/// Pieces a peer announced in bulk (see [`TorrentState::peer_announced`]).
-#[derive(Clone, Copy)]
-pub(crate) enum Announced<'a> {
-    /// A Bitfield, spare bits masked, one bit per piece.
-    Bits(&'a BitSlice<u8, Msb0>),
-    /// HaveAll.
-    All,
-}
-
-/// What a bulk announcement changed for us.
-pub(crate) struct AnnounceOutcome {
-    /// The peer has a piece we lack.
-    pub interesting: bool,
-    /// The peer is a seed and so are we: the connection is of no use.
-    pub both_seeds: bool,
 }
 
 /// A piece being assembled from blocks, in memory until it verifies.
@@ -77,24 +60,6 @@ pub(crate) struct BlockOutcome {
     pub cancel_at: Vec<Arc<PeerLink>>,
     /// The piece is complete and must be verified.
     pub complete: Option<PieceJob>,
-}
-
-/// Why a new connection was refused.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    Banned,
-    TooManyPeers,
-    AlreadyConnected,
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Refusal::Banned => "peer is banned",
-            Refusal::TooManyPeers => "peer limit reached",
-            Refusal::AlreadyConnected => "duplicate connection to the same peer",
-        })
-    }
 }
 
 /// A peer that has been the only one for this long while we spread is shown everything
@@ -447,6 +412,49 @@ impl TorrentState {
             interesting: picker.is_interesting(&entry.bitfield, entry.has_all),
             both_seeds: entry.is_seed(num_pieces) && picker.is_complete(),
         })
+    }
+
+    /// A peer announced one piece (HAVE). Returns whether it is new from this peer and a
+    /// piece we lack.
+    pub fn peer_has(&mut self, key: PeerKey, piece: PieceIndex) -> bool {
+        let TorrentState {
+            picker,
+            peers,
+            spread,
+            ..
+        } = self;
+        let Some(entry) = peers.get_mut(&key) else {
+            return false;
+        };
+        if let Some(spread) = spread {
+            spread.peer_has(key, piece);
+        }
+        if entry.has_all || entry.bitfield[piece.as_usize()] {
+            return false;
+        }
+        entry.bitfield.set(piece.as_usize(), true);
+        entry.have_count += 1;
+        picker.peer_has(piece);
+        !picker.have()[piece.as_usize()]
+    }
+
+    /// Picks up to `max` blocks to request from peer `key` into `out`. Returns whether we
+    /// are still interested in it, `None` for an unknown peer.
+    pub fn pick_for(
+        &mut self,
+        key: PeerKey,
+        max: usize,
+        outstanding: usize,
+        out: &mut Vec<BlockRef>,
+    ) -> Option<bool> {
+        let entry = self.peers.get(&key)?;
+        self.picker
+            .pick(key, &entry.bitfield, entry.has_all, max, out);
+        Some(
+            !out.is_empty()
+                || outstanding > 0
+                || self.picker.is_interesting(&entry.bitfield, entry.has_all),
+        )
     }
 
     /// Removes a peer: its availability and outstanding requests go back to the picker.
