@@ -61,6 +61,7 @@ ENV IMAGEWOLF_PEERS=dns:tasks.imagewolf:8000 \
     IMAGEWOLF_DISTRIBUTION=auto \
     IMAGEWOLF_CACHE_SIZE=20G \
     IMAGEWOLF_ENDPOINT_LISTEN=127.0.0.1:5055 \
+    IMAGEWOLF_MIRROR=on \
     RUST_LOG=info,imagewolf_bt=warn
 # Flags without a default, unset unless given (an empty value would be an invalid one):
 #   IMAGEWOLF_ADVERTISE_ADDR   IMAGEWOLF_REGISTRY   IMAGEWOLF_POLL

@@ -288,6 +288,14 @@ pub struct AgentConfig {
     )]
     pub endpoint_listen: SocketAddr,
 
+    /// Mirror mode (`blobs` mode): the endpoint also answers pulls of images nobody
+    /// announced, as a pull-through mirror for containerd's `hosts.toml` and dockerd's
+    /// `registry-mirrors` (README, "Cold pulls"). Images come from the store, else from the
+    /// cluster, else from the upstream registry, read with this agent's credentials for
+    /// what `--allow` allows; anyone who reaches the endpoint can pull them.
+    #[arg(long, env = "IMAGEWOLF_MIRROR", default_value = "on", value_parser = parse_on_off)]
+    pub mirror: bool,
+
     /// The endpoint's address as the runtime reaches it, when that is not the listen
     /// address (e.g. the agent runs in another network namespace than the runtime).
     /// dockerd speaks plain http only to 127.0.0.0/8 unless told `--insecure-registry`.
@@ -304,6 +312,15 @@ pub struct AgentConfig {
     /// in the swarm. Default: the origin's own only.
     #[arg(long, env = "IMAGEWOLF_PLATFORMS", value_delimiter = ',', value_parser = Platform::parse)]
     pub platforms: Vec<Platform>,
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: on or off expected")),
+    }
 }
 
 /// A byte size: digits with an optional `K`, `M`, `G` or `T` suffix (powers of 1024; `KiB`,

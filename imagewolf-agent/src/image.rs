@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod blobs;
-pub use blobs::{Blob, BlobSet, Chunk, ManifestDoc};
+pub use blobs::{Blob, BlobOffer, BlobSet, Chunk, LeaseAnswer, ManifestDoc};
 
 /// Largest image accepted in an announcement (the sum of its segments or blobs).
 pub const MAX_IMAGE_BYTES: u64 = 1 << 40;

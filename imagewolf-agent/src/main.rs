@@ -8,7 +8,8 @@ use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig, PushOutcome};
 use imagewolf_agent::config::{AgentConfig, LogFormat, Runtime};
 use imagewolf_agent::distributor::{
-    BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
+    mirror::MirrorConfig, BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy,
+    DEFAULT_STALL_TIMEOUT,
 };
 use imagewolf_agent::loader::{ImageLoader, KeepTarball};
 use imagewolf_agent::notification::PushEvent;
@@ -275,6 +276,14 @@ async fn start_blob_path(
         address.clone(),
     )
     .with_platforms(platform, &config.platforms);
+    let path = if config.mirror {
+        tracing::info!(hub_registry = %config.hub_registry, "mirror mode: the endpoint also answers pulls nobody announced (--mirror off to stop it)");
+        path.with_mirror(MirrorConfig {
+            hub_registry: config.hub_registry.clone(),
+        })
+    } else {
+        path
+    };
     let content = distributor.enable_blobs(path);
     tracing::info!(%bound, runtime_pulls_from = %address, cache_size = config.cache_size, "registry-native distribution: store and endpoint ready");
     tokio::spawn(endpoint::serve(

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::auth::{ClusterKey, AUTH_HEADER};
-use crate::image::Distribution;
+use crate::image::{BlobOffer, Distribution, LeaseAnswer};
 
 /// Time allowed for one agent-to-agent call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,6 +117,34 @@ impl PeerClient {
             ));
         }
         Ok(body)
+    }
+
+    /// `POST /v1/leases/<digest>?api=<me>` to a blob's coordinator (mirror mode): read the
+    /// blob from the upstream, or fetch it from the agent named.
+    pub async fn lease(
+        &self,
+        agent: SocketAddr,
+        digest: &str,
+        me: SocketAddr,
+    ) -> Result<LeaseAnswer, PeerCallError> {
+        let path = format!("/v1/leases/{digest}?api={me}");
+        let body = self
+            .call(agent, hyper::Method::POST, &path, Vec::new())
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
+    }
+
+    /// `GET /v1/blobs/<digest>` from `agent`: what it offers of the blob (mirror mode).
+    pub async fn blob_offer(
+        &self,
+        agent: SocketAddr,
+        digest: &str,
+    ) -> Result<BlobOffer, PeerCallError> {
+        let path = format!("/v1/blobs/{digest}");
+        let body = self
+            .call(agent, hyper::Method::GET, &path, Vec::new())
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
     }
 
     /// One call, signed afresh for each attempt: a request that fails on a pooled connection

@@ -148,6 +148,23 @@ pub struct AgentMetrics {
     pub distribution: DistributionMetrics,
     /// The blob store's figures (`--distribution blobs`).
     pub store: Option<crate::store::StoreStats>,
+    /// Mirror mode's counters, when on.
+    pub mirror: Option<MirrorCounts>,
+}
+
+/// Mirror mode's counters (`distributor/mirror`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MirrorCounts {
+    /// Tags and manifests resolved against an upstream.
+    pub manifests_upstream: u64,
+    /// Blobs read from an upstream by this node.
+    pub blobs_upstream: u64,
+    /// Blobs fetched from other nodes over the swarm.
+    pub blobs_from_peers: u64,
+    /// Fetches from another node that failed and fell back to the upstream.
+    pub peer_fallbacks: u64,
+    /// Pulls the mirror could not serve (the runtime went to its next host).
+    pub misses: u64,
 }
 
 /// Agent-wide distribution figures: `--max-torrents` slots, `--allow` refusals, and the
@@ -255,6 +272,7 @@ impl HttpCounters {
             http_closed_for_room: self.closed_for_room.load(Ordering::Relaxed),
             distribution: DistributionMetrics::default(),
             store: None,
+            mirror: None,
         }
     }
 }
@@ -278,6 +296,41 @@ struct PerImage {
 
 /// Renders Prometheus text exposition format 0.0.4 (serve as
 /// `text/plain; version=0.0.4; charset=utf-8`).
+/// Mirror mode's families.
+fn render_mirror(out: &mut String, m: &MirrorCounts) {
+    let counters = [
+        (
+            "imagewolf_mirror_manifests_upstream_total",
+            "Tags and manifests the mirror resolved against an upstream registry.",
+            m.manifests_upstream,
+        ),
+        (
+            "imagewolf_mirror_blobs_upstream_total",
+            "Blobs the mirror read from an upstream registry on this node.",
+            m.blobs_upstream,
+        ),
+        (
+            "imagewolf_mirror_blobs_from_peers_total",
+            "Blobs the mirror fetched from other nodes over BitTorrent.",
+            m.blobs_from_peers,
+        ),
+        (
+            "imagewolf_mirror_peer_fallbacks_total",
+            "Fetches from other nodes that failed and fell back to the upstream.",
+            m.peer_fallbacks,
+        ),
+        (
+            "imagewolf_mirror_misses_total",
+            "Pulls the mirror could not serve (the runtime went to its next host).",
+            m.misses,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(out, name, "counter", help);
+        sample(out, name, &[], Num::Int(value));
+    }
+}
+
 /// The blob store's families.
 fn render_store(out: &mut String, s: &crate::store::StoreStats) {
     let gauges = [
@@ -507,6 +560,9 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
 
     if let Some(store) = &agent.store {
         render_store(&mut out, store);
+    }
+    if let Some(mirror) = &agent.mirror {
+        render_mirror(&mut out, mirror);
     }
 
     let mut per_image: BTreeMap<&str, PerImage> = BTreeMap::new();

@@ -12,6 +12,7 @@ use imagewolf_agent::allowlist::Allowlist;
 use imagewolf_agent::api::{self, AgentApi, ApiConfig};
 use imagewolf_agent::config::PeerSpec;
 use imagewolf_agent::discovery;
+use imagewolf_agent::distributor::mirror::MirrorConfig;
 use imagewolf_agent::distributor::{
     BlobPath, Distributor, DistributorApi, DistributorConfig, RetryPolicy, DEFAULT_STALL_TIMEOUT,
 };
@@ -223,6 +224,34 @@ impl LocalAgents {
         platform: Platform,
         platforms: &[Platform],
     ) -> std::io::Result<SocketAddr> {
+        self.enable_store(i, budget, platform, platforms, None)
+            .await
+    }
+
+    /// [`LocalAgents::enable_blobs`] in mirror mode: agent `i`'s endpoint also answers pulls
+    /// nobody announced, Docker Hub being `hub_registry`.
+    pub async fn enable_mirror(
+        &self,
+        i: usize,
+        budget: u64,
+        hub_registry: &str,
+    ) -> std::io::Result<SocketAddr> {
+        let platform = imagewolf_agent::registry::manifest::host_platform();
+        let mirror = MirrorConfig {
+            hub_registry: hub_registry.to_owned(),
+        };
+        self.enable_store(i, budget, platform, &[], Some(mirror))
+            .await
+    }
+
+    async fn enable_store(
+        &self,
+        i: usize,
+        budget: u64,
+        platform: Platform,
+        platforms: &[Platform],
+        mirror: Option<MirrorConfig>,
+    ) -> std::io::Result<SocketAddr> {
         let agent = &self.agents[i];
         let store =
             Store::open(&agent.data_dir.join("store"), budget).map_err(std::io::Error::other)?;
@@ -234,6 +263,10 @@ impl LocalAgents {
             endpoint.to_string(),
         )
         .with_platforms(platform, platforms);
+        let path = match mirror {
+            Some(config) => path.with_mirror(config),
+            None => path,
+        };
         let content = agent.distributor.enable_blobs(path);
         tokio::spawn(imagewolf_agent::endpoint::serve(
             listener,

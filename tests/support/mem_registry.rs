@@ -21,6 +21,8 @@ struct State {
     tags: HashMap<(String, String), String>,
     blobs: HashMap<String, (PathBuf, u64)>,
     blob_gets: usize,
+    gets_by_digest: HashMap<String, usize>,
+    blobs_down: bool,
 }
 
 /// What the in-process registry serves.
@@ -47,6 +49,10 @@ impl Content for Shelf {
             let (path, len) = {
                 let mut state = self.state.lock().ok()?;
                 state.blob_gets += 1;
+                *state.gets_by_digest.entry(digest.to_owned()).or_default() += 1;
+                if state.blobs_down {
+                    return None;
+                }
                 state.blobs.get(digest).cloned()?
             };
             Some((std::fs::File::open(path).ok()?, len))
@@ -110,6 +116,22 @@ impl MemRegistry {
     /// Blob downloads served so far.
     pub fn blob_gets(&self) -> usize {
         self.shelf.state.lock().map_or(0, |s| s.blob_gets)
+    }
+
+    /// Requests (GET or HEAD) for blob `digest` so far.
+    pub fn blob_gets_of(&self, digest: &str) -> usize {
+        self.shelf
+            .state
+            .lock()
+            .map_or(0, |s| s.gets_by_digest.get(digest).copied().unwrap_or(0))
+    }
+
+    /// From now on every blob is unknown here (`true`), as when a registry's storage is
+    /// down, or served again (`false`). Manifests are still served.
+    pub fn set_blobs_down(&self, down: bool) {
+        if let Ok(mut s) = self.shelf.state.lock() {
+            s.blobs_down = down;
+        }
     }
 
     fn put_blob(&self, blob: &Blob) -> std::io::Result<()> {

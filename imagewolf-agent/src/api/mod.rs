@@ -14,6 +14,8 @@
 //! | `/v1/distributions` | GET | JSON array of [`Distribution`] |
 //! | `/announce?...` | GET | bencoded tracker reply |
 //! | `/v1/torrents/<info-hash>` | GET | a blob chunk's `.torrent` (registry-native path) |
+//! | `/v1/leases/<digest>?api=<ip:port>` | POST | mirror mode: a blob's coordinator says who reads it from the upstream ([`LeaseAnswer`]) |
+//! | `/v1/blobs/<digest>` | GET | mirror mode: the chunks this agent seeds of a blob ([`BlobOffer`]) |
 //!
 //! Design decisions:
 //! - **Answer webhooks at once.** A registry holds back every later notification until the
@@ -24,7 +26,8 @@
 //!   wrong media type), logged at `warn`; the server keeps serving. Malformed HTTP that hyper
 //!   refuses before routing gets hyper's own bare 400 and is counted as rejected.
 //! - **Agent calls are authenticated before their body is read.** With a cluster secret,
-//!   `/v1/distributions` (both methods) and `/v1/torrents/` need a valid
+//!   `/v1/distributions` (both methods), `/v1/torrents/`, `/v1/leases/` and `/v1/blobs/`
+//!   need a valid
 //!   [`AUTH_HEADER`](crate::auth::AUTH_HEADER) (see [`crate::auth`]): checked from the
 //!   request head, so a client without the secret is answered 401 before it can make the
 //!   agent buffer a byte; a replayed or stale one too.
@@ -70,7 +73,7 @@ mod server;
 pub use server::{MIN_BODY_STALL, MIN_IDLE_AGE};
 
 use crate::auth::{AuthError, ClusterKey, RequestAuth, AUTH_HEADER};
-use crate::image::Distribution;
+use crate::image::{BlobOffer, Distribution, LeaseAnswer};
 use crate::notification::{
     parse_hub_webhook, parse_registry_envelope_detailed, validate_image_ref, NotificationError,
     PushEvent, SkipReason, MAX_BODY,
@@ -139,6 +142,22 @@ pub trait AgentApi: Send + Sync + 'static {
     }
     /// The blob store's figures, when this agent has one (`--distribution blobs`).
     fn store_stats(&self) -> Option<crate::store::StoreStats> {
+        None
+    }
+    /// Mirror mode: `requester` (an agent's API address) asks this agent, the coordinator
+    /// of blob `digest` (`sha256:<hex>`, checked by the router), who reads it. `None`: not
+    /// in mirror mode.
+    fn mirror_lease(&self, digest: &str, requester: SocketAddr) -> Option<LeaseAnswer> {
+        let _ = (digest, requester);
+        None
+    }
+    /// Mirror mode: what this agent offers of blob `digest` (`None`: nothing).
+    fn blob_offer(&self, digest: &str) -> Option<BlobOffer> {
+        let _ = digest;
+        None
+    }
+    /// Mirror mode's counters, when on.
+    fn mirror_counts(&self) -> Option<crate::stats::MirrorCounts> {
         None
     }
 }
@@ -280,6 +299,8 @@ enum Route {
     Distributions,
     Announce,
     Torrent,
+    Lease,
+    BlobOffer,
 }
 
 impl Route {
@@ -294,6 +315,8 @@ impl Route {
             "/v1/distributions" => Route::Distributions,
             "/announce" => Route::Announce,
             p if p.strip_prefix("/v1/torrents/").is_some_and(is_info_hash) => Route::Torrent,
+            p if p.strip_prefix("/v1/leases/").is_some_and(is_digest) => Route::Lease,
+            p if p.strip_prefix("/v1/blobs/").is_some_and(is_digest) => Route::BlobOffer,
             _ => return None,
         })
     }
@@ -309,6 +332,8 @@ impl Route {
             Route::Distributions => "/v1/distributions",
             Route::Announce => "/announce",
             Route::Torrent => "/v1/torrents",
+            Route::Lease => "/v1/leases",
+            Route::BlobOffer => "/v1/blobs",
         }
     }
 
@@ -316,12 +341,14 @@ impl Route {
         match self {
             Route::RegistryNotifications | Route::HubNotifications => "POST",
             Route::Distributions => "GET, POST",
+            Route::Lease => "POST",
             Route::Stats
             | Route::StoreStats
             | Route::Healthz
             | Route::Metrics
             | Route::Announce
-            | Route::Torrent => "GET",
+            | Route::Torrent
+            | Route::BlobOffer => "GET",
         }
     }
 }
@@ -399,6 +426,7 @@ async fn dispatch(
     let allowed = match route {
         Route::RegistryNotifications | Route::HubNotifications => method == Method::POST,
         Route::Distributions => method == Method::GET || method == Method::POST,
+        Route::Lease => method == Method::POST,
         _ => method == Method::GET,
     };
     if !allowed {
@@ -415,7 +443,9 @@ async fn dispatch(
         check_webhook_token(&ctx.config, &req)?;
     }
     let body_hash = match route {
-        Route::Distributions | Route::Torrent => check_agent_auth(ctx, &req)?,
+        Route::Distributions | Route::Torrent | Route::Lease | Route::BlobOffer => {
+            check_agent_auth(ctx, &req)?
+        }
         _ => None,
     };
     let api = &ctx.api;
@@ -468,6 +498,7 @@ async fn dispatch(
             let mut agent = ctx.counters.snapshot(api.known_agents());
             agent.distribution = api.distribution_metrics();
             agent.store = api.store_stats();
+            agent.mirror = api.mirror_counts();
             let text = render_prometheus(&api.images(), &agent);
             Ok(bytes_response(Bytes::from(text), METRICS_CONTENT_TYPE))
         }
@@ -515,6 +546,41 @@ async fn dispatch(
                 )),
             }
         }
+        Route::Lease => {
+            // A lease request has no body; one that came with a body is refused.
+            if body_hash.is_some_and(|hash| !hash.matches(&[])) {
+                return Err(auth_refused(AuthError::BodyMismatch));
+            }
+            let digest = req.uri().path().trim_start_matches("/v1/leases/");
+            let requester = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("api="))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "api=<ip:port> of the requester expected",
+                    )
+                })?;
+            match api.mirror_lease(digest, requester) {
+                Some(answer) => Ok(json_response(StatusCode::OK, &answer)),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "mirror mode is off on this agent",
+                )),
+            }
+        }
+        Route::BlobOffer => {
+            let digest = req.uri().path().trim_start_matches("/v1/blobs/");
+            match api.blob_offer(digest) {
+                Some(offer) => Ok(json_response(StatusCode::OK, &offer)),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no offer of {digest} here"),
+                )),
+            }
+        }
     }
 }
 
@@ -543,6 +609,11 @@ fn auth_refused(e: AuthError) -> ApiError {
 }
 
 /// 40 lowercase hex digits.
+/// `sha256:` and 64 lowercase hex digits.
+fn is_digest(s: &str) -> bool {
+    crate::image::is_image_id(s)
+}
+
 fn is_info_hash(s: &str) -> bool {
     s.len() == 40
         && s.bytes()

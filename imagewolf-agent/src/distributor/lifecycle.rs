@@ -89,13 +89,15 @@ impl Distributor {
 
     /// Stops `torrent` of `key`'s record, unless another record runs it too: a blob's chunk
     /// torrent is shared by every image in flight that has the blob (`distributor/blobs`).
-    async fn remove_unless_shared(&self, key: &str, torrent: &TorrentHandle) {
+    /// The mirror's offers count as such a record (`distributor/mirror`).
+    pub(super) async fn remove_unless_shared(&self, key: &str, torrent: &TorrentHandle) {
         let ih = torrent.info_hash();
         let shared = self
             .records()
             .by_key
             .iter()
-            .any(|(k, r)| k != key && r.torrents.iter().any(|t| t.info_hash() == ih));
+            .any(|(k, r)| k != key && r.torrents.iter().any(|t| t.info_hash() == ih))
+            || self.mirror().is_some_and(|(_, m)| m.holds_torrent(&ih));
         if !shared {
             self.session.remove_torrent(&ih).await;
         }

@@ -78,6 +78,7 @@ mod archive_check;
 pub mod blobs;
 mod feed;
 mod lifecycle;
+pub mod mirror;
 mod origin;
 mod pacing;
 mod preload;

@@ -161,6 +161,22 @@ impl crate::api::AgentApi for DistributorApi {
     fn store_stats(&self) -> Option<crate::store::StoreStats> {
         self.0.blob_path().map(|p| p.store.stats())
     }
+
+    fn mirror_lease(
+        &self,
+        digest: &str,
+        requester: std::net::SocketAddr,
+    ) -> Option<crate::image::LeaseAnswer> {
+        self.0.mirror_lease(digest, requester)
+    }
+
+    fn blob_offer(&self, digest: &str) -> Option<crate::image::BlobOffer> {
+        self.0.mirror_offer(digest)
+    }
+
+    fn mirror_counts(&self) -> Option<crate::stats::MirrorCounts> {
+        self.0.mirror().map(|(_, m)| m.counts())
+    }
 }
 
 impl From<Accepted> for crate::api::PushOutcome {

@@ -108,6 +108,37 @@ pub trait Content: Send + Sync + 'static {
     /// A blob by digest: an open file and its length. May wait for a blob that is still
     /// arriving (the implementation decides how long); `None` = unknown.
     fn blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Option<(std::fs::File, u64)>>;
+    /// Mirror mode: asked before a tag is resolved (tags move upstream) and after a
+    /// manifest or blob was not found, with the upstream registry the runtime pulls for.
+    /// Brings what `miss` names into the content (verified) and returns `true`, so that the
+    /// lookup that follows finds it; `false` when it could not (the endpoint then answers
+    /// with what it has, or unknown, and the runtime goes on to its next host). The default
+    /// fetches nothing: a read-only cache of what the agent put there.
+    fn fetch<'a>(&'a self, upstream: Upstream<'a>, miss: Miss<'a>) -> BoxFuture<'a, bool> {
+        let _ = (upstream, miss);
+        Box::pin(async { false })
+    }
+}
+
+/// Whom a pull is for: the registry the runtime would otherwise ask, and the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream<'a> {
+    /// containerd's `ns` query parameter (`host[:port]`); `None` for dockerd's
+    /// `registry-mirrors`, which mirror Docker Hub only.
+    pub registry: Option<&'a str>,
+    /// The repository in the request's path (`library/nginx`).
+    pub repository: &'a str,
+}
+
+/// What a mirror is asked to bring in ([`Content::fetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss<'a> {
+    /// A tag, resolved upstream (before the content's own tags are consulted).
+    Tag(&'a str),
+    /// A manifest or index by digest the content does not have.
+    Manifest(&'a str),
+    /// A blob by digest the content does not have.
+    Blob(&'a str),
 }
 
 /// Limits of the endpoint, and where it counts what it does.
@@ -390,21 +421,26 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Route::Manifest { name, reference } => {
             EndpointStats::add(&stats.manifest_requests, 1);
             let ns = route::ns_param(req.uri().query());
-            manifest(ctx, &name, &reference, ns.as_deref(), head)
+            manifest(ctx, &name, &reference, ns.as_deref(), head).await
         }
-        Route::Blob { digest, .. } => {
+        Route::Blob { name, digest } => {
             EndpointStats::add(&stats.blob_requests, 1);
             let range = req
                 .headers()
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            blob(ctx, &digest, range.as_deref(), head).await
+            let ns = route::ns_param(req.uri().query());
+            let upstream = Upstream {
+                registry: ns.as_deref(),
+                repository: &name,
+            };
+            blob(ctx, upstream, &digest, range.as_deref(), head).await
         }
     }
 }
 
-fn manifest(
+async fn manifest(
     ctx: &Ctx,
     name: &str,
     reference: &Reference,
@@ -422,9 +458,18 @@ fn manifest(
             head,
         )
     };
+    let upstream = Upstream {
+        registry: ns,
+        repository: name,
+    };
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
-        Reference::Tag(tag) => match ctx.content.resolve_tag(ns, name, tag) {
+        Reference::Tag(tag) => match {
+            // A mirror resolves the tag upstream first (tags move); if it cannot, the
+            // content's own tags answer.
+            ctx.content.fetch(upstream, Miss::Tag(tag)).await;
+            ctx.content.resolve_tag(ns, name, tag)
+        } {
             Some(d) if valid_digest(&d) => d,
             Some(d) => {
                 tracing::error!(name, tag, digest = %d, "endpoint: tag resolved to an invalid digest");
@@ -433,7 +478,14 @@ fn manifest(
             None => return unknown("tag not known"),
         },
     };
-    let Some((bytes, media_type)) = ctx.content.manifest(&digest) else {
+    let found = match ctx.content.manifest(&digest) {
+        Some(found) => Some(found),
+        None if ctx.content.fetch(upstream, Miss::Manifest(&digest)).await => {
+            ctx.content.manifest(&digest)
+        }
+        None => None,
+    };
+    let Some((bytes, media_type)) = found else {
         return unknown("digest not known");
     };
     let actual = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
@@ -458,9 +510,22 @@ fn manifest(
     resp
 }
 
-async fn blob(ctx: &Ctx, digest: &str, range: Option<&str>, head: bool) -> Response<Body> {
+async fn blob(
+    ctx: &Ctx,
+    upstream: Upstream<'_>,
+    digest: &str,
+    range: Option<&str>,
+    head: bool,
+) -> Response<Body> {
     let stats = &ctx.config.stats;
-    let Some((file, len)) = ctx.content.blob(digest).await else {
+    let found = match ctx.content.blob(digest).await {
+        Some(found) => Some(found),
+        None if ctx.content.fetch(upstream, Miss::Blob(digest)).await => {
+            ctx.content.blob(digest).await
+        }
+        None => None,
+    };
+    let Some((file, len)) = found else {
         EndpointStats::add(&stats.not_found, 1);
         tracing::debug!(digest, "endpoint: blob unknown");
         return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown", head);

@@ -225,6 +225,34 @@ impl BlobSet {
     }
 }
 
+/// What an agent offers of one blob to the others in mirror mode
+/// (`GET /v1/blobs/<digest>`, `distributor/mirror`): the chunks it seeds so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobOffer {
+    /// The blob's size.
+    pub size: u64,
+    /// Its chunks seeded there so far, in order.
+    pub chunks: Vec<Chunk>,
+    /// Every chunk is listed.
+    pub complete: bool,
+    /// Reading it failed: fetch it elsewhere.
+    pub failed: bool,
+    /// The offering agent's BitTorrent address (`ip:port`).
+    pub seeder: String,
+}
+
+/// A blob's coordinator's answer to a lease request (`POST /v1/leases/<digest>`):
+/// read the blob from the upstream, or fetch it from the agent that does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    /// Read the blob from the upstream yourself.
+    #[serde(default)]
+    pub fetch: bool,
+    /// Else: the API address (`ip:port`) of the agent to fetch it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,7 +128,7 @@ impl RegistrySource {
 
     /// GET a manifest by tag or digest, keeping its exact bytes; its SHA-256 is checked
     /// against the digest it was fetched by, or the one the registry names.
-    pub(super) async fn raw_manifest(
+    pub async fn raw_manifest(
         &self,
         image: &ImageRef,
         by: &str,
@@ -177,6 +177,27 @@ impl RegistrySource {
             },
             parsed,
         ))
+    }
+
+    /// The size of blob `digest` in `image`'s repository (`HEAD`, its `Content-Length`).
+    pub async fn blob_size(&self, image: &ImageRef, digest: &str) -> Result<u64, RegistryError> {
+        if !valid_digest(digest) {
+            return Err(RegistryError::Failed(format!("{digest} is not a digest")));
+        }
+        let what = format!("blob {}/{}@{digest}", image.registry, image.repository);
+        let path = format!("/v2/{}/blobs/{digest}", image.repository);
+        let r = self
+            .http
+            .request(hyper::Method::HEAD, &image.registry, &path, None, 0)
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&what, r.status, &r.body));
+        }
+        r.headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| RegistryError::Failed(format!("{what}: no Content-Length")))
     }
 
     /// Streams blob `blob` of `image`'s repository. The stream's bytes are not checked

@@ -8,17 +8,19 @@
 //! serves ([`StoreContent`]), and the `.torrent` files receivers ask for.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use super::mirror::{Mirror, MirrorConfig};
 use super::Distributor;
 use crate::registry::manifest::Platform;
 use crate::registry::RegistrySource;
 use crate::store::{Digest, Store};
 
 pub(crate) mod chunks;
+pub(super) mod intake;
 mod load;
 mod origin;
 mod receive;
@@ -47,6 +49,8 @@ pub struct BlobPath {
     expected: Arc<Mutex<HashMap<Digest, usize>>>,
     /// The runtime's last pull from the endpoint failed (see `load.rs`).
     endpoint_failed: std::sync::atomic::AtomicBool,
+    /// Mirror mode, when on: the endpoint also answers pulls nobody announced.
+    pub(crate) mirror: Option<Mirror>,
 }
 
 impl BlobPath {
@@ -62,7 +66,15 @@ impl BlobPath {
             platforms: vec![platform],
             expected: Arc::default(),
             endpoint_failed: std::sync::atomic::AtomicBool::new(false),
+            mirror: None,
         }
+    }
+
+    /// The endpoint also answers pulls of images nobody announced, as a pull-through
+    /// mirror (`distributor/mirror`).
+    pub fn with_mirror(mut self, config: MirrorConfig) -> Self {
+        self.mirror = Some(Mirror::new(config));
+        self
     }
 
     /// This node takes `platform` out of indexes, and an origin here distributes
@@ -75,11 +87,13 @@ impl BlobPath {
         self
     }
 
-    /// What the registry endpoint serves: this store, waiting for blobs being received.
-    pub fn content(&self) -> Arc<dyn crate::endpoint::Content> {
+    /// What the registry endpoint serves: this store, waiting for blobs being received;
+    /// in mirror mode, misses go to `distributor`.
+    fn content(&self, distributor: Weak<Distributor>) -> Arc<dyn crate::endpoint::Content> {
         Arc::new(StoreContent {
             store: Arc::clone(&self.store),
             expected: Arc::clone(&self.expected),
+            distributor,
         })
     }
 
@@ -117,10 +131,12 @@ impl Drop for Expected {
 }
 
 /// The endpoint's view of the store: committed content only; a blob this node is still
-/// receiving is waited for (up to [`BLOB_WAIT`]), anything else unknown is a 404 at once.
+/// receiving is waited for (up to [`BLOB_WAIT`]); in mirror mode a miss is fetched
+/// (`distributor/mirror`), else it is a 404 at once.
 pub struct StoreContent {
     store: Arc<Store>,
     expected: Arc<Mutex<HashMap<Digest, usize>>>,
+    distributor: Weak<Distributor>,
 }
 
 impl crate::endpoint::Content for StoreContent {
@@ -156,15 +172,31 @@ impl crate::endpoint::Content for StoreContent {
             self.store.open_blob(&d)
         })
     }
+
+    fn fetch<'a>(
+        &'a self,
+        upstream: crate::endpoint::Upstream<'a>,
+        miss: crate::endpoint::Miss<'a>,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.distributor.upgrade() {
+                Some(d) => d.mirror_fetch(upstream, miss).await,
+                None => false,
+            }
+        })
+    }
 }
 
 impl Distributor {
     /// Turns on the registry-native path: pushes whose image the registry API can read, and
     /// announcements of blob distributions, go through `path` from now on. Returns what
     /// the node's registry endpoint should serve. Once only: later calls are ignored.
-    pub fn enable_blobs(&self, path: BlobPath) -> Arc<dyn crate::endpoint::Content> {
-        let content = path.content();
-        let _ = self.blobs.set(path);
+    pub fn enable_blobs(self: &Arc<Self>, path: BlobPath) -> Arc<dyn crate::endpoint::Content> {
+        let content = path.content(Arc::downgrade(self));
+        let mirror = path.mirror.is_some();
+        if self.blobs.set(path).is_ok() && mirror {
+            self.spawn_mirror_janitor();
+        }
         self.blobs_enabled.send_replace(true);
         content
     }

@@ -4,18 +4,15 @@
 //! node's runtime pull from the endpoint meanwhile.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use base64::Engine;
-use futures::TryStreamExt;
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
 use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::chunks;
+use super::intake;
 use crate::distributor::{now_secs, Distributor};
 use crate::image::{Blob, BlobSet, Chunk, Distribution, ImageRef, ManifestDoc};
 use crate::registry::manifest::Descriptor;
@@ -187,54 +184,21 @@ impl Distributor {
         let path = self.blob_path().ok_or("the registry-native path is off")?;
         let tracker = self.tracker_url();
         for (i, (blob, digest)) in blobs.iter().zip(digests).enumerate() {
-            if let Some(file) = path.store.blob_path(digest) {
-                let metas =
-                    chunks::of_file(file.clone(), digest.clone(), blob.size, tracker.clone())
-                        .await?;
-                for (meta, (offset, len)) in metas.into_iter().zip(chunks::ranges(blob.size)) {
-                    let storage = FileStorage::open_range(&file, offset, len)
-                        .map_err(|e| format!("opening {}: {e}", file.display()))?;
+            if path.store.contains(digest) {
+                for (meta, storage) in
+                    intake::stored_chunks(path, digest, blob.size, &tracker).await?
+                {
                     self.seed_chunk(key, i, meta, storage, d, announce).await?;
                 }
                 continue;
             }
-            let stream = path
-                .registry
-                .blob_stream(image, blob)
-                .await
-                .map_err(|e| format!("blob {}: {e}", blob.digest))?;
             let counter = self.intake.counter();
-            let stream = stream
-                .inspect_ok(move |b| {
-                    counter.fetch_add(b.len() as u64, Ordering::Relaxed);
-                })
-                .map_err(std::io::Error::other);
-            let mut reader = tokio_util::io::StreamReader::new(stream);
-            let mut writer = path
-                .store
-                .writer(digest, blob.size)
-                .map_err(|e| format!("storing {digest}: {e}"))?;
-            for (j, (offset, len)) in chunks::ranges(blob.size).into_iter().enumerate() {
-                let meta = chunks::builder(digest, j, blob.size, &tracker)
-                    .build_from_async_reader((&mut reader).take(len), len, &mut writer)
-                    .await
-                    .map_err(|e| format!("blob {digest}: {e}"))?;
-                if meta.total_len() != len {
-                    return Err(format!(
-                        "blob {digest}: the registry sent {} bytes, the manifest says {}",
-                        offset + meta.total_len(),
-                        blob.size
-                    ));
-                }
-                let storage = FileStorage::open_range(writer.path(), offset, len)
-                    .map_err(|e| format!("opening {}: {e}", writer.path().display()))?;
+            let mut reading =
+                intake::BlobIntake::open(path, image, blob, digest, &tracker, counter).await?;
+            while let Some((meta, storage)) = reading.next_chunk().await? {
                 self.seed_chunk(key, i, meta, storage, d, announce).await?;
             }
-            writer
-                .commit()
-                .await
-                .map_err(|e| format!("blob {digest} from the registry: {e}"))?;
-            tracing::debug!(key, %digest, size = blob.size, "blob read into the store");
+            reading.commit().await?;
         }
         if let Some(set) = &mut d.blobs {
             set.complete = true;

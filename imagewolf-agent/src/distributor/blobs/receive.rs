@@ -327,7 +327,7 @@ impl Distributor {
     /// from the announcing agent and checked against the chunk rule and the announced
     /// info-hash, its bytes written into the blob's partial file in the store.
     #[allow(clippy::too_many_arguments)]
-    async fn add_chunk(
+    pub(in crate::distributor) async fn add_chunk(
         &self,
         path: &BlobPath,
         api: SocketAddr,

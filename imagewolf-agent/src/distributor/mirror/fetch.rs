@@ -1,0 +1,535 @@
+//! The mirror's flows (see the module docs): a tag or manifest resolved upstream, a blob
+//! fetched once per node (the store, the cluster, else the upstream), and what this node
+//! answers as a coordinator or a source.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
+use tokio::sync::watch;
+
+use super::lease::{self, Grant};
+use super::{lock, Mirror, Origin};
+use crate::distributor::blobs::{chunks, intake, BlobPath};
+use crate::distributor::Distributor;
+use crate::endpoint::{Miss, Upstream};
+use crate::image::{BlobOffer, ImageRef, LeaseAnswer};
+use crate::registry::manifest::{Descriptor, Manifest};
+use crate::store::{Digest, StoreError};
+
+/// How often a node fetching from another one asks it for new chunks.
+const OFFER_POLL: Duration = Duration::from_millis(100);
+/// A fetch from another node with no progress this long falls back to the upstream.
+const PEER_STALL: Duration = Duration::from_secs(20);
+/// Failed calls in a row to the source before falling back to the upstream.
+const SOURCE_FAILURES: u32 = 3;
+/// Chunk torrents of one blob downloading at once.
+const CHUNKS_IN_FLIGHT: usize = 2;
+/// How long a download waits for another one's commit of the same blob.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
+/// How often lingering offers are looked at.
+const JANITOR_EVERY: Duration = Duration::from_secs(30);
+
+impl Distributor {
+    /// The endpoint's miss handler (`Content::fetch`): brings `miss` into the store.
+    pub(crate) async fn mirror_fetch(
+        self: &Arc<Self>,
+        upstream: Upstream<'_>,
+        miss: Miss<'_>,
+    ) -> bool {
+        let Some((path, mirror)) = self.mirror() else {
+            return false;
+        };
+        let registry = mirror.upstream_registry(upstream.registry);
+        if !self
+            .config
+            .allow
+            .allows_name(&registry, upstream.repository)
+        {
+            tracing::debug!(%registry, repository = upstream.repository, "mirror: not in --allow; not fetched");
+            return false;
+        }
+        let image = ImageRef {
+            registry,
+            repository: upstream.repository.to_owned(),
+            tag: None,
+            digest: None,
+        };
+        let result = match miss {
+            Miss::Tag(tag) => {
+                // The tag is kept under the name the runtime asked with (containerd's `ns`).
+                let key = upstream.registry.unwrap_or(&image.registry).to_owned();
+                self.mirror_manifest(path, mirror, &image, tag, Some(&key)).await
+            }
+            Miss::Manifest(digest) => self.mirror_manifest(path, mirror, &image, digest, None).await,
+            Miss::Blob(digest) => match Digest::parse(digest) {
+                Ok(d) => match self.blob_origin(path, mirror, &image, &d).await {
+                    Some(origin) => self.mirror_blob(d, origin).await,
+                    None => Err(format!("blob {d}: no manifest fetched here names it, and the upstream does not know its size")),
+                },
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                mirror.stats.misses.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(registry = %image.registry, repository = %image.repository, ?miss, "mirror: not served ({e}); the runtime goes to its next host");
+                false
+            }
+        }
+    }
+
+    /// The registry-native path and its mirror, when mirror mode is on.
+    pub(crate) fn mirror(&self) -> Option<(&BlobPath, &Mirror)> {
+        let path = self.blob_path()?;
+        Some((path, path.mirror.as_ref()?))
+    }
+
+    fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.config.advertise, self.config.api_port)
+    }
+
+    fn bt_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.config.advertise, self.session.listen_addr().port())
+    }
+
+    /// A tag or digest of `image`'s repository read from the upstream, checked, stored (and
+    /// the tag set under `tag_key`); an image manifest's blobs are remembered and fetched
+    /// at once, so that they flow while the runtime reads the config.
+    async fn mirror_manifest(
+        self: &Arc<Self>,
+        path: &BlobPath,
+        mirror: &Mirror,
+        image: &ImageRef,
+        by: &str,
+        tag_key: Option<&str>,
+    ) -> Result<(), String> {
+        let (raw, parsed) = path
+            .registry
+            .raw_manifest(image, by)
+            .await
+            .map_err(|e| e.to_string())?;
+        mirror
+            .stats
+            .manifests_upstream
+            .fetch_add(1, Ordering::Relaxed);
+        let digest = Digest::parse(&raw.digest).map_err(|e| e.to_string())?;
+        path.store
+            .put_bytes(&digest, &raw.bytes)
+            .await
+            .map_err(|e| format!("storing manifest {digest}: {e}"))?;
+        path.store.set_manifest_media_type(&digest, &raw.media_type);
+        if let Some(key) = tag_key {
+            path.store.set_tag(key, &image.repository, by, &digest);
+        }
+        if let Manifest::Image(m) = parsed {
+            for blob in std::iter::once(&m.config).chain(&m.layers) {
+                let Ok(d) = Digest::parse(&blob.digest) else {
+                    continue;
+                };
+                mirror.remember(
+                    d.clone(),
+                    Origin {
+                        registry: image.registry.clone(),
+                        repository: image.repository.clone(),
+                        size: blob.size,
+                        media_type: blob.media_type.clone(),
+                    },
+                );
+                if !path.store.contains(&d) {
+                    let this = Arc::clone(self);
+                    let origin = mirror.origin_of(&d).expect("just remembered");
+                    tokio::spawn(async move {
+                        let _ = this.mirror_blob(d, origin).await;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where blob `d` comes from: remembered from a manifest, else its size asked of the
+    /// upstream (`HEAD`).
+    async fn blob_origin(
+        &self,
+        path: &BlobPath,
+        mirror: &Mirror,
+        image: &ImageRef,
+        d: &Digest,
+    ) -> Option<Origin> {
+        if let Some(origin) = mirror.origin_of(d) {
+            return Some(origin);
+        }
+        let size = path.registry.blob_size(image, d.as_str()).await.ok()?;
+        let origin = Origin {
+            registry: image.registry.clone(),
+            repository: image.repository.clone(),
+            size,
+            media_type: "application/octet-stream".to_owned(),
+        };
+        mirror.remember(d.clone(), origin.clone());
+        Some(origin)
+    }
+
+    /// Blob `d` into the store, once per node however many requests ask at once (the
+    /// fetch runs in a task of its own: a runtime that hangs up does not cancel it).
+    async fn mirror_blob(self: &Arc<Self>, d: Digest, origin: Origin) -> Result<(), String> {
+        let (path, mirror) = self.mirror().ok_or("mirror mode is off")?;
+        if path.store.contains(&d) {
+            return Ok(());
+        }
+        let mut done = {
+            let mut inflight = lock(&mirror.inflight);
+            if let Some(rx) = inflight.get(&d) {
+                rx.clone()
+            } else {
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(d.clone(), rx.clone());
+                let this = Arc::clone(self);
+                let digest = d.clone();
+                tokio::spawn(async move {
+                    let result = this.mirror_blob_run(&digest, &origin).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(%digest, "mirror: blob not fetched: {e}");
+                    }
+                    if let Some((_, mirror)) = this.mirror() {
+                        lock(&mirror.inflight).remove(&digest);
+                    }
+                    let _ = tx.send(Some(result));
+                });
+                rx
+            }
+        };
+        let result = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the fetch went away".to_owned())?
+            .clone();
+        result.unwrap_or_else(|| Err("the fetch went away".to_owned()))
+    }
+
+    /// One node's fetch of blob `d`: ask its coordinator who reads it, fetch it from there
+    /// over the swarm, else read it from the upstream here.
+    async fn mirror_blob_run(self: &Arc<Self>, d: &Digest, origin: &Origin) -> Result<(), String> {
+        let (path, mirror) = self.mirror().ok_or("mirror mode is off")?;
+        let budget = path.store.stats().budget;
+        if origin.size > budget {
+            return Err(format!(
+                "{} bytes, larger than this node's whole store budget ({budget} bytes, --cache-size)",
+                origin.size
+            ));
+        }
+        let _pin = path.store.pin([d.clone()]);
+        let me = self.api_addr();
+        let mut agents = self.other_agents();
+        agents.push(me);
+        let coordinator = lease::coordinator(d, &agents).unwrap_or(me);
+        let grant = if coordinator == me {
+            self.grant(path, mirror, d, me)
+        } else {
+            match self.client.lease(coordinator, d.as_str(), me).await {
+                Ok(LeaseAnswer {
+                    from: Some(from), ..
+                }) => from.parse().map_or(Grant::Fetch, Grant::From),
+                Ok(_) => Grant::Fetch,
+                Err(e) => {
+                    tracing::info!(%d, %coordinator, "mirror: the blob's coordinator did not answer ({e}); reading the upstream");
+                    Grant::Fetch
+                }
+            }
+        };
+        match grant {
+            Grant::From(source) if source != me => {
+                match self
+                    .mirror_download(path, mirror, d, origin.size, source)
+                    .await
+                {
+                    Ok(()) => {
+                        mirror
+                            .stats
+                            .blobs_from_peers
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        mirror.stats.peer_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%d, %source, "mirror: fetching from the cluster failed ({e}); reading the upstream");
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.mirror_read_upstream(path, mirror, d, origin).await
+    }
+
+    /// This node, `d`'s coordinator, says who reads it for `requester`: this node when it
+    /// has or offers the blob (seeding it from the store if need be), else the lease table.
+    fn grant(
+        self: &Arc<Self>,
+        path: &BlobPath,
+        mirror: &Mirror,
+        d: &Digest,
+        requester: SocketAddr,
+    ) -> Grant {
+        let me = self.api_addr();
+        if mirror.offer(d).is_some_and(|o| !o.failed) {
+            return Grant::From(me);
+        }
+        if let Some(size) = path.store.len_of(d) {
+            if mirror.start_offer(d, size, self.bt_addr()) {
+                let this = Arc::clone(self);
+                let digest = d.clone();
+                tokio::spawn(async move { this.offer_stored(&digest, size).await });
+                return Grant::From(me);
+            }
+        }
+        lock(&mirror.leases).ask(d, requester, Instant::now())
+    }
+
+    /// Answers another agent's lease request for blob `digest` (`POST /v1/leases/`).
+    pub fn mirror_lease(
+        self: &Arc<Self>,
+        digest: &str,
+        requester: SocketAddr,
+    ) -> Option<LeaseAnswer> {
+        let (path, mirror) = self.mirror()?;
+        let d = Digest::parse(digest).ok()?;
+        Some(match self.grant(path, mirror, &d, requester) {
+            Grant::Fetch => LeaseAnswer {
+                fetch: true,
+                from: None,
+            },
+            Grant::From(a) => LeaseAnswer {
+                fetch: false,
+                from: Some(a.to_string()),
+            },
+        })
+    }
+
+    /// What this node offers of blob `digest` (`GET /v1/blobs/`).
+    pub fn mirror_offer(&self, digest: &str) -> Option<BlobOffer> {
+        let (_, mirror) = self.mirror()?;
+        mirror.offer(&Digest::parse(digest).ok()?)
+    }
+
+    /// Seeds blob `d` of the store for others (its chunks hashed first).
+    async fn offer_stored(&self, d: &Digest, size: u64) {
+        let Some((path, mirror)) = self.mirror() else {
+            return;
+        };
+        let result = async {
+            for (meta, storage) in intake::stored_chunks(path, d, size, &self.tracker_url()).await?
+            {
+                let len = meta.total_len();
+                let handle = self.seed(meta, storage).await?;
+                mirror.offer_chunk(d, handle, len);
+            }
+            Ok::<_, String>(())
+        }
+        .await;
+        if let Err(e) = &result {
+            tracing::warn!(%d, "mirror: could not seed a stored blob: {e}");
+        }
+        mirror.end_offer(d, result.is_ok());
+    }
+
+    /// The torrent of a complete chunk, seeded (the one already running if any).
+    async fn seed(
+        &self,
+        meta: imagewolf_bt::metainfo::Metainfo,
+        storage: imagewolf_bt::storage::FileStorage,
+    ) -> Result<TorrentHandle, String> {
+        if let Some(existing) = self.session.torrent(&meta.info_hash()) {
+            return Ok(existing);
+        }
+        self.session
+            .add_torrent(AddTorrent::new(
+                meta,
+                Arc::new(storage),
+                StartFrom::Complete,
+            ))
+            .await
+            .map_err(|e| format!("seeding: {e}"))
+    }
+
+    /// Reads blob `d` from the upstream into the store, seeding (and offering) each chunk as
+    /// it lands.
+    async fn mirror_read_upstream(
+        &self,
+        path: &BlobPath,
+        mirror: &Mirror,
+        d: &Digest,
+        origin: &Origin,
+    ) -> Result<(), String> {
+        let image = ImageRef {
+            registry: origin.registry.clone(),
+            repository: origin.repository.clone(),
+            tag: None,
+            digest: None,
+        };
+        let blob = Descriptor {
+            media_type: origin.media_type.clone(),
+            digest: d.to_string(),
+            size: origin.size,
+        };
+        let offering = mirror.start_offer(d, origin.size, self.bt_addr());
+        let _pull = self.intake.pulling();
+        let result = async {
+            let tracker = self.tracker_url();
+            let counter = self.intake.counter();
+            let mut reading =
+                intake::BlobIntake::open(path, &image, &blob, d, &tracker, counter).await?;
+            while let Some((meta, storage)) = reading.next_chunk().await? {
+                let len = meta.total_len();
+                let handle = self.seed(meta, storage).await?;
+                if offering {
+                    mirror.offer_chunk(d, handle, len);
+                }
+            }
+            reading.commit().await
+        }
+        .await;
+        mirror.end_offer(d, result.is_ok());
+        if result.is_ok() {
+            mirror.stats.blobs_upstream.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%d, size = origin.size, registry = %origin.registry, "mirror: blob read from the upstream");
+        }
+        result
+    }
+
+    /// Fetches blob `d` over the swarm from the chunks `source` offers, and commits it.
+    async fn mirror_download(
+        &self,
+        path: &BlobPath,
+        mirror: &Mirror,
+        d: &Digest,
+        size: u64,
+        source: SocketAddr,
+    ) -> Result<(), String> {
+        let total = chunks::ranges(size).len();
+        let mut torrents: Vec<TorrentHandle> = Vec::new();
+        let mut failures = 0;
+        let mut last = (0u64, 0usize);
+        let mut progressed = Instant::now();
+        let result = loop {
+            let offer = match self.client.blob_offer(source, d.as_str()).await {
+                Ok(offer) => {
+                    failures = 0;
+                    offer
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= SOURCE_FAILURES {
+                        break Err(format!("the source does not answer: {e}"));
+                    }
+                    tokio::time::sleep(OFFER_POLL).await;
+                    continue;
+                }
+            };
+            if offer.failed {
+                break Err("the source could not read it".to_owned());
+            }
+            if offer.size != size || offer.chunks.len() > total {
+                break Err(format!(
+                    "the source offers {} bytes in {} chunks",
+                    offer.size,
+                    offer.chunks.len()
+                ));
+            }
+            let Ok(seeder) = offer.seeder.parse::<SocketAddr>() else {
+                break Err("the source's seeder is not ip:port".to_owned());
+            };
+            let mut in_flight = torrents.iter().filter(|t| !t.stats().is_complete()).count();
+            while in_flight < CHUNKS_IN_FLIGHT && torrents.len() < offer.chunks.len() {
+                let j = torrents.len();
+                match self
+                    .add_chunk(
+                        path,
+                        source,
+                        &[seeder],
+                        d,
+                        size,
+                        j,
+                        &offer.chunks[j].info_hash,
+                    )
+                    .await
+                {
+                    Ok(handle) => torrents.push(handle),
+                    Err(e) => return self.abandon(path, d, torrents, Err(e)).await,
+                }
+                in_flight += 1;
+            }
+            if torrents.len() == total && torrents.iter().all(|t| t.stats().is_complete()) {
+                break match path.store.commit_partial(d, size).await {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Busy { .. }) if path.store.wait_for(d, BUSY_WAIT).await => {
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{e}; not stored")),
+                };
+            }
+            let now = (
+                torrents.iter().map(|t| t.stats().downloaded).sum::<u64>(),
+                torrents.len(),
+            );
+            if now != last {
+                last = now;
+                progressed = Instant::now();
+            } else if progressed.elapsed() >= PEER_STALL {
+                break Err(format!("no progress for {PEER_STALL:?}"));
+            }
+            tokio::time::sleep(OFFER_POLL).await;
+        };
+        match result {
+            Ok(()) => {
+                // Seed what was fetched, for the nodes that come next.
+                if mirror.start_offer(d, size, self.bt_addr()) {
+                    for t in torrents {
+                        let len = t.metainfo().total_len();
+                        mirror.offer_chunk(d, t, len);
+                    }
+                    mirror.end_offer(d, true);
+                }
+                Ok(())
+            }
+            Err(e) => self.abandon(path, d, torrents, Err(e)).await,
+        }
+    }
+
+    /// A fetch from the cluster gave up: its torrents stop (unless something else runs
+    /// them) and its partial file goes, so the upstream read starts clean.
+    async fn abandon(
+        &self,
+        path: &BlobPath,
+        d: &Digest,
+        torrents: Vec<TorrentHandle>,
+        result: Result<(), String>,
+    ) -> Result<(), String> {
+        for t in &torrents {
+            self.remove_unless_shared("", t).await;
+        }
+        let _ = tokio::fs::remove_file(path.store.partial_path(d)).await;
+        result
+    }
+
+    /// Stops the torrents of offers that lingered unasked (`super::OFFER_LINGER`), every
+    /// [`JANITOR_EVERY`], for as long as the distributor lives.
+    pub(crate) fn spawn_mirror_janitor(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(JANITOR_EVERY).await;
+                let Some(this) = weak.upgrade() else { return };
+                let Some((_, mirror)) = this.mirror() else {
+                    return;
+                };
+                for t in mirror.expired_offers(Instant::now()) {
+                    this.remove_unless_shared("", &t).await;
+                }
+            }
+        });
+    }
+}
