@@ -77,6 +77,13 @@ async fn pull(
     Ok(digest)
 }
 
+/// The value of an unlabelled sample in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 fn image() -> Image {
     let layers = (0..4)
         .map(|i| Blob::layer(&format!("l{i}"), (3 << 20) + i * 1000, 40 + i as u64))
