@@ -21,8 +21,9 @@ use crate::store::{Digest, StoreError};
 
 /// How often a node fetching from another one asks it for new chunks.
 const OFFER_POLL: Duration = Duration::from_millis(100);
-/// A fetch from another node with no progress this long falls back to the upstream.
-const PEER_STALL: Duration = Duration::from_secs(20);
+/// A fetch from another node with no progress this long (no byte here, no chunk read by the
+/// source) falls back to the upstream.
+const PEER_STALL: Duration = Duration::from_secs(60);
 /// Failed calls in a row to the source before falling back to the upstream.
 const SOURCE_FAILURES: u32 = 3;
 /// Chunk torrents of one blob downloading at once.
@@ -414,21 +415,26 @@ impl Distributor {
         let mut failures = 0;
         let mut last = (0u64, 0usize);
         let mut progressed = Instant::now();
+        let mut offer: Option<BlobOffer> = None;
         let result = loop {
-            let offer = match self.client.blob_offer(source, d.as_str()).await {
-                Ok(offer) => {
-                    failures = 0;
-                    offer
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures >= SOURCE_FAILURES {
-                        break Err(format!("the source does not answer: {e}"));
+            // Ask the source for its chunks until it has listed them all.
+            if !offer.as_ref().is_some_and(|o| o.complete) {
+                match self.client.blob_offer(source, d.as_str()).await {
+                    Ok(o) => {
+                        failures = 0;
+                        offer = Some(o);
                     }
-                    tokio::time::sleep(OFFER_POLL).await;
-                    continue;
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= SOURCE_FAILURES {
+                            break Err(format!("the source does not answer: {e}"));
+                        }
+                        tokio::time::sleep(OFFER_POLL).await;
+                        continue;
+                    }
                 }
-            };
+            }
+            let Some(offer) = &offer else { continue };
             if offer.failed {
                 break Err("the source could not read it".to_owned());
             }
@@ -471,9 +477,10 @@ impl Distributor {
                     Err(e) => Err(format!("{e}; not stored")),
                 };
             }
+            // Progress: bytes here, or chunks the source read meanwhile.
             let now = (
                 torrents.iter().map(|t| t.stats().downloaded).sum::<u64>(),
-                torrents.len(),
+                offer.chunks.len(),
             );
             if now != last {
                 last = now;
