@@ -53,6 +53,14 @@ async fn main() -> anyhow::Result<()> {
     // One registry client for every source and the poller: connections, the scheme each
     // host speaks and tokens are shared.
     let http = registry_client(&config)?;
+    if let Some(path) = &config.registry_auth_file {
+        imagewolf_agent::registry::client::spawn_auth_file_reload(
+            http.clone(),
+            path.clone(),
+            imagewolf_agent::registry::client::AUTH_FILE_CHECK,
+            shutdown_rx.clone(),
+        );
+    }
     let (source, loader): (Arc<dyn ImageSource>, Arc<dyn ImageLoader>) = match config.runtime {
         Runtime::Docker => {
             let docker = Arc::new(

@@ -58,6 +58,8 @@ use super::guard::{refusal_in, GuardedConnector, HostPolicy, RedirectHop, Refuse
 use super::tls::TlsSettings;
 
 mod credentials;
+mod reload;
+pub use reload::{spawn_auth_file_reload, AUTH_FILE_CHECK};
 mod scheme;
 
 use credentials::{challenges_of, pick, secret_header, AuthUse};
@@ -239,7 +241,8 @@ struct Inner {
     redirected: HttpClient,
     /// Lower-cased `host[:port]`s read over plain http.
     plain_http: HashSet<String>,
-    credentials: CredentialStore,
+    /// Swapped whole when `--registry-auth-file` changes (`reload.rs`).
+    credentials: std::sync::RwLock<Arc<CredentialStore>>,
     /// Host -> scheme found by probing, and when.
     schemes: Mutex<HashMap<String, (Scheme, Instant)>>,
     tokens: Mutex<TokenCache>,
@@ -295,7 +298,7 @@ impl RegistryHttp {
                     .map(|h| h.trim().to_ascii_lowercase())
                     .filter(|h| !h.is_empty())
                     .collect(),
-                credentials: options.credentials,
+                credentials: std::sync::RwLock::new(Arc::new(options.credentials)),
                 schemes: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(TokenCache::default()),
                 basic: Mutex::new(HashSet::new()),
@@ -306,6 +309,29 @@ impl RegistryHttp {
     /// The policy this client reaches hosts by.
     pub fn policy(&self) -> &HostPolicy {
         &self.inner.policy
+    }
+
+    /// The credentials requests use now.
+    pub fn credentials(&self) -> Arc<CredentialStore> {
+        Arc::clone(
+            &self
+                .inner
+                .credentials
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Uses `store` from now on (a rotated `--registry-auth-file`); tokens obtained with
+    /// the old credentials and the hosts known to want basic auth are forgotten.
+    pub fn replace_credentials(&self, store: CredentialStore) {
+        *self
+            .inner
+            .credentials
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(store);
+        *lock(&self.inner.tokens) = TokenCache::default();
+        lock(&self.inner.basic).clear();
     }
 
     /// Checks a registry host (`host[:port]`) before anything acts on it: a literal address
@@ -481,7 +507,8 @@ impl RegistryHttp {
         let url = format!("{}://{host}{path}", scheme.as_str());
         // Authorization goes over https, or plain http to a host named insecure only.
         let may_authenticate = scheme == Scheme::Https || mode == HostMode::PlainHttp;
-        let credentials = self.inner.credentials.get(registry);
+        let store = self.credentials();
+        let credentials = store.get(registry);
         let scope = auth::scope_of(path);
         let first = if may_authenticate {
             self.preemptive(&host, &scope, credentials)
