@@ -120,6 +120,19 @@ async fn a_scale_out_reads_each_blob_from_the_upstream_once_and_peers_serve_it_a
     let (cluster, endpoints) = mirrors(&dir, &registry, 6).await;
     let up = Some(registry.addr());
 
+    // The sixth node only resolves the tag (a runtime that has the image does that): it
+    // stores the manifest and fetches no blob.
+    let head = http::request(
+        endpoints[5],
+        "HEAD",
+        &format!("/v2/team/app/manifests/v1?ns={}", registry.addr()),
+        &[("Accept", ACCEPT)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 200);
+
     // Five nodes pull at once an image no agent heard of.
     let pulls = endpoints[..5]
         .iter()
@@ -135,6 +148,14 @@ async fn a_scale_out_reads_each_blob_from_the_upstream_once_and_peers_serve_it_a
             blob.digest
         );
     }
+    let store = http::request(cluster.agents[5].api, "GET", "/stats/store", &[], b"")
+        .await
+        .unwrap();
+    let store: serde_json::Value = serde_json::from_slice(&store.body).unwrap();
+    assert_eq!(
+        store["blobs"], 1,
+        "only the manifest on the node that resolved the tag: {store}"
+    );
     // The same pull again: the store answers.
     let before = registry.blob_gets();
     pull(endpoints[0], up, "team/app", "v1").await.unwrap();

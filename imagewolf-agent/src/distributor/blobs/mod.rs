@@ -97,6 +97,14 @@ impl BlobPath {
         })
     }
 
+    /// Whether a distribution is bringing blob `d` to this node now.
+    pub(crate) fn is_expected(&self, d: &Digest) -> bool {
+        self.expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(d)
+    }
+
     /// Marks `digests` as arriving until the guard drops.
     fn expect(&self, digests: &[Digest]) -> Expected {
         let mut map = self.expected.lock().unwrap_or_else(|e| e.into_inner());

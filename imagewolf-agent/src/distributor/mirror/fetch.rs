@@ -67,7 +67,10 @@ impl Distributor {
             Miss::Manifest(digest) => self.mirror_manifest(path, mirror, &image, digest, None).await,
             Miss::Blob(digest) => match Digest::parse(digest) {
                 Ok(d) => match self.blob_origin(path, mirror, &image, &d).await {
-                    Some(origin) => self.mirror_blob(d, origin).await,
+                    Some(origin) => {
+                        self.prefetch_siblings(path, mirror, &d, &origin);
+                        self.mirror_blob(d, origin).await
+                    }
                     None => Err(format!("blob {d}: no manifest fetched here names it, and the upstream does not know its size")),
                 },
                 Err(e) => Err(e.to_string()),
@@ -98,8 +101,9 @@ impl Distributor {
     }
 
     /// A tag or digest of `image`'s repository read from the upstream, checked, stored (and
-    /// the tag set under `tag_key`); an image manifest's blobs are remembered and fetched
-    /// at once, so that they flow while the runtime reads the config.
+    /// the tag set under `tag_key`); an image manifest's blobs are remembered, to be
+    /// fetched together once the runtime asks for one of them (a runtime that only resolves
+    /// the tag, because it has the image, costs no blob).
     async fn mirror_manifest(
         self: &Arc<Self>,
         path: &BlobPath,
@@ -127,6 +131,7 @@ impl Distributor {
             path.store.set_tag(key, &image.repository, by, &digest);
         }
         if let Manifest::Image(m) = parsed {
+            let mut blobs = Vec::new();
             for blob in std::iter::once(&m.config).chain(&m.layers) {
                 let Ok(d) = Digest::parse(&blob.digest) else {
                     continue;
@@ -138,16 +143,12 @@ impl Distributor {
                         repository: image.repository.clone(),
                         size: blob.size,
                         media_type: blob.media_type.clone(),
+                        manifest: Some(digest.clone()),
                     },
                 );
-                if !path.store.contains(&d) {
-                    let this = Arc::clone(self);
-                    let origin = mirror.origin_of(&d).expect("just remembered");
-                    tokio::spawn(async move {
-                        let _ = this.mirror_blob(d, origin).await;
-                    });
-                }
+                blobs.push(d);
             }
+            mirror.expect_pull(digest, blobs);
         }
         Ok(())
     }
@@ -170,9 +171,36 @@ impl Distributor {
             repository: image.repository.clone(),
             size,
             media_type: "application/octet-stream".to_owned(),
+            manifest: None,
         };
         mirror.remember(d.clone(), origin.clone());
         Some(origin)
+    }
+
+    /// The runtime asked for blob `d`, the first of its image's: the image's other blobs the
+    /// store lacks start too, so they all flow at once (runtimes fetch 3 at a time).
+    fn prefetch_siblings(
+        self: &Arc<Self>,
+        path: &BlobPath,
+        mirror: &Mirror,
+        d: &Digest,
+        origin: &Origin,
+    ) {
+        let Some(manifest) = &origin.manifest else {
+            return;
+        };
+        for sibling in mirror.take_pull(manifest) {
+            if sibling == *d || path.store.contains(&sibling) {
+                continue;
+            }
+            let Some(origin) = mirror.origin_of(&sibling) else {
+                continue;
+            };
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let _ = this.mirror_blob(sibling, origin).await;
+            });
+        }
     }
 
     /// Blob `d` into the store, once per node however many requests ask at once (the
@@ -222,6 +250,18 @@ impl Distributor {
                 "{} bytes, larger than this node's whole store budget ({budget} bytes, --cache-size)",
                 origin.size
             ));
+        }
+        if path.is_expected(d) {
+            // A distribution brings it: wait for that rather than reading it again.
+            return if path
+                .store
+                .wait_for(d, crate::distributor::blobs::BLOB_WAIT)
+                .await
+            {
+                Ok(())
+            } else {
+                Err("a distribution was bringing it, and did not".to_owned())
+            };
         }
         let _pin = path.store.pin([d.clone()]);
         let me = self.api_addr();

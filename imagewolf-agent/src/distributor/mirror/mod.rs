@@ -40,6 +40,8 @@ pub mod lease;
 
 /// Blob sizes and upstreams remembered from the manifests the mirror fetched.
 const MAX_KNOWN: usize = 16_384;
+/// Image manifests whose blobs wait for the runtime's first blob request, at most.
+const MAX_PENDING_PULLS: usize = 1024;
 /// Blobs this node offers to others at most (reading, downloaded or seeded from the store).
 const MAX_OFFERS: usize = 1024;
 /// How long an offer no one asked about keeps seeding.
@@ -60,6 +62,8 @@ pub(crate) struct Origin {
     pub repository: String,
     pub size: u64,
     pub media_type: String,
+    /// The image manifest that named it, when known.
+    pub manifest: Option<Digest>,
 }
 
 /// One blob this node offers.
@@ -105,6 +109,8 @@ pub struct Mirror {
     inflight: Mutex<HashMap<Digest, watch::Receiver<Option<Result<(), String>>>>>,
     leases: Mutex<lease::Leases>,
     offers: Mutex<HashMap<Digest, Offer>>,
+    /// Image manifest -> its blobs, until the runtime asks for one of them.
+    pulls: Mutex<HashMap<Digest, Vec<Digest>>>,
     stats: MirrorStats,
 }
 
@@ -124,6 +130,7 @@ impl Mirror {
             inflight: Mutex::default(),
             leases: Mutex::default(),
             offers: Mutex::default(),
+            pulls: Mutex::default(),
             stats: MirrorStats::default(),
         }
     }
@@ -153,6 +160,22 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// The runtime resolved image manifest `manifest`: its `blobs` are fetched together
+    /// once it asks for one ([`Mirror::take_pull`]).
+    fn expect_pull(&self, manifest: Digest, blobs: Vec<Digest>) {
+        let mut pulls = lock(&self.pulls);
+        if pulls.len() >= MAX_PENDING_PULLS && !pulls.contains_key(&manifest) {
+            // Resolutions never followed by a blob request (the runtime had the image).
+            pulls.clear();
+        }
+        pulls.insert(manifest, blobs);
+    }
+
+    /// The blobs of image manifest `manifest` not yet fetched together (once).
+    fn take_pull(&self, manifest: &Digest) -> Vec<Digest> {
+        lock(&self.pulls).remove(manifest).unwrap_or_default()
     }
 
     fn origin_of(&self, digest: &Digest) -> Option<Origin> {
