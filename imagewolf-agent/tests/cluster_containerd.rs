@@ -9,60 +9,26 @@
 //! namespace. Fails loudly, never skips, when root, containerd, dockerd or the registry are
 //! missing (`scripts/test` installs them).
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use imagewolf::cluster::{require_root_and_tools, Cluster, ClusterBuilder};
+use imagewolf::cluster::{require_root_and_tools, ClusterBuilder};
 use imagewolf::containerd::{require_containerd, Containerd as ContainerdProcess};
 use imagewolf::docker::{
-    build_test_image, extend_test_image, free_port, Dockerd, Registry, RegistryOptions,
+    build_test_image, extend_test_image, free_port, Access, Dockerd, Registry, RegistryOptions,
 };
+use imagewolf::mirror_nodes::start_containerd_agent;
 use imagewolf::{agent_api, log_tails, require_tool, ChildGuard, TempDir};
 use imagewolf_agent::containerd::Containerd;
 use imagewolf_agent::loader::ImageLoader;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
-const API_PORT: u16 = 8000;
+const API_PORT: u16 = imagewolf::mirror_nodes::NODE_API_PORT;
 const NODES: usize = 3;
 const LAYERS: usize = 3;
 const LAYER_MIB: usize = 4;
-
-/// Starts the agent in node `i`'s namespace next to its containerd, logging to
-/// `logs/agentN.log`. The endpoint stays on its default, 127.0.0.1:5055 in the namespace,
-/// where the node's containerd reaches it.
-fn start_agent(
-    cluster: &Cluster,
-    i: usize,
-    containerd: &ContainerdProcess,
-    dir: &Path,
-) -> ChildGuard {
-    let node = cluster.node(i);
-    let log = File::create(dir.join(format!("agent{i}.log"))).unwrap();
-    let mut cmd = node.command(AGENT);
-    // Every agent of the test cluster shares one secret (the agent refuses to start without).
-    cmd.env("IMAGEWOLF_CLUSTER_SECRET", "imagewolf-test-cluster-secret");
-    cmd.args(["--peers", &format!("dns:imagewolf:{API_PORT}")])
-        .args(["--listen", &format!("{}:{API_PORT}", node.ip)])
-        .args(["--bt-listen", &format!("{}:6000", node.ip)])
-        .args(["--advertise-addr", &node.ip.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join(format!("data{i}")))
-        .args(["--runtime", "containerd", "--containerd-address"])
-        .arg(containerd.socket())
-        .args(["--distribution", "blobs"])
-        .args(["--seed-seconds", "600", "--resolve-seconds", "1"])
-        .env("RUST_LOG", "info,imagewolf_bt=info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null());
-    let agent = ChildGuard::spawn(&format!("agent{i}"), &mut cmd).unwrap();
-    node.wait_listening(API_PORT, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("agent{i} did not listen: {e}\n{}", logs(dir, &[])));
-    agent
-}
 
 /// The tails of the agents' logs in `dir` and of the containerds' logs.
 fn logs(dir: &Path, containerds: &[ContainerdProcess]) -> String {
@@ -125,40 +91,6 @@ async fn wait_loaded_everywhere(
     }
 }
 
-/// One request in the registry's access log (Apache combined format).
-#[derive(Debug)]
-struct Access {
-    client: String,
-    method: String,
-    path: String,
-    status: u16,
-    agent: String,
-}
-
-/// Every request in the registry's access log.
-fn accesses(registry: &Registry) -> Vec<Access> {
-    fs::read_to_string(registry.log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (client, rest) = line.split_once(" - - [")?;
-            let (_, rest) = rest.split_once("] \"")?;
-            let (request, after) = rest.split_once('"')?;
-            let mut parts = request.split(' ');
-            let (method, path) = (parts.next()?, parts.next()?);
-            let status = after.split_whitespace().next()?.parse().ok()?;
-            let agent = after.rsplit('"').nth(1).unwrap_or_default();
-            Some(Access {
-                client: client.trim().to_owned(),
-                method: method.to_owned(),
-                path: path.to_owned(),
-                status,
-                agent: agent.to_owned(),
-            })
-        })
-        .collect()
-}
-
 /// The registry-native path on containerd nodes: every node's containerd gets each image
 /// under the registry's name and manifest digest, pulled from its agent's endpoint; the
 /// everyday update moves only its new layer; containerd never fetches from the registry.
@@ -191,7 +123,16 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
         })
         .collect();
     let _agents: Vec<ChildGuard> = (0..NODES)
-        .map(|i| start_agent(&cluster, i, &containerds[i], dir.path()))
+        .map(|i| {
+            start_containerd_agent(
+                Path::new(AGENT),
+                &cluster,
+                i,
+                containerds[i].socket(),
+                dir.path(),
+                &[],
+            )
+        })
         .collect();
 
     // 1. v1, three layers: every node's containerd has it under the registry's name and
@@ -349,7 +290,7 @@ async fn containerd_nodes_get_registry_digests_and_an_update_moves_only_its_new_
 
     // 3. containerd never went to the registry: every blob the registry served went to the
     //    origin's agent, and no request at all came from containerd.
-    let log = accesses(&registry);
+    let log = registry.accesses();
     let blob_gets: Vec<&Access> = log
         .iter()
         .filter(|a| a.method == "GET" && a.path.contains("/blobs/sha256:"))

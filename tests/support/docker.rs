@@ -746,6 +746,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Every request in the access log so far ([`access_log`]).
+    pub fn accesses(&self) -> Vec<Access> {
+        access_log(&self.log)
+    }
+
     /// How many blob downloads the registry served in full (`GET /v2/NAME/blobs/DIGEST`
     /// answered 200). Cluster tests use it to prove each layer left the registry once.
     pub fn blob_get_count(&self) -> usize {
@@ -784,6 +789,46 @@ pub fn parse_blob_get(line: &str) -> Option<BlobGet> {
         digest: digest.to_owned(),
         status,
     })
+}
+
+/// One request in a registry's access log (Apache combined format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The client's address.
+    pub client: String,
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// The request URI (path and query).
+    pub path: String,
+    /// The response status.
+    pub status: u16,
+    /// The client's User-Agent (`containerd/1.6.20...`, `docker/20.10.24 ...`).
+    pub agent: String,
+}
+
+/// Every request in the registry log at `log` (its access-log lines; the logrus lines that
+/// carry the same requests are skipped, so each request counts once).
+pub fn access_log(log: &Path) -> Vec<Access> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (client, rest) = line.split_once(" - - [")?;
+            let (_, rest) = rest.split_once("] \"")?;
+            let (request, after) = rest.split_once('"')?;
+            let mut parts = request.split(' ');
+            let (method, path) = (parts.next()?, parts.next()?);
+            let status = after.split_whitespace().next()?.parse().ok()?;
+            let agent = after.rsplit('"').nth(1).unwrap_or_default();
+            Some(Access {
+                client: client.trim().to_owned(),
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+                agent: agent.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// A TCP port free on 127.0.0.1 right now.

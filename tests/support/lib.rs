@@ -12,6 +12,7 @@ pub mod generated_image;
 pub mod http;
 pub mod local_agents;
 pub mod mem_registry;
+pub mod mirror_nodes;
 pub mod oci;
 pub mod secure_registry;
 pub mod token_issuer;
