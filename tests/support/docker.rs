@@ -225,6 +225,17 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// Extra settings of a [`Dockerd`] ([`Dockerd::start_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct DockerdOptions {
+    /// `--insecure-registry` entries (`HOST:PORT`; 127.0.0.0/8 is always allowed).
+    pub insecure_registries: Vec<String>,
+    /// Further flags, e.g. `--registry-mirror http://127.0.0.1:5055`.
+    pub args: Vec<String>,
+    /// Environment of the daemon, e.g. `HTTPS_PROXY` or `SSL_CERT_FILE`.
+    pub env: Vec<(String, String)>,
+}
+
 /// A private `dockerd`, stopped (by pid) and its directory removed on drop.
 pub struct Dockerd {
     child: Child,
@@ -232,7 +243,7 @@ pub struct Dockerd {
     socket: PathBuf,
     exec_root: PathBuf,
     log: PathBuf,
-    insecure_registries: Vec<String>,
+    options: DockerdOptions,
     startup: Duration,
     // Declared last: dropped (removed) after `Drop::drop` has stopped the daemon and
     // unmounted what it left.
@@ -244,6 +255,18 @@ impl Dockerd {
     /// HTTP to each `insecure_registries` entry (`HOST:PORT`; 127.0.0.0/8 is always allowed),
     /// and waits until it answers `/_ping`.
     pub fn start(name: &str, insecure_registries: &[&str]) -> io::Result<Self> {
+        Self::start_with(
+            name,
+            &DockerdOptions {
+                insecure_registries: insecure_registries.iter().map(|r| r.to_string()).collect(),
+                ..DockerdOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Dockerd::start`], with `options` (extra flags such as `--registry-mirror`, and
+    /// environment such as a proxy); [`Dockerd::restart`] uses them again.
+    pub fn start_with(name: &str, options: &DockerdOptions) -> io::Result<Self> {
         require_root("dockerd")?;
         let dockerd = require_binary("dockerd", "docker.io")?;
         require_binary("docker", "docker.io")?;
@@ -262,8 +285,6 @@ impl Dockerd {
         let socket = dir.path().join("docker.sock");
         let exec_root = dir.path().join("exec");
         let log = dir.path().join("dockerd.log");
-        let insecure_registries: Vec<String> =
-            insecure_registries.iter().map(|r| r.to_string()).collect();
         let child = spawn_dockerd(
             &dockerd,
             name,
@@ -271,7 +292,7 @@ impl Dockerd {
             &socket,
             &exec_root,
             &log,
-            &insecure_registries,
+            options,
         )?;
         let mut d = Dockerd {
             child,
@@ -279,7 +300,7 @@ impl Dockerd {
             socket,
             exec_root,
             log,
-            insecure_registries,
+            options: options.clone(),
             startup: Duration::ZERO,
             dir,
         };
@@ -334,7 +355,7 @@ impl Dockerd {
             &self.socket,
             &self.exec_root,
             &self.log,
-            &self.insecure_registries,
+            &self.options,
         )?;
         self.startup = self.wait_started()?;
         Ok(())
@@ -508,7 +529,7 @@ fn spawn_dockerd(
     socket: &Path,
     exec_root: &Path,
     log: &Path,
-    insecure_registries: &[String],
+    options: &DockerdOptions,
 ) -> io::Result<Child> {
     let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(dockerd);
@@ -521,9 +542,11 @@ fn spawn_dockerd(
         .arg("--pidfile")
         .arg(dir.join("docker.pid"))
         .args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
-    for reg in insecure_registries {
+    for reg in &options.insecure_registries {
         cmd.arg("--insecure-registry").arg(reg);
     }
+    cmd.args(&options.args);
+    cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
     cmd.stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
