@@ -15,15 +15,16 @@
 //!   dockerd's own way to Docker Hub (`HTTPS_PROXY` to a CONNECT proxy of the test, the CA in
 //!   `SSL_CERT_FILE`) ends at that same registry: no traffic leaves the machine.
 //!
-//! What the runtimes do when the agent is down (observed here, Debian's containerd 1.6.20
-//! and dockerd 20.10.24):
-//! - containerd: the `[host]` mirror refuses the connection and the pull goes on to `server`
-//!   by itself, in the same `ctr images pull`; the manifest digest is the same.
+//! What the runtimes do when the agent cannot serve a pull (observed here, Debian's
+//! containerd 1.6.20 and dockerd 20.10.24):
+//! - containerd: whether the `[host]` mirror refuses the connection (agent down) or answers
+//!   404 (an image outside `--allow`), the pull goes on to `server` by itself, in the same
+//!   `ctr images pull`; the manifest digest is the same.
 //! - dockerd 20.10: `registry-mirrors` takes an `http://` URL on 127.0.0.0/8 without any
-//!   `--insecure-registry`. With the mirror refusing connections, the pull falls back to
-//!   Docker Hub (`registry-1.docker.io`, the hard-wired hub endpoint; `--hub-registry` is
-//!   the agent's notion only) in the same `docker pull`, and succeeds where the hub is
-//!   reachable. Its log says `Error getting v2 registry: Get "http://127.0.0.1:PORT/v2/":
+//!   `--insecure-registry`. With the mirror answering 404 (outside `--allow`) or refusing
+//!   connections (agent down), the pull falls back to Docker Hub (`registry-1.docker.io`,
+//!   the hard-wired hub endpoint; `--hub-registry` is the agent's notion only) in the same
+//!   `docker pull`, and succeeds where the hub is reachable. With the agent down its log says `Error getting v2 registry: Get "http://127.0.0.1:PORT/v2/":
 //!   ... connection refused`, then `Attempting next endpoint for pull after error`; the
 //!   fallback costs no measurable time (both pulls took well under a second here).
 
@@ -181,9 +182,10 @@ fn pull_everywhere(
 
 /// A containerd cluster pulls an image nobody announced through its agents, all nodes at
 /// once: the registry serves each blob once (to one agent), every node gets the registry's
-/// manifest digest and the pushed bytes, and containerd never talks to the registry. Then
-/// every agent is killed: the next image still pulls, through containerd's fallback to the
-/// `server` of its hosts.toml.
+/// manifest digest and the pushed bytes, and containerd never talks to the registry. An
+/// image the agents may not read (outside `--allow`) pulls through containerd's fallback to
+/// the `server` of its hosts.toml, the agents reading nothing; and with every agent killed,
+/// the next image pulls through that fallback too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_nodes_cold_pull_through_their_agents_and_fall_back_when_they_stop() {
     require_root_and_tools().unwrap_or_else(|e| panic!("{e}"));
@@ -202,7 +204,8 @@ async fn containerd_nodes_cold_pull_through_their_agents_and_fall_back_when_they
                 .unwrap_or_else(|e| panic!("containerd did not start: {e}"))
         })
         .collect();
-    let allow = format!("{registry_addr}/**");
+    // The agents may read `cold/*` only (step 2 pulls something else).
+    let allow = format!("{registry_addr}/cold/**");
     let agent_flags = ["--allow", &allow, "--insecure-registry", &registry_addr];
     let mut agents: Vec<ChildGuard> = (0..NODES)
         .map(|i| {
@@ -288,7 +291,49 @@ async fn containerd_nodes_cold_pull_through_their_agents_and_fall_back_when_they
     );
     assert_eq!(total.peer_fallbacks, 0, "{total:?}");
 
-    // 2. Every agent killed (by pid): the next image pulls on every node all the same,
+    // 2. An image outside the agents' --allow, agents up: each mirror answers "unknown" at
+    //    once and containerd goes on to the `server` of its hosts.toml by itself.
+    let mut counts = Vec::new();
+    for ip in &ips {
+        counts.push(mirror_counts(SocketAddr::from((*ip, NODE_API_PORT))).await);
+    }
+    let other = image(3, 2, 1 << 20);
+    push(&registry_addr, "other/app", "v1", &other).await;
+    let before = registry.accesses().len();
+    let reference = format!("{registry_addr}/other/app:v1");
+    let took = pull_everywhere(&cluster, &containerds, &hosts, &reference, dir.path());
+    eprintln!(
+        "outside --allow, agents up: {NODES} nodes pulled through containerd's fallback in {:.2} s",
+        took.as_secs_f64()
+    );
+    let log: Vec<Access> = registry.accesses().split_off(before);
+    for blob in other.blobs() {
+        assert_eq!(blob_gets(&log, &blob.digest).len(), NODES, "{log:?}");
+    }
+    let by_agents: Vec<&Access> = log
+        .iter()
+        .filter(|a| !a.agent.contains("containerd"))
+        .collect();
+    assert!(
+        by_agents.is_empty(),
+        "an agent read an image outside its --allow: {by_agents:?}"
+    );
+    for (i, (ip, c)) in ips.iter().zip(&containerds).enumerate() {
+        assert_node_has(i, c, &reference, &other);
+        let m = mirror_counts(SocketAddr::from((*ip, NODE_API_PORT))).await;
+        let was = counts[i];
+        assert_eq!(
+            (m.manifests_upstream, m.blobs_upstream, m.blobs_from_peers),
+            (
+                was.manifests_upstream,
+                was.blobs_upstream,
+                was.blobs_from_peers
+            ),
+            "node {i}: {m:?}"
+        );
+    }
+
+    // 3. Every agent killed (by pid): the next image pulls on every node all the same,
     //    containerd going to the `server` of its hosts.toml.
     for agent in &mut agents {
         agent.child.kill().unwrap();
@@ -354,8 +399,9 @@ async fn wait_ok(addr: SocketAddr, path: &str, bound: Duration, logs: &Path) {
 }
 
 /// dockerd with `registry-mirrors` at its agent pulls Docker Hub short names through it (the
-/// agent reading its `--hub-registry`, a TLS registry standing in for Docker Hub); with the
-/// agent killed, dockerd falls back to Docker Hub itself and the pull still succeeds.
+/// agent reading its `--hub-registry`, a TLS registry standing in for Docker Hub); for an
+/// image outside the agent's `--allow`, and with the agent killed, dockerd falls back to
+/// Docker Hub itself and the pull still succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_hub_images_through_its_agent_and_falls_back_to_the_hub_when_it_stops() {
     require_tool("dockerd", "docker.io");
@@ -372,11 +418,18 @@ async fn dockerd_pulls_hub_images_through_its_agent_and_falls_back_to_the_hub_wh
     fs::write(&ca_file, ca.pem()).unwrap();
     let cert = ca.issue(&["registry-1.docker.io", "127.0.0.1"]).unwrap();
     let storage = work.path().join("hub");
-    let (mwa, mwb) = (image(11, 3, 2 << 20), image(12, 3, 2 << 20));
+    let (mwa, mwb, mwc) = (
+        image(11, 3, 2 << 20),
+        image(12, 3, 2 << 20),
+        image(13, 3, 2 << 20),
+    );
     push_image_to_storage(&storage, "library/mwa", "1", &mwa)
         .await
         .unwrap();
     push_image_to_storage(&storage, "library/mwb", "1", &mwb)
+        .await
+        .unwrap();
+    push_image_to_storage(&storage, "library/mwc", "1", &mwc)
         .await
         .unwrap();
     let hub = SecureRegistry::start(
@@ -433,7 +486,8 @@ async fn dockerd_pulls_hub_images_through_its_agent_and_falls_back_to_the_hub_wh
         .args(["--hub-registry", hub.addr()])
         .arg("--registry-ca")
         .arg(&ca_file)
-        .args(["--allow", &format!("{}/**", hub.addr())])
+        // The agent may read `mwa` only (step 2 pulls another image).
+        .args(["--allow", &format!("{}/library/mwa", hub.addr())])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -483,40 +537,71 @@ async fn dockerd_pulls_hub_images_through_its_agent_and_falls_back_to_the_hub_wh
         proxy.requests()
     );
 
-    // 2. The agent killed (by pid): dockerd falls back to Docker Hub by itself.
+    // 2. An image outside the agent's --allow, agent up: the mirror answers "unknown" and
+    //    dockerd falls back to Docker Hub by itself; the agent reads nothing.
+    let t = Instant::now();
+    node.run_cli(&["pull", "mwb:1"])
+        .unwrap_or_else(|e| panic!("{e}\n--- dockerd\n{}", node.log_tail()));
+    eprintln!(
+        "docker pull mwb:1 outside --allow, agent up: {:.2} s, proxy saw {:?}",
+        t.elapsed().as_secs_f64(),
+        proxy.requests()
+    );
+    assert_hub_pull(&node, &hub, &proxy, 0, "mwb:1", &mwb);
+    let after = mirror_counts(api_addr).await;
+    assert_eq!(
+        (after.manifests_upstream, after.blobs_upstream),
+        (m.manifests_upstream, m.blobs_upstream),
+        "the agent read mwb: {after:?}"
+    );
+    let connects = proxy.requests().len();
+
+    // 3. The agent killed (by pid): dockerd falls back to Docker Hub by itself.
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     let t = Instant::now();
-    let pulled = node.run_cli(&["pull", "mwb:1"]);
+    let pulled = node.run_cli(&["pull", "mwc:1"]);
     let fallback = t.elapsed();
     let mirror_lines: Vec<String> = fs::read_to_string(node.log_path())
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("mwb") || l.contains(&format!("127.0.0.1:{endpoint}")))
+        .filter(|l| l.contains("mwc") || l.contains(&format!("127.0.0.1:{endpoint}")))
         .map(str::to_owned)
         .collect();
     eprintln!(
-        "docker pull mwb:1 with the agent down: {:?} in {:.2} s; proxy saw {:?}; dockerd said:\n{}",
+        "docker pull mwc:1 with the agent down: {:?} in {:.2} s; dockerd said:\n{}",
         pulled.as_ref().map(|_| "ok"),
         fallback.as_secs_f64(),
-        proxy.requests(),
         mirror_lines.join("\n")
     );
     pulled.unwrap_or_else(|e| panic!("{e}\n--- dockerd\n{}", node.log_tail()));
+    assert_hub_pull(&node, &hub, &proxy, connects, "mwc:1", &mwc);
+}
+
+/// `reference` came from "Docker Hub": the proxy saw a `CONNECT registry-1.docker.io:443`
+/// after its first `since` requests, the hub served each blob of `image` once, to dockerd,
+/// and the node has the image under its id and manifest digest.
+fn assert_hub_pull(
+    node: &Dockerd,
+    hub: &SecureRegistry,
+    proxy: &ConnectProxy,
+    since: usize,
+    reference: &str,
+    image: &Image,
+) {
+    let requests = proxy.requests();
     assert!(
-        proxy
-            .requests()
+        requests[since.min(requests.len())..]
             .iter()
             .any(|r| r == "CONNECT registry-1.docker.io:443"),
-        "{:?}",
-        proxy.requests()
+        "{reference}: dockerd did not go to Docker Hub: {requests:?}"
     );
-    assert_eq!(node.image_id("mwb:1").unwrap(), mwb.config.digest);
-    assert_eq!(node.repo_digest("mwb:1").unwrap(), mwb.digest);
+    assert_eq!(node.image_id(reference).unwrap(), image.config.digest);
+    assert_eq!(node.repo_digest(reference).unwrap(), image.digest);
     let served = access_log(hub.log_path());
-    for blob in mwb.blobs() {
+    for blob in image.blobs() {
         let gets = blob_gets(&served, &blob.digest);
-        assert_eq!(gets.len(), 1, "{}: {gets:?}", blob.digest);
+        assert_eq!(gets.len(), 1, "{reference} {}: {gets:?}", blob.digest);
         assert!(gets[0].agent.starts_with("docker/"), "{gets:?}");
     }
 }
