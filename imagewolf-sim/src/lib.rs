@@ -75,8 +75,8 @@
 //!   with 200 slots never rotates below 200 peers.
 //!
 //! The event queue is a calendar queue (`queue.rs`): events by time, ties in scheduling
-//! order. A 1 GiB, 1,000-node run is about 150 M events; 10,000 nodes (256 KiB units)
-//! about 700 M, 15-20 minutes on one busy core and 3 GB of memory.
+//! order. A 1 GiB, 1,000-node run is about 120 M events (3 minutes); 10,000 nodes (256 KiB
+//! units) about 540 M, 9 minutes of CPU (19 on a busy 2-core machine) and 2 GB of memory.
 //!
 //! Determinism: the same [`SimConfig`] (seed included) gives the same events, with one
 //! exception outside this crate: `SeedSpreader` keeps its peers in a `std` `HashMap`, and

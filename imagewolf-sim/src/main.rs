@@ -116,6 +116,9 @@ struct Args {
     /// curve.json, curve.md and curve.svg to --out-dir.
     #[arg(long, value_delimiter = ',')]
     curve: Vec<usize>,
+    /// Only redraw <out-dir>/curve.svg from <out-dir>/curve.json.
+    #[arg(long)]
+    replot: bool,
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
@@ -160,7 +163,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.curve.is_empty() {
+    let result = if args.replot {
+        replot(&args)
+    } else if args.curve.is_empty() {
         single(&args)
     } else {
         curve(&args)
@@ -267,6 +272,36 @@ fn compare(path: &PathBuf, args: &Args, outcomes: &[Outcome]) -> Result<String, 
     Ok(s)
 }
 
+/// The curve's plot from the runs in `<out-dir>/curve.json`.
+fn replot(args: &Args) -> Result<(), String> {
+    let path = args.out_dir.join("curve.json");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let runs = json["runs"].as_array().cloned().unwrap_or_default();
+    let points: Vec<CurvePoint> = runs
+        .iter()
+        .map(|r| CurvePoint {
+            nodes: r["config"]["nodes"].as_u64().unwrap_or(0) as usize,
+            p50: r["summary"]["p50_over_bound"].as_f64().unwrap_or(f64::NAN),
+            p99: r["summary"]["p99_over_bound"].as_f64().unwrap_or(f64::NAN),
+            origin: r["summary"]["origin_upload_over_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        })
+        .collect();
+    let c = &runs.first().ok_or("curve.json has no runs")?["config"];
+    let title = curve_title(
+        c["size_bytes"].as_u64().unwrap_or(0) >> 20,
+        c["up_mbit"].as_f64().unwrap_or(0.0),
+        c["numwant"].as_u64().unwrap_or(0) as usize,
+    );
+    write(&args.out_dir.join("curve.svg"), &curve_svg(&points, &title))
+}
+
+fn curve_title(size_mib: u64, rate_mbit: f64, numwant: usize) -> String {
+    format!("Simulated swarm: {size_mib} MiB image, {rate_mbit} Mbit/s links, numwant {numwant}")
+}
+
 fn curve(args: &Args) -> Result<(), String> {
     fs::create_dir_all(&args.out_dir).map_err(|e| e.to_string())?;
     let mut points = Vec::new();
@@ -318,10 +353,7 @@ fn curve(args: &Args) -> Result<(), String> {
         args.config(2, args.seed).lower_bound_s(),
         args.seed
     ));
-    let title = format!(
-        "Simulated swarm: {} MiB image, {} Mbit/s links, numwant {}",
-        args.size_mib, args.rate_mbit, args.numwant
-    );
+    let title = curve_title(args.size_mib, args.rate_mbit, args.numwant);
     write(&args.out_dir.join("curve.svg"), &curve_svg(&points, &title))?;
     write(&args.out_dir.join("curve.md"), &md)?;
     let json = serde_json::json!({ "command": cmd, "runs": runs });

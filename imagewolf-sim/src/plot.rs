@@ -33,13 +33,19 @@ pub fn curve_svg(points: &[CurvePoint], title: &str) -> String {
         xmin.log10().floor(),
         xmax.log10().ceil().max(xmin.log10().floor() + 1.0),
     );
-    let ymax = points
-        .iter()
-        .flat_map(|p| [p.p50, p.p99, p.origin])
-        .filter(|v| v.is_finite())
-        .fold(1.5f64, f64::max)
-        .ceil();
-    let ymin = 0.0;
+    let values = || {
+        points
+            .iter()
+            .flat_map(|p| [p.p50, p.p99, p.origin])
+            .filter(|v| v.is_finite())
+    };
+    // From 1.0 (nothing beats S/U or a single copy) to a little above the largest value.
+    let ymax = (values().fold(1.5f64, f64::max) * 10.0).ceil() / 10.0 + 0.1;
+    let ymin = if values().fold(1.0f64, f64::min) >= 1.0 {
+        1.0
+    } else {
+        0.0
+    };
     let x = |n: f64| left + (n.log10() - lx0) / (lx1 - lx0) * pw;
     let y = |v: f64| top + (1.0 - (v - ymin) / (ymax - ymin)) * ph;
     let mut s = String::new();
@@ -67,7 +73,8 @@ pub fn curve_svg(points: &[CurvePoint], title: &str) -> String {
         );
         e += 1;
     }
-    let mut v = 0.0;
+    let step = if ymax - ymin > 1.5 { 0.5 } else { 0.1 };
+    let mut v = ymin;
     while v <= ymax + 1e-9 {
         let yv = y(v);
         let _ = writeln!(
@@ -77,7 +84,7 @@ pub fn curve_svg(points: &[CurvePoint], title: &str) -> String {
             left - 6.0,
             yv + 4.0
         );
-        v += 0.5;
+        v += step;
     }
     let _ = writeln!(
         s,
