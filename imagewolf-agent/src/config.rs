@@ -293,7 +293,7 @@ pub struct AgentConfig {
     /// `registry-mirrors` (README, "Cold pulls"). Images come from the store, else from the
     /// cluster, else from the upstream registry, read with this agent's credentials for
     /// what `--allow` allows; anyone who reaches the endpoint can pull them.
-    #[arg(long, env = "IMAGEWOLF_MIRROR", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "IMAGEWOLF_MIRROR", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub mirror: bool,
 
     /// The endpoint's address as the runtime reaches it, when that is not the listen
@@ -450,6 +450,22 @@ mod tests {
         ] {
             assert!(bad.parse::<PeerSpec>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn mirror_is_on_by_default_and_turned_off_by_the_flag() {
+        let parse = |args: &[&str]| {
+            AgentConfig::try_parse_from(
+                ["imagewolf-agent", "--peers", "static:a:1"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        assert!(parse(&[]).unwrap().mirror);
+        assert!(!parse(&["--mirror", "off"]).unwrap().mirror);
+        assert!(!parse(&["--mirror=false"]).unwrap().mirror);
+        assert!(parse(&["--mirror", "on"]).unwrap().mirror);
+        assert!(parse(&["--mirror", "sometimes"]).is_err());
     }
 
     #[test]

@@ -464,12 +464,7 @@ async fn manifest(
     };
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
-        Reference::Tag(tag) => match {
-            // A mirror resolves the tag upstream first (tags move); if it cannot, the
-            // content's own tags answer.
-            ctx.content.fetch(upstream, Miss::Tag(tag)).await;
-            ctx.content.resolve_tag(ns, name, tag)
-        } {
+        Reference::Tag(tag) => match resolve_tag(ctx, upstream, tag).await {
             Some(d) if valid_digest(&d) => d,
             Some(d) => {
                 tracing::error!(name, tag, digest = %d, "endpoint: tag resolved to an invalid digest");
@@ -508,6 +503,14 @@ async fn manifest(
     headers.insert(CONTENT_DIGEST_HEADER, digest_value);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     resp
+}
+
+/// The manifest digest `tag` names: a mirror resolves it upstream first (tags move); if it
+/// cannot, the content's own tags answer.
+async fn resolve_tag(ctx: &Ctx, upstream: Upstream<'_>, tag: &str) -> Option<String> {
+    ctx.content.fetch(upstream, Miss::Tag(tag)).await;
+    ctx.content
+        .resolve_tag(upstream.registry, upstream.repository, tag)
 }
 
 async fn blob(

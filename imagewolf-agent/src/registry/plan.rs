@@ -179,6 +179,36 @@ impl RegistrySource {
         ))
     }
 
+    /// The digest tag `tag` of `image`'s repository names now, from a `HEAD` (which Docker
+    /// Hub does not count as a pull, unlike a `GET`); `None` when the registry's answer
+    /// carries no digest (then a `GET` is needed).
+    pub async fn tag_digest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let what = format!("manifest {}/{}:{tag}", image.registry, image.repository);
+        let path = format!("/v2/{}/manifests/{tag}", image.repository);
+        let r = self
+            .http
+            .request(
+                hyper::Method::HEAD,
+                &image.registry,
+                &path,
+                Some(super::MANIFEST_ACCEPT),
+                0,
+            )
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&what, r.status, &r.body));
+        }
+        Ok(r.headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| valid_digest(d))
+            .map(str::to_owned))
+    }
+
     /// The size of blob `digest` in `image`'s repository (`HEAD`, its `Content-Length`).
     pub async fn blob_size(&self, image: &ImageRef, digest: &str) -> Result<u64, RegistryError> {
         if !valid_digest(digest) {

@@ -16,7 +16,7 @@ use crate::distributor::blobs::{chunks, intake, BlobPath};
 use crate::distributor::Distributor;
 use crate::endpoint::{Miss, Upstream};
 use crate::image::{BlobOffer, ImageRef, LeaseAnswer};
-use crate::registry::manifest::{Descriptor, Manifest};
+use crate::registry::manifest::Descriptor;
 use crate::store::{Digest, StoreError};
 
 /// How often a node fetching from another one asks it for new chunks.
@@ -49,6 +49,7 @@ impl Distributor {
             .allow
             .allows_name(&registry, upstream.repository)
         {
+            mirror.stats.misses.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%registry, repository = upstream.repository, "mirror: not in --allow; not fetched");
             return false;
         }
@@ -62,7 +63,7 @@ impl Distributor {
             Miss::Tag(tag) => {
                 // The tag is kept under the name the runtime asked with (containerd's `ns`).
                 let key = upstream.registry.unwrap_or(&image.registry).to_owned();
-                self.mirror_manifest(path, mirror, &image, tag, Some(&key)).await
+                self.mirror_tag(path, mirror, &image, tag, &key).await
             }
             Miss::Manifest(digest) => self.mirror_manifest(path, mirror, &image, digest, None).await,
             Miss::Blob(digest) => match Digest::parse(digest) {
@@ -100,6 +101,62 @@ impl Distributor {
         SocketAddr::new(self.config.advertise, self.session.listen_addr().port())
     }
 
+    /// Tag `tag` resolved upstream with a `HEAD` (not a pull for Docker Hub's limits); its
+    /// manifest read only when the store lacks it; the tag kept under `tag_key`.
+    async fn mirror_tag(
+        self: &Arc<Self>,
+        path: &BlobPath,
+        mirror: &Mirror,
+        image: &ImageRef,
+        tag: &str,
+        tag_key: &str,
+    ) -> Result<(), String> {
+        let named = path
+            .registry
+            .tag_digest(image, tag)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(digest) = named.and_then(|d| Digest::parse(&d).ok()) else {
+            return self
+                .mirror_manifest(path, mirror, image, tag, Some(tag_key))
+                .await;
+        };
+        mirror
+            .stats
+            .manifests_upstream
+            .fetch_add(1, Ordering::Relaxed);
+        if path.store.manifest_media_type(&digest).is_none() {
+            self.mirror_manifest(path, mirror, image, digest.as_str(), None)
+                .await?;
+        } else {
+            self.note_stored_manifest(path, mirror, image, &digest);
+        }
+        path.store.set_tag(tag_key, &image.repository, tag, &digest);
+        Ok(())
+    }
+
+    /// A manifest the store already had, resolved again: its blobs are remembered as if it
+    /// had just been read (the runtime may be about to fetch those it lacks).
+    fn note_stored_manifest(
+        &self,
+        path: &BlobPath,
+        mirror: &Mirror,
+        image: &ImageRef,
+        digest: &Digest,
+    ) {
+        let Some(media_type) = path.store.manifest_media_type(digest) else {
+            return;
+        };
+        let Ok(Some(bytes)) = path.store.read_small(digest, crate::registry::MAX_MANIFEST) else {
+            return;
+        };
+        if let Ok(parsed) =
+            crate::registry::manifest::parse("stored manifest", &bytes, Some(&media_type))
+        {
+            mirror.note_manifest(image, digest, &parsed);
+        }
+    }
+
     /// A tag or digest of `image`'s repository read from the upstream, checked, stored (and
     /// the tag set under `tag_key`); an image manifest's blobs are remembered, to be
     /// fetched together once the runtime asks for one of them (a runtime that only resolves
@@ -130,26 +187,7 @@ impl Distributor {
         if let Some(key) = tag_key {
             path.store.set_tag(key, &image.repository, by, &digest);
         }
-        if let Manifest::Image(m) = parsed {
-            let mut blobs = Vec::new();
-            for blob in std::iter::once(&m.config).chain(&m.layers) {
-                let Ok(d) = Digest::parse(&blob.digest) else {
-                    continue;
-                };
-                mirror.remember(
-                    d.clone(),
-                    Origin {
-                        registry: image.registry.clone(),
-                        repository: image.repository.clone(),
-                        size: blob.size,
-                        media_type: blob.media_type.clone(),
-                        manifest: Some(digest.clone()),
-                    },
-                );
-                blobs.push(d);
-            }
-            mirror.expect_pull(digest, blobs);
-        }
+        mirror.note_manifest(image, &digest, &parsed);
         Ok(())
     }
 

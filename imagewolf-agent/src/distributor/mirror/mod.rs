@@ -101,12 +101,15 @@ impl MirrorStats {
     }
 }
 
+/// The end of one blob's fetch, as the requests waiting for it see it.
+type FetchDone = watch::Receiver<Option<Result<(), String>>>;
+
 /// Mirror mode's state on one node (inside the registry-native path's `BlobPath`).
 pub struct Mirror {
     pub(crate) config: MirrorConfig,
     known: Mutex<Known>,
     /// Blobs being fetched here: one fetch per blob, however many requests wait for it.
-    inflight: Mutex<HashMap<Digest, watch::Receiver<Option<Result<(), String>>>>>,
+    inflight: Mutex<HashMap<Digest, FetchDone>>,
     leases: Mutex<lease::Leases>,
     offers: Mutex<HashMap<Digest, Offer>>,
     /// Image manifest -> its blobs, until the runtime asks for one of them.
@@ -160,6 +163,37 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// Remembers where the blobs of image manifest `digest` of `image` come from, to be
+    /// fetched together at the runtime's first blob request (an index names no blob).
+    fn note_manifest(
+        &self,
+        image: &crate::image::ImageRef,
+        digest: &Digest,
+        parsed: &crate::registry::manifest::Manifest,
+    ) {
+        let crate::registry::manifest::Manifest::Image(m) = parsed else {
+            return;
+        };
+        let mut blobs = Vec::new();
+        for blob in std::iter::once(&m.config).chain(&m.layers) {
+            let Ok(d) = Digest::parse(&blob.digest) else {
+                continue;
+            };
+            self.remember(
+                d.clone(),
+                Origin {
+                    registry: image.registry.clone(),
+                    repository: image.repository.clone(),
+                    size: blob.size,
+                    media_type: blob.media_type.clone(),
+                    manifest: Some(digest.clone()),
+                },
+            );
+            blobs.push(d);
+        }
+        self.expect_pull(digest.clone(), blobs);
     }
 
     /// The runtime resolved image manifest `manifest`: its `blobs` are fetched together
