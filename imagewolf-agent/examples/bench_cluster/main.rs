@@ -6,6 +6,8 @@
 //! 3. the registry herd: N dockerds `docker pull` one S MiB image at once from a registry
 //!    whose namespace is shaped to U like a node, and again with N_e2e dockerds,
 //! 4. ImageWolf end to end with N_e2e nodes: `docker push` -> loaded in every node's dockerd,
+//! 5. (`update`) the everyday update, and (`cold`, [`cold`]) cold pulls on containerd nodes
+//!    through mirror mode against the same nodes pulling straight from the registry,
 //!
 //! then a markdown table (p50/p90/max completion, as multiples of the lower bound S/U, CPU
 //! seconds per GiB, cores busy, agents' peak RSS) and an SVG plot in `--out-dir`.
@@ -23,6 +25,7 @@
 //!   run at a lower rate, where bandwidth rather than CPU is what is measured.
 
 mod ceiling;
+mod cold;
 mod docker_runs;
 mod measure;
 mod netlog;
@@ -67,7 +70,10 @@ struct Args {
     /// rate was CPU-bound; 0 disables.
     #[arg(long)]
     low_rate_mbit: Option<u32>,
-    /// Which runs: any of ceiling, bt, lt, herd, e2e, rss (comma-separated). `ceiling`
+    /// Which runs: any of ceiling, bt, lt, herd, e2e, rss, update, cold (comma-separated).
+    /// `cold` pulls an image nobody announced on `--cold-nodes` containerd nodes at once,
+    /// through the agents' mirrors and straight from the registry, a lone node's cold pull
+    /// both ways, and a `--hit-mib` blob from the endpoint over loopback. `ceiling`
     /// measures TCP goodput per node with every node sending to the next at once (iperf3,
     /// 10 s), at each swarm rate; it also runs with bt or lt unless `--no-iperf`. `rss`
     /// measures the agents' memory while distributing a `--rss-mib` image over unshaped
@@ -77,6 +83,15 @@ struct Args {
     /// Image size for the `rss` run, MiB.
     #[arg(long, default_value_t = 1024)]
     rss_mib: u64,
+    /// Nodes pulling at once in the `cold` run.
+    #[arg(long, default_value_t = 8)]
+    cold_nodes: usize,
+    /// Alternated repetitions of the `cold` run's lone pull (each way; the median counts).
+    #[arg(long, default_value_t = 3)]
+    cold_repeat: usize,
+    /// Size of the blob read from the endpoint over loopback in the `cold` run, MiB (0: skip).
+    #[arg(long, default_value_t = 512)]
+    hit_mib: u64,
     /// Size of the new layer in the `update` run, MiB.
     #[arg(long, default_value_t = 8)]
     update_mib: u64,
@@ -181,14 +196,26 @@ fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let wanted: Vec<&str> = args.runs.split(',').map(str::trim).collect();
     for w in &wanted {
-        if !["ceiling", "bt", "lt", "herd", "e2e", "rss", "update"].contains(w) {
-            bail!("--runs: unknown run {w:?} (ceiling, bt, lt, herd, e2e, rss, update)");
+        if ![
+            "ceiling", "bt", "lt", "herd", "e2e", "rss", "update", "cold",
+        ]
+        .contains(w)
+        {
+            bail!("--runs: unknown run {w:?} (ceiling, bt, lt, herd, e2e, rss, update, cold)");
         }
     }
-    if args.nodes < 2 || args.e2e_nodes < 2 || args.size_mib < 4 || args.rate_mbit == 0 {
-        bail!("need --nodes >= 2, --e2e-nodes >= 2, --size-mib >= 4, --rate-mbit > 0");
+    if args.nodes < 2
+        || args.e2e_nodes < 2
+        || args.cold_nodes < 2
+        || args.size_mib < 4
+        || args.rate_mbit == 0
+    {
+        bail!("need --nodes >= 2, --e2e-nodes >= 2, --cold-nodes >= 2, --size-mib >= 4, --rate-mbit > 0");
     }
     require_root_and_tools().map_err(anyhow::Error::msg)?;
+    if wanted.contains(&"cold") {
+        imagewolf::containerd::require_containerd().map_err(anyhow::Error::msg)?;
+    }
     imagewolf::require_libtorrent().map_err(anyhow::Error::msg)?;
     let tools = Tools::find()?;
     fs::create_dir_all(&args.logs)?;
@@ -228,8 +255,9 @@ fn run() -> anyhow::Result<()> {
         .max(pick(has("e2e") || has("update"), args.e2e_nodes))
         .max(pick(has("rss"), args.rss_nodes));
     let ceiling_wanted = has("ceiling") || ((has("bt") || has("lt")) && !args.no_iperf);
-    let total_nodes =
-        pick(has("bt") || has("lt") || ceiling_wanted, args.nodes).max(daemons_needed);
+    let total_nodes = pick(has("bt") || has("lt") || ceiling_wanted, args.nodes)
+        .max(daemons_needed)
+        .max(pick(has("cold"), args.cold_nodes));
     let cluster = ClusterBuilder {
         nodes: total_nodes,
         rate_mbit: Some(args.rate_mbit),
@@ -265,6 +293,7 @@ fn run() -> anyhow::Result<()> {
     measure_ceiling(&mut ctx, args.rate_mbit)?;
 
     let mut results: Vec<RunResult> = Vec::new();
+    let mut cold_report: Option<cold::ColdReport> = None;
     let mut e2e_pair: Option<(usize, usize)> = None;
 
     // Runs 1 and 2.
@@ -337,7 +366,7 @@ fn run() -> anyhow::Result<()> {
 
     // Runs 3 and 4.
     let rss = has("rss");
-    if daemons_needed > 0 {
+    if daemons_needed > 0 || has("cold") {
         let registry_node = cluster.extra(0);
         let registry_addr = format!("{}:5000", registry_node.ip);
         let insecure = [registry_addr.as_str(), imagewolf::cluster::HOST_LINKS_CIDR];
@@ -515,6 +544,27 @@ fn run() -> anyhow::Result<()> {
             results.push(r);
             let _ = fs::remove_dir_all(&rss_scratch);
         }
+        if has("cold") {
+            let cold_scratch = docker_runs::scratch_dir(scratch.path(), "cold")?;
+            let setup = cold::ColdSetup {
+                cluster: &cluster,
+                nodes: args.cold_nodes,
+                builder,
+                registry_node,
+                registry_addr: &registry_addr,
+                tools: &tools,
+                logs: &args.logs,
+                scratch: &cold_scratch,
+                rate_mbit: args.rate_mbit,
+                size_mib: args.size_mib,
+                layers,
+                repeat: args.cold_repeat,
+                hit_mib: args.hit_mib,
+                rt: &rt,
+            };
+            cold_report = Some(cold::run(&setup)?);
+            let _ = fs::remove_dir_all(&cold_scratch);
+        }
     }
 
     // Ratios between runs.
@@ -549,13 +599,32 @@ fn run() -> anyhow::Result<()> {
         "S/U = S x 2^20 x 8 / (U x 10^6) s: the time one node needs to receive S MiB through a U Mbit/s link; no distribution scheme can deliver the whole payload to a node faster. Every node's completion is measured from the common start (process start-up included).".into(),
     );
 
-    let table = report::markdown(&results, &ctx);
-    println!("\n{table}");
-    fs::write(args.out_dir.join("cluster.md"), &table)?;
-    fs::write(
-        args.out_dir.join("cluster.json"),
-        serde_json::to_string_pretty(&raw_json(&results, &ctx))?,
-    )?;
+    let md_path = args.out_dir.join("cluster.md");
+    let json_path = args.out_dir.join("cluster.json");
+    // A run of `cold` alone updates its own section of cluster.md and key of cluster.json
+    // and keeps the rest; other runs rewrite both, as before.
+    let (mut table, mut json) = if results.is_empty() && cold_report.is_some() {
+        (
+            fs::read_to_string(&md_path).unwrap_or_default(),
+            fs::read_to_string(&json_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({})),
+        )
+    } else {
+        let table = report::markdown(&results, &ctx);
+        println!("\n{table}");
+        (table, raw_json(&results, &ctx))
+    };
+    if let Some(cold) = &cold_report {
+        let section = report::cold_markdown(cold, &ctx);
+        println!("\n{section}");
+        table = report::upsert_cold_section(&table, &section);
+        json["cold"] = report::cold_json(cold, &ctx);
+    }
+    fs::write(&md_path, &table)?;
+    fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     let title = format!(
         "Per-node completion, N={} (end to end N={}), U={} Mbit/s, S={} MiB",
         args.nodes, args.e2e_nodes, args.rate_mbit, args.size_mib

@@ -269,6 +269,15 @@ impl NetLog {
         Some((seed_up, up, down))
     }
 
+    /// Frame bytes each node uploaded and downloaded between `t0` and `t1` (sampler
+    /// seconds).
+    pub fn moved(&self, t0: f64, t1: f64) -> Option<(Vec<f64>, Vec<f64>)> {
+        let (u0, d0) = self.at(t0)?;
+        let (u1, d1) = self.at(t1)?;
+        let diff = |a: Vec<f64>, b: Vec<f64>| a.iter().zip(&b).map(|(a, b)| b - a).collect();
+        Some((diff(u0, u1), diff(d0, d1)))
+    }
+
     /// Node `i`'s download between `t0` and `t1` as a fraction of `rate_mbit`.
     pub fn node_down(&self, i: usize, t0: f64, t1: f64, rate_mbit: u32) -> Option<f64> {
         let (_, d0) = self.at(t0)?;
