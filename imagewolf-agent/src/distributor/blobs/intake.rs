@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use imagewolf_bt::metainfo::Metainfo;
 use imagewolf_bt::storage::FileStorage;
 use tokio::io::AsyncReadExt;
@@ -15,6 +15,10 @@ use super::{chunks, BlobPath};
 use crate::image::ImageRef;
 use crate::registry::manifest::Descriptor;
 use crate::store::{BlobWriter, Digest};
+
+/// A blob read from a registry with no byte for this long fails.
+pub(in crate::distributor) const BODY_IDLE: std::time::Duration =
+    std::time::Duration::from_secs(60);
 
 type Body =
     tokio_util::io::StreamReader<BoxStream<'static, std::io::Result<bytes::Bytes>>, bytes::Bytes>;
@@ -46,13 +50,26 @@ impl BlobIntake {
             .blob_stream(image, blob)
             .await
             .map_err(|e| format!("blob {}: {e}", blob.digest))?;
-        let stream: BoxStream<'static, std::io::Result<bytes::Bytes>> = Box::pin(
-            stream
-                .inspect_ok(move |b| {
-                    intake.fetch_add(b.len() as u64, Ordering::Relaxed);
-                })
-                .map_err(std::io::Error::other),
-        );
+        let counted = stream
+            .inspect_ok(move |b| {
+                intake.fetch_add(b.len() as u64, Ordering::Relaxed);
+            })
+            .map_err(std::io::Error::other);
+        // A registry that stops sending without closing fails the read after BODY_IDLE
+        // (the mirror's other nodes wait on this read; a pull's retries take it again).
+        let stream: BoxStream<'static, std::io::Result<bytes::Bytes>> =
+            Box::pin(futures::stream::unfold(counted, |mut s| async move {
+                match tokio::time::timeout(BODY_IDLE, s.next()).await {
+                    Ok(item) => item.map(|i| (i, s)),
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the registry sent nothing for {BODY_IDLE:?}"),
+                        )),
+                        s,
+                    )),
+                }
+            }));
         let writer = path
             .store
             .writer(digest, blob.size)

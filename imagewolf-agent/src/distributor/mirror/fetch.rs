@@ -454,9 +454,15 @@ impl Distributor {
             digest: d.to_string(),
             size: origin.size,
         };
+        // Offered before the turn comes: the other nodes wait for its chunks meanwhile.
         let offering = mirror.start_offer(d, origin.size, self.bt_addr());
-        let _pull = self.intake.pulling();
         let result = async {
+            let _turn = mirror
+                .upstream_reads
+                .acquire()
+                .await
+                .map_err(|_| "the mirror is shutting down".to_owned())?;
+            let _pull = self.intake.pulling();
             let tracker = self.tracker_url();
             let counter = self.intake.counter();
             let mut reading =
@@ -560,7 +566,12 @@ impl Distributor {
                 torrents.iter().map(|t| t.stats().downloaded).sum::<u64>(),
                 offer.chunks.len(),
             );
-            if now != last {
+            // Every chunk listed so far is here: the source is reading the next from its
+            // upstream (or waiting for its turn), whose own timeouts bound that.
+            let waiting_on_source = !offer.complete
+                && torrents.len() == offer.chunks.len()
+                && torrents.iter().all(|t| t.stats().is_complete());
+            if now != last || waiting_on_source {
                 last = now;
                 progressed = Instant::now();
             } else if progressed.elapsed() >= PEER_STALL {
