@@ -3,10 +3,13 @@
 //! ```text
 //! cargo run --release --example download -- IN.torrent --out PATH [--listen IP:PORT] [--peer IP:PORT]...
 //!     [--timeout SECS] [--progress-ms MS]
+//! cargo run --release --example download -- 'magnet:?xt=urn:btih:HASH&x.pe=IP:PORT' --out PATH ...
 //! ```
 //! Peers come from the torrent's trackers and from `--peer`. For a single-file torrent PATH
 //! is the file to write; for a multi-file torrent it is the directory to write into. An
 //! existing PATH is checked first and only what is missing or wrong is fetched (resume).
+//! A magnet link (instead of IN.torrent) has its info dict fetched from the peers it names
+//! (`x.pe`, `--peer`) and its trackers (`tr`) first, checked against its info-hash (BEP 9).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,13 +20,13 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use imagewolf_bt::metainfo::{FileLayout, Metainfo};
 use imagewolf_bt::storage::FileStorage;
-use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+use imagewolf_bt::{AddTorrent, Magnet, Session, SessionConfig, StartFrom};
 
 /// Download IN.torrent to PATH.
 #[derive(Parser)]
 struct Args {
-    /// The .torrent file.
-    torrent: PathBuf,
+    /// The .torrent file, or a magnet link.
+    torrent: String,
     /// Where to write the payload (a file, or a directory for multi-file torrents).
     #[arg(long)]
     out: PathBuf,
@@ -52,19 +55,34 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Through the library's size limit: a huge file (or an endless pipe) is refused without
     // being read into memory.
-    let meta = Metainfo::load(&args.torrent)
-        .with_context(|| format!("parsing {}", args.torrent.display()))?;
+    let session = Session::new(SessionConfig {
+        listen_addr: args.listen,
+        ..SessionConfig::default()
+    })
+    .await?;
+    let mut peers = args.peers.clone();
+    let meta = if args.torrent.starts_with("magnet:") {
+        let mut magnet = Magnet::parse(&args.torrent)?;
+        magnet.peers.extend(&args.peers);
+        peers = magnet.peers.clone();
+        println!("fetching the metadata of {}", magnet.info_hash);
+        let fetch = session.fetch_metadata(&magnet);
+        match args.timeout {
+            0 => fetch.await?,
+            secs => tokio::time::timeout(Duration::from_secs(secs), fetch)
+                .await
+                .context("timed out fetching the metadata")??,
+        }
+    } else {
+        Metainfo::load(args.torrent.as_ref())
+            .with_context(|| format!("parsing {}", args.torrent))?
+    };
     let resume = args.out.exists();
     let storage = match &meta.info().files {
         FileLayout::Single { length } => FileStorage::create_file(&args.out, *length),
         FileLayout::Multi { .. } => FileStorage::for_metainfo(&args.out, &meta),
     }
     .with_context(|| format!("opening {}", args.out.display()))?;
-    let session = Session::new(SessionConfig {
-        listen_addr: args.listen,
-        ..SessionConfig::default()
-    })
-    .await?;
     let start_from = if resume {
         StartFrom::Check
     } else {
@@ -82,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     let handle = session
-        .add_torrent(AddTorrent::new(meta, Arc::new(storage), start_from).with_peers(args.peers))
+        .add_torrent(AddTorrent::new(meta, Arc::new(storage), start_from).with_peers(peers))
         .await?;
     let started = Instant::now();
     let mut progress = handle.progress();

@@ -9,15 +9,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use imagewolf_bt::metainfo::TorrentBuilder;
-use imagewolf_bt::storage::FileStorage;
 use imagewolf_bt::tracker::{TrackerConfig, TrackerServer};
-use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+use imagewolf_bt::{AddTorrent, Session};
 
 /// Seed FILE over BitTorrent.
 #[derive(Parser)]
@@ -79,12 +77,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = &announce {
         builder = builder.announce(url.clone());
     }
-    let file = args.file.clone();
-    let meta = tokio::task::spawn_blocking(move || builder.build_from_file(&file))
-        .await?
+    // Hashing runs on tokio's blocking pool.
+    let meta = builder
+        .create(&args.file)
+        .await
         .with_context(|| format!("hashing {}", args.file.display()))?;
     let hash_secs = started.elapsed().as_secs_f64();
-    std::fs::write(&args.torrent_out, meta.to_bytes())
+    meta.save(&args.torrent_out)
         .with_context(|| format!("writing {}", args.torrent_out.display()))?;
     println!(
         "torrent {} ({} bytes, {} pieces of {} KiB, hashed in {hash_secs:.2} s) -> {}",
@@ -95,19 +94,13 @@ async fn main() -> anyhow::Result<()> {
         args.torrent_out.display()
     );
 
-    let config = SessionConfig {
-        listen_addr: args.listen,
-        announce_ip: Some(reachable_ip),
-        ..SessionConfig::default()
-    };
-    let session = Session::new(config).await?;
-    let storage = FileStorage::open_file(&args.file, meta.total_len())?;
+    let session = Session::builder()
+        .listen_addr(args.listen)
+        .announce_ip(reachable_ip)
+        .build()
+        .await?;
     let handle = session
-        .add_torrent(AddTorrent::new(
-            meta,
-            Arc::new(storage),
-            StartFrom::Complete,
-        ))
+        .add_torrent(AddTorrent::seed_file(meta, &args.file)?)
         .await?;
     println!(
         "seeding on {}{}",

@@ -95,6 +95,68 @@ fn seed_with_embedded_tracker_then_download_through_it() {
     assert!(text.contains("checking existing data"), "{text}");
 }
 
+/// BEP 9 through the examples: the download example gets only a magnet link naming the
+/// seed example's address, fetches the info dict from it, then the payload.
+#[test]
+fn a_magnet_link_downloads_from_the_seed_example() {
+    build_examples(&["seed", "download"]);
+    let dir = TempDir::new("cli-magnet").unwrap();
+    let payload = random_payload(3 << 20, 22);
+    let file = dir.path().join("image.tar");
+    std::fs::write(&file, &payload).unwrap();
+    let bt = free_port();
+    let mut seed = ChildGuard::spawn(
+        "seed example",
+        Command::new(example_bin("seed"))
+            .arg(&file)
+            .arg("--torrent-out")
+            .arg(dir.path().join("image.torrent"))
+            .args(["--listen", &format!("127.0.0.1:{bt}")])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let mut lines = BufReader::new(seed.child.stdout.take().unwrap()).lines();
+    let mut info_hash = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        // "torrent <hex> (... bytes ...) -> OUT", then "seeding on ADDR".
+        if let Some(rest) = line.strip_prefix("torrent ") {
+            info_hash = rest.split(' ').next().map(str::to_owned);
+        }
+        if line.starts_with("seeding on") {
+            break;
+        }
+    }
+    let info_hash = info_hash.expect("the seed printed no info-hash");
+    std::thread::spawn(move || lines.for_each(drop));
+    let out = dir.path().join("out.bin");
+    let link = format!("magnet:?xt=urn:btih:{info_hash}&dn=image.tar&x.pe=127.0.0.1:{bt}");
+    let mut download = ChildGuard::spawn(
+        "download example",
+        Command::new(example_bin("download"))
+            .arg(&link)
+            .arg("--out")
+            .arg(&out)
+            .args(["--listen", "127.0.0.1:0", "--timeout", "60"])
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let stdout = download.child.stdout.take().unwrap();
+    let report: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let status = download.wait_timeout(Duration::from_secs(90)).unwrap();
+    assert!(
+        status.success() && report.iter().any(|l| l.starts_with("complete:")),
+        "magnet download failed: {status}\n{}",
+        report.join("\n")
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == payload,
+        "downloaded bytes differ"
+    );
+}
+
 #[test]
 fn bad_input_gives_a_clear_error() {
     build_examples(&["seed", "download"]);

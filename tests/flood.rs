@@ -600,7 +600,7 @@ async fn run(bin: &Path, plan: &Plan) -> Figures {
     let downloader = Session::new(SessionConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         peer_id: PeerId::generate(),
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     })
     .await
     .unwrap();
@@ -856,7 +856,7 @@ fn loopback(handshake_timeout: Duration) -> SessionConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         peer_id: PeerId::generate(),
         handshake_timeout,
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     }
 }
 

@@ -33,7 +33,7 @@ fn loopback() -> SessionConfig {
     SessionConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         peer_id: PeerId::generate(),
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     }
 }
 
@@ -155,7 +155,7 @@ async fn late_bitfield_keeps_the_connection(fast: bool) {
     while let Ok(event) = events.try_recv() {
         if let TorrentEvent::PeerDisconnected { reason, .. } = event {
             // Once complete, a downloader closes its connections to seeds: that one is fine.
-            if reason != "both sides are seeds" {
+            if reason != imagewolf_bt::DisconnectReason::BothSeeds {
                 disconnects.push(reason);
             }
         }

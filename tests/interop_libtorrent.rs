@@ -21,7 +21,7 @@ fn loopback() -> SessionConfig {
     SessionConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         peer_id: PeerId::generate(),
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     }
 }
 
@@ -160,6 +160,144 @@ async fn we_download_from_a_libtorrent_seed() {
         .expect("download from libtorrent did not complete in 120 s")
         .unwrap();
     assert!(out.to_vec() == payload, "our copy differs");
+    assert_eq!(handle.stats().hash_failures, 0);
+    leech.shutdown().await;
+}
+
+/// Reads libtorrent's first line (`{"event": "listening", "port": P, ...}`) and keeps
+/// draining its output in the background so it never blocks on a full pipe.
+async fn listening_port(lt: &mut ChildGuard) -> u16 {
+    let mut stdout = BufReader::new(lt.child.stdout.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // Alerts (errors) go to the test's output: they say why libtorrent dropped us.
+        std::thread::spawn(move || {
+            for l in stdout.lines().map_while(Result::ok) {
+                if l.contains("\"alert\"") {
+                    eprintln!("libtorrent: {l}");
+                }
+            }
+        });
+        line
+    })
+    .await
+    .unwrap();
+    line.split("\"port\": ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no port in libtorrent's first line: {line}"))
+}
+
+/// BEP 9, libtorrent fetching: it gets only a magnet link naming our seed, fetches the
+/// info dict from us, then the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libtorrent_downloads_from_our_seed_by_magnet_link() {
+    let dir = TempDir::new("lt-magnet-down").unwrap();
+    let payload = random_payload(8 << 20, 13);
+    // Small pieces: an info dict of several 16 KiB metadata pieces.
+    let meta = TorrentBuilder::new("image.tar")
+        .piece_length(4096)
+        .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())
+        .unwrap();
+    assert!(meta.info_bytes().len() > 32 * 1024);
+    let seed = Session::new(SessionConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        ..SessionConfig::default()
+    })
+    .await
+    .unwrap();
+    let storage = Arc::new(MemoryStorage::from_vec(payload.clone()));
+    let handle = seed
+        .add_torrent(AddTorrent::new(meta.clone(), storage, StartFrom::Complete))
+        .await
+        .unwrap();
+    let link = imagewolf_bt::Magnet::new(meta.info_hash(), [seed.listen_addr()]).to_string();
+    let out_dir = dir.path().join("lt");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut lt = lt_client(&[
+        "magnet",
+        &link,
+        out_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--timeout",
+        "60",
+    ]);
+    let stdout = lt.child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(90), lines)
+        .await
+        .expect("libtorrent did not finish in 90 s")
+        .unwrap();
+    let status = lt.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success() && lines.iter().any(|l| l.contains("\"complete\"")),
+        "libtorrent did not complete from a magnet link: {status}\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        std::fs::read(out_dir.join("image.tar")).unwrap() == payload,
+        "libtorrent's copy differs"
+    );
+    assert!(handle.stats().uploaded >= payload.len() as u64);
+    seed.shutdown().await;
+}
+
+/// BEP 9, us fetching: a magnet link naming a libtorrent seed; we fetch the info dict
+/// from it, check it against the info-hash, then download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_download_from_a_libtorrent_seed_by_magnet_link() {
+    let dir = TempDir::new("lt-magnet-up").unwrap();
+    let payload = random_payload(8 << 20, 14);
+    let seed_dir = dir.path().join("lt");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let file = seed_dir.join("image.tar");
+    std::fs::write(&file, &payload).unwrap();
+    let meta = TorrentBuilder::new("image.tar")
+        .piece_length(4096)
+        .build_from_file(&file)
+        .unwrap();
+    let torrent_path = dir.path().join("image.torrent");
+    meta.save(&torrent_path).unwrap();
+    let mut lt = lt_client(&[
+        "seed",
+        torrent_path.to_str().unwrap(),
+        seed_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let port = listening_port(&mut lt).await;
+    let leech = Session::new(SessionConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        ..SessionConfig::default()
+    })
+    .await
+    .unwrap();
+    let link = format!(
+        "magnet:?xt=urn:btih:{}&dn=image.tar&x.pe=127.0.0.1:{port}",
+        meta.info_hash().to_hex()
+    );
+    let out = dir.path().join("ours");
+    let handle = tokio::time::timeout(Duration::from_secs(60), leech.add_magnet(&link, &out))
+        .await
+        .expect("no metadata from libtorrent in 60 s")
+        .unwrap();
+    assert_eq!(handle.metainfo().info_bytes(), meta.info_bytes());
+    handle
+        .wait_complete_within(Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(out.join("image.tar")).unwrap() == payload,
+        "our copy differs"
+    );
     assert_eq!(handle.stats().hash_failures, 0);
     leech.shutdown().await;
 }

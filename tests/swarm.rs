@@ -16,7 +16,7 @@ fn loopback() -> SessionConfig {
     SessionConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         peer_id: PeerId::generate(),
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     }
 }
 

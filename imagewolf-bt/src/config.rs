@@ -5,23 +5,41 @@ use std::time::Duration;
 
 use crate::PeerId;
 
-/// Settings for a [`crate::Session`]. `SessionConfig::default()` suits a LAN cluster; every
-/// field is public so callers change only what they need.
+/// Settings for a [`crate::Session`]. Every field is public, so callers change only what
+/// they need on top of one of two starting points:
+///
+/// - [`SessionConfig::default()`]: a general-purpose BitTorrent client. Listens on
+///   `0.0.0.0:6881`, a fresh peer id per session, plain seeding (every piece announced at
+///   once), traffic sent as best effort.
+/// - [`SessionConfig::lan_cluster()`]: the tuning ImageWolf runs with on a cluster's LAN,
+///   where every node runs this engine and the first seed's uplink is the bottleneck:
+///   listens on `0.0.0.0:6000`, spreads the first seed's pieces
+///   ([`SessionConfig::spread_initial_seed`]) and marks peer traffic as bulk
+///   ([`SessionConfig::bulk_traffic`]) so the node's other traffic goes first.
+///
+/// Both unchoke every interested peer (up to 200) and size request pipelines from the
+/// measured rate, which suits fast links and costs nothing on slow ones.
 ///
 /// ```
 /// use imagewolf_bt::SessionConfig;
-/// let config = SessionConfig {
+/// let general = SessionConfig {
 ///     listen_addr: "127.0.0.1:0".parse().unwrap(),
 ///     ..SessionConfig::default()
 /// };
-/// assert!(config.unchoke_slots > 0);
+/// assert!(!general.spread_initial_seed && !general.bulk_traffic);
+///
+/// let cluster = SessionConfig::lan_cluster();
+/// assert!(cluster.spread_initial_seed && cluster.bulk_traffic);
+/// assert_eq!(cluster.listen_addr.port(), 6000);
 /// ```
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Where to accept peer connections. Port 0 picks a free port
     /// (see [`crate::Session::listen_addr`]).
     pub listen_addr: SocketAddr,
-    /// Our peer id; a fresh BEP 20 id by default.
+    /// Our peer id. The default, [`PeerId::PER_SESSION`], makes a fresh BEP 20 id for each
+    /// session (see [`crate::Session::peer_id`]); set one only to keep an id across
+    /// restarts, and never share one between sessions (they would never connect).
     pub peer_id: PeerId,
     /// The address to announce to trackers (`ip=`), when the listen address is a wildcard and
     /// the tracker would otherwise see a NAT or bridge address.
@@ -59,6 +77,10 @@ pub struct SessionConfig {
     /// left it once (BEP 16-style super-seeding, see [`crate::picker::SeedSpreader`]). Its
     /// upload then carries only distinct pieces while they exist nowhere else. Off: it
     /// announces every piece at once, as a plain seed does.
+    ///
+    /// Off by default, on in [`SessionConfig::lan_cluster`]: it pays only when the peers
+    /// trade among themselves as ImageWolf peers do (peers of other clients get the open
+    /// view anyway).
     pub spread_initial_seed: bool,
     /// Marks peer connections as background bulk traffic: DSCP "Lower Effort" (RFC 8622)
     /// in the IP header for the network, and the `TC_PRIO_BULK` socket priority for this
@@ -66,15 +88,16 @@ pub struct SessionConfig {
     /// Why: a node seeding at line rate fills its NIC queue, and whatever else the node
     /// sends waits behind it: the ACKs of the registry download that feeds the seed (its
     /// intake then falls well below the link), the kubelet's and the applications' traffic.
-    /// Off: peer traffic is sent as best effort, like everything else.
+    /// Off (the default; on in [`SessionConfig::lan_cluster`]): peer traffic is sent as
+    /// best effort, like everything else.
     pub bulk_traffic: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            listen_addr: "0.0.0.0:6000".parse().expect("valid literal"),
-            peer_id: PeerId::generate(),
+            listen_addr: "0.0.0.0:6881".parse().expect("valid literal"),
+            peer_id: PeerId::PER_SESSION,
             announce_ip: None,
             max_peers_per_torrent: 200,
             max_half_open: 32,
@@ -87,8 +110,22 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(120),
             snub_timeout: Duration::from_secs(15),
             keepalive_interval: Duration::from_secs(30),
+            spread_initial_seed: false,
+            bulk_traffic: false,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// ImageWolf's tuning for a cluster's LAN (see the type's docs): the defaults, plus
+    /// listening on `0.0.0.0:6000`, spreading the first seed's pieces and marking peer
+    /// traffic as bulk.
+    pub fn lan_cluster() -> Self {
+        Self {
+            listen_addr: "0.0.0.0:6000".parse().expect("valid literal"),
             spread_initial_seed: true,
             bulk_traffic: true,
+            ..Self::default()
         }
     }
 }

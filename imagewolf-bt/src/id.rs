@@ -20,6 +20,11 @@ impl PeerId {
         self.0.starts_with(&Self::PREFIX[..3])
     }
 
+    /// "Make one per session": the default of [`crate::SessionConfig::peer_id`]. A session
+    /// whose config holds it generates a fresh id when it starts, so sessions built from
+    /// one config (or its clones) never share an id. Never sent on the wire.
+    pub const PER_SESSION: PeerId = PeerId([0; 20]);
+
     /// A fresh random peer id with our client prefix.
     pub fn generate() -> Self {
         let mut id = [0u8; 20];

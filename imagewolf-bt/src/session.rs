@@ -20,7 +20,7 @@ use crate::torrent::{
     TorrentStatus, TorrentTable,
 };
 use crate::wire::Handshake;
-use crate::InfoHash;
+use crate::{InfoHash, PeerId};
 
 /// Incoming connections allowed to sit in the handshake at once. When one more arrives, a
 /// pending one is closed to make room at once (see [`PendingHandshakes`]): the oldest of the
@@ -36,25 +36,28 @@ const LISTEN_BACKLOG: u32 = 1024;
 
 /// A BitTorrent session: one listening socket, one peer id, many torrents.
 ///
+/// Cheap to clone (clones share the session); it runs until [`Session::shutdown`] or until
+/// the last clone is dropped.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn main() -> Result<(), imagewolf_bt::Error> {
 /// use std::sync::Arc;
 /// use imagewolf_bt::{metainfo::TorrentBuilder, storage::MemoryStorage};
-/// use imagewolf_bt::{AddTorrent, Session, SessionConfig, StartFrom};
+/// use imagewolf_bt::{AddTorrent, Session, StartFrom};
 ///
-/// let localhost = SessionConfig { listen_addr: "127.0.0.1:0".parse()?, ..Default::default() };
 /// let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
 /// let meta = TorrentBuilder::new("example.bin")
 ///     .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())?;
 ///
 /// // A seed holding the payload...
-/// let seed = Session::new(localhost.clone()).await?;
+/// let seed = Session::builder().listen_addr("127.0.0.1:0".parse().unwrap()).build().await?;
 /// let storage = Arc::new(MemoryStorage::from_vec(payload.clone()));
 /// seed.add_torrent(AddTorrent::new(meta.clone(), storage, StartFrom::Complete)).await?;
 ///
-/// // ...and a downloader pointed at it.
-/// let leech = Session::new(SessionConfig { peer_id: imagewolf_bt::PeerId::generate(), ..localhost }).await?;
+/// // ...and a downloader pointed at it (each session makes its own peer id).
+/// let leech = Session::builder().listen_addr("127.0.0.1:0".parse().unwrap()).build().await?;
+/// assert_ne!(seed.peer_id(), leech.peer_id());
 /// let out = Arc::new(MemoryStorage::new(meta.total_len()));
 /// let add = AddTorrent::new(meta, out.clone(), StartFrom::Empty).with_peers([seed.listen_addr()]);
 /// let torrent = leech.add_torrent(add).await?;
@@ -65,9 +68,11 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// seed.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
-    accept_task: JoinHandle<()>,
+    /// Stops the listener when the last clone goes.
+    _accept: Arc<AcceptTask>,
 }
 
 struct Inner {
@@ -77,43 +82,134 @@ struct Inner {
     hashing: Arc<Semaphore>,
     /// Piece data every torrent's writers may send (unlimited unless set).
     upload_limit: Arc<UploadLimit>,
+    /// Set by [`Session::shutdown`].
+    closed: std::sync::atomic::AtomicBool,
 }
 
-/// Why a session could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
+/// The accept loop's task, aborted (and every torrent told to stop) when the last
+/// [`Session`] clone is dropped.
+struct AcceptTask {
+    task: JoinHandle<()>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for AcceptTask {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Without an async context we cannot wait for tasks; at least make them all end.
+        for torrent in self.inner.table().values() {
+            torrent.shutdown.send_replace(true);
+        }
+    }
+}
+
+/// Why a session could not start: now the crate's [`crate::Error`] (`Error::Bind`).
+pub type SessionError = crate::Error;
+
+/// Builds a [`Session`]: general-purpose defaults ([`SessionConfig::default`]), or a whole
+/// config to start from ([`SessionBuilder::config`], e.g. [`SessionConfig::lan_cluster`]),
+/// then the settings most programs change.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), imagewolf_bt::Error> {
+/// use imagewolf_bt::{Session, SessionConfig};
+/// let session = Session::builder()
+///     .config(SessionConfig::lan_cluster())
+///     .listen_addr("127.0.0.1:0".parse().unwrap())
+///     .build()
+///     .await?;
+/// assert!(session.config().spread_initial_seed);
+/// session.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct SessionBuilder {
+    config: SessionConfig,
+}
+
+impl SessionBuilder {
+    /// Starts from `config` instead of the defaults.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where to accept peer connections (port 0: any free port).
+    pub fn listen_addr(mut self, addr: SocketAddr) -> Self {
+        self.config.listen_addr = addr;
+        self
+    }
+
+    /// A fixed peer id (by default each session makes its own).
+    pub fn peer_id(mut self, id: PeerId) -> Self {
+        self.config.peer_id = id;
+        self
+    }
+
+    /// The address to announce to trackers (see [`SessionConfig::announce_ip`]).
+    pub fn announce_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.config.announce_ip = Some(ip);
+        self
+    }
+
+    /// Changes any other setting.
+    pub fn with(mut self, change: impl FnOnce(&mut SessionConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Binds the listen socket and starts the session.
+    pub async fn build(self) -> Result<Session, crate::Error> {
+        Session::new(self.config).await
+    }
 }
 
 impl Session {
-    /// Binds the listen socket and starts accepting peers.
-    pub async fn new(config: SessionConfig) -> Result<Session, SessionError> {
+    /// A [`SessionBuilder`] with the general-purpose defaults.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// Binds the listen socket and starts accepting peers. A config whose peer id is
+    /// [`PeerId::PER_SESSION`] (the default) gets a fresh one.
+    pub async fn new(mut config: SessionConfig) -> Result<Session, crate::Error> {
+        if config.peer_id == PeerId::PER_SESSION {
+            config.peer_id = PeerId::generate();
+        }
         let addr = config.listen_addr;
-        let listener = listen(addr).map_err(|source| SessionError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| crate::Error::Bind { addr, source })?;
         let listen_addr = listener
             .local_addr()
-            .map_err(|source| SessionError::Bind { addr, source })?;
+            .map_err(|source| crate::Error::Bind { addr, source })?;
         let inner = Arc::new(Inner {
             hashing: Arc::new(Semaphore::new(config.hashing_threads.max(1))),
             config: Arc::new(config),
             listen_addr,
             torrents: Mutex::new(HashMap::new()),
             upload_limit: Arc::default(),
+            closed: Default::default(),
         });
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
-        Ok(Session { inner, accept_task })
+        let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
+        let accept = Arc::new(AcceptTask {
+            task,
+            inner: Arc::clone(&inner),
+        });
+        Ok(Session {
+            inner,
+            _accept: accept,
+        })
     }
 
     /// The address peers connect to (with the real port when 0 was asked for).
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen_addr
+    }
+
+    /// Our peer id (made for this session unless the config fixed one).
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.config.peer_id
     }
 
     /// The session's settings.
@@ -136,7 +232,7 @@ impl Session {
     /// Adds a torrent and starts it: downloading, seeding, or checking first, as
     /// `add.start_from` says. Returns once it runs (a check continues in the background;
     /// follow it with [`TorrentHandle::progress`]).
-    pub async fn add_torrent(&self, add: AddTorrent) -> Result<TorrentHandle, TorrentError> {
+    pub async fn add_torrent(&self, add: AddTorrent) -> Result<TorrentHandle, crate::Error> {
         let AddTorrent {
             metainfo,
             storage,
@@ -214,6 +310,9 @@ impl Session {
         });
         {
             let mut table = self.inner.table();
+            if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::Error::SessionClosed);
+            }
             if table.contains_key(&info_hash) {
                 return Err(TorrentError::Duplicate(info_hash));
             }
@@ -228,6 +327,40 @@ impl Session {
             crate::torrent::start_trackers(&torrent, self.inner.config.announce_ip);
         }
         Ok(TorrentHandle { torrent })
+    }
+
+    /// Fetches the info dict of the torrent a magnet link names from its peers (`x.pe`)
+    /// and those its trackers (`tr`) return (BEP 9), checks it against the info-hash, and
+    /// returns the torrent, with the link's trackers. Several peers are asked at once;
+    /// each is given up after its handshake timeout or 20 s of silence, so this ends.
+    pub async fn fetch_metadata(
+        &self,
+        magnet: &crate::Magnet,
+    ) -> Result<crate::metainfo::Metainfo, crate::Error> {
+        crate::metadata_fetch::fetch(&self.inner.config, self.inner.listen_addr.port(), magnet)
+            .await
+    }
+
+    /// Adds a torrent from a magnet link (`magnet:?xt=urn:btih:<hex or base32>&tr=...&x.pe=host:port`):
+    /// fetches its info dict from peers ([`Session::fetch_metadata`]), then downloads it
+    /// into `dir` as [`AddTorrent::download_to`] does, from the link's peers and trackers.
+    ///
+    /// ```no_run
+    /// # async fn f(session: imagewolf_bt::Session) -> Result<(), imagewolf_bt::Error> {
+    /// let link = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&x.pe=10.0.0.2:6881";
+    /// let torrent = session.add_magnet(link, "downloads").await?;
+    /// torrent.wait_complete().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_magnet(
+        &self,
+        link: &str,
+        dir: impl AsRef<std::path::Path>,
+    ) -> Result<TorrentHandle, crate::Error> {
+        let magnet = crate::Magnet::parse(link)?;
+        let meta = self.fetch_metadata(&magnet).await?;
+        let add = AddTorrent::download_to(meta, dir)?.with_peers(magnet.peers);
+        self.add_torrent(add).await
     }
 
     /// The torrent with this info-hash, if the session runs it.
@@ -260,24 +393,19 @@ impl Session {
         }
     }
 
-    /// Stops every torrent (announcing `stopped` to trackers) and the listener.
-    pub async fn shutdown(self) {
-        self.accept_task.abort();
+    /// Stops every torrent (announcing `stopped` to trackers) and the listener, for every
+    /// clone of this session. Torrents added afterwards are refused
+    /// ([`crate::Error::SessionClosed`]).
+    pub async fn shutdown(&self) {
+        self._accept.task.abort();
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let torrents: Vec<_> = self.inner.table().drain().map(|(_, t)| t).collect();
         let stops = torrents.into_iter().map(|torrent| async move {
             TorrentHandle { torrent }.stop().await;
         });
         futures::future::join_all(stops).await;
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-        // Without an async context we cannot wait for tasks; at least make them all end.
-        for torrent in self.inner.table().values() {
-            torrent.shutdown.send_replace(true);
-        }
     }
 }
 

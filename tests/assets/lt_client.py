@@ -3,6 +3,8 @@
 
   lt_client.py seed TORRENT SAVE_DIR --listen IP:PORT [--seconds N]
   lt_client.py download TORRENT SAVE_DIR --listen IP:PORT [--peer IP:PORT]... [--timeout S]
+  lt_client.py magnet MAGNET_URI SAVE_DIR --listen IP:PORT [--peer IP:PORT]... [--timeout S]
+      (a download that first fetches the torrent's metadata from peers, BEP 9)
 
 Prints one JSON object per line: {"event": "listening", "port": P}, progress lines, and
 {"event": "complete", "seconds": S} when a download finishes (then exits 0). Settings are
@@ -42,7 +44,11 @@ def session(listen):
     return lt.session(settings)
 
 
-def add(ses, torrent, save_dir, seed):
+def add(ses, torrent, save_dir, seed, magnet=False):
+    if magnet:
+        params = lt.parse_magnet_uri(torrent)
+        params.save_path = save_dir
+        return ses.add_torrent(params)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save_dir
@@ -53,7 +59,7 @@ def add(ses, torrent, save_dir, seed):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["seed", "download"])
+    p.add_argument("mode", choices=["seed", "download", "magnet"])
     p.add_argument("torrent")
     p.add_argument("save_dir")
     p.add_argument("--listen", default="127.0.0.1:0")
@@ -63,7 +69,9 @@ def main():
     args = p.parse_args()
 
     ses = session(args.listen)
-    h = add(ses, args.torrent, args.save_dir, args.mode == "seed")
+    h = add(ses, args.torrent, args.save_dir, args.mode == "seed", args.mode == "magnet")
+    if args.mode == "magnet":
+        args.mode = "download"
     emit(event="listening", port=ses.listen_port(), info_hash=str(h.info_hash()))
     for peer in args.peer:
         ip, port = peer.rsplit(":", 1)

@@ -206,7 +206,7 @@ impl Distributor {
             listen_addr: config.bt_listen,
             announce_ip: Some(config.advertise),
             piece_memory_per_torrent: PIECE_MEMORY_PER_SEGMENT,
-            ..SessionConfig::default()
+            ..SessionConfig::lan_cluster()
         })
         .await?;
         let tracker = Swarms::new(TrackerConfig {

@@ -1,4 +1,4 @@
-//! Creating single-file torrents in one pass over the payload.
+//! Creating torrents in one pass over the payload (files and directories on disk: `create.rs`).
 //!
 //! The agent streams `docker save` output to disk; reading it back to hash it would double
 //! the disk traffic. So the builder sits in the stream: every chunk read is written to a sink
@@ -122,7 +122,7 @@ impl TorrentBuilder {
     }
 
     /// The piece length to use, checked along with the name before any byte is read.
-    fn start(&self, size_hint: u64) -> Result<PieceHasher, MetainfoError> {
+    pub(super) fn start(&self, size_hint: u64) -> Result<PieceHasher, MetainfoError> {
         let piece_length = self
             .piece_length
             .unwrap_or_else(|| piece_length_for(size_hint));
@@ -132,13 +132,23 @@ impl TorrentBuilder {
     }
 
     fn finish(self, hasher: PieceHasher) -> Result<Metainfo, MetainfoError> {
+        let length = hasher.total();
+        self.finish_with(hasher, FileLayout::Single { length })
+    }
+
+    /// The torrent of what `hasher` hashed, laid out as `files`.
+    pub(super) fn finish_with(
+        self,
+        hasher: PieceHasher,
+        files: FileLayout,
+    ) -> Result<Metainfo, MetainfoError> {
         let piece_length = hasher.piece_length();
-        let (pieces, length) = hasher.finish();
+        let (pieces, _) = hasher.finish();
         let info = Info {
             name: self.name,
             piece_length,
             pieces,
-            files: FileLayout::Single { length },
+            files,
             private: self.private,
         };
         let mut m = Metainfo::from_info(info, self.announce)?;

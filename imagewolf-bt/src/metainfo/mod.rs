@@ -50,6 +50,7 @@ use bytes::Bytes;
 use crate::{InfoHash, Lengths, LengthsError, PieceIndex};
 
 mod builder;
+mod create;
 mod hasher;
 mod parse;
 mod write;
@@ -357,6 +358,16 @@ impl Metainfo {
     /// Parses a `.torrent` file. See the module docs for what is accepted and the bounds.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, MetainfoError> {
         parse::parse_metainfo(bytes)
+    }
+
+    /// A torrent made of a bare info dict (as fetched from peers with BEP 9): its info-hash
+    /// is the SHA-1 of exactly these bytes; no trackers.
+    pub fn from_info_bytes(info: &[u8]) -> Result<Self, MetainfoError> {
+        let mut torrent = Vec::with_capacity(info.len() + 8);
+        torrent.extend_from_slice(b"d4:info");
+        torrent.extend_from_slice(info);
+        torrent.push(b'e');
+        parse::parse_metainfo(&torrent)
     }
 
     /// Reads a `.torrent` from `reader` through [`read_limited`] (at most

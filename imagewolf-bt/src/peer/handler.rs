@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 
 use super::PeerLink;
 use crate::config::SessionConfig;
+use crate::error::DisconnectReason;
 use crate::picker::PeerKey;
 use crate::rate::UploadLimit;
 use crate::storage::Storage;
@@ -90,6 +91,8 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
     fn upload_limit(&self) -> &UploadLimit;
     /// Turns true once, when the torrent stops.
     fn shutdown(&self) -> watch::Receiver<bool>;
+    /// The torrent's info dict, served to peers that ask for it (BEP 9).
+    fn metadata(&self) -> Option<&[u8]>;
     /// Woken whenever a piece verification finishes (see [`PeerHandler::requests_paused`]).
     fn verify_drained(&self) -> &Notify;
 
@@ -100,7 +103,7 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
     /// can come between them.
     fn join(&self, hello: Hello) -> Result<Arc<PeerLink>, Refusal>;
     /// The connection ended, for `reason`.
-    fn left(&self, link: &PeerLink, dial_addr: Option<SocketAddr>, reason: String);
+    fn left(&self, link: &PeerLink, dial_addr: Option<SocketAddr>, reason: DisconnectReason);
 
     /// The peer announced `piece` (HAVE). Returns whether it is a piece we lack.
     fn have(&self, key: PeerKey, piece: PieceIndex) -> bool;

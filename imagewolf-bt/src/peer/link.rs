@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::BytesMut;
 use tokio::sync::{watch, Notify};
 
+use crate::error::DisconnectReason;
 use crate::picker::PeerKey;
 use crate::wire::{Message, RawBlock};
 use crate::{BlockRef, PeerId};
@@ -46,7 +47,7 @@ pub(crate) struct PeerLink {
     /// Wakes the writer when `out` or `serve` gained something.
     pub writer_wake: Notify,
     /// `Some(reason)` once the connection should close; both halves watch it.
-    pub closing: watch::Sender<Option<String>>,
+    pub closing: watch::Sender<Option<DisconnectReason>>,
     /// Payload bytes received from this peer.
     pub downloaded: AtomicU64,
     /// Payload bytes sent to this peer.
@@ -108,10 +109,10 @@ impl PeerLink {
     }
 
     /// Asks both halves to close; the first reason given wins.
-    pub fn close(&self, reason: &str) {
+    pub fn close(&self, reason: DisconnectReason) {
         self.closing.send_if_modified(|r| {
             if r.is_none() {
-                *r = Some(reason.to_owned());
+                *r = Some(reason);
                 true
             } else {
                 false

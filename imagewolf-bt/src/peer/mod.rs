@@ -22,11 +22,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::error::DisconnectReason;
 use crate::wire::{ExtensionHandshake, Handshake, Message, WireError};
 
-/// Why a connection ended. Every variant is fatal for that one connection only.
+/// Why a connection ended. Every variant is fatal for that one connection only; the
+/// public face of it is [`DisconnectReason`].
 #[derive(Debug, thiserror::Error)]
-pub enum PeerError {
+pub(crate) enum PeerError {
     /// Socket error or the peer closed the connection.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -39,9 +41,25 @@ pub enum PeerError {
     /// The peer went silent, or never finished the handshake.
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    /// We closed it (ban, duplicate, torrent stopping, ...).
+    /// It was closed (by the peer, or by us: ban, duplicate, torrent stopping, ...).
     #[error("{0}")]
-    Closed(String),
+    Closed(DisconnectReason),
+}
+
+impl PeerError {
+    /// The public reason.
+    pub(crate) fn reason(&self) -> DisconnectReason {
+        match self {
+            PeerError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                DisconnectReason::PeerClosed
+            }
+            PeerError::Io(e) => DisconnectReason::Io(e.kind()),
+            PeerError::Wire(e) => DisconnectReason::Protocol(e.to_string()),
+            PeerError::Protocol(what) => DisconnectReason::Protocol(what.clone()),
+            PeerError::Timeout(what) => DisconnectReason::Timeout(what),
+            PeerError::Closed(reason) => reason.clone(),
+        }
+    }
 }
 
 /// Dials `addr` for the torrent `handler` stands for, handshakes, and runs the connection
@@ -131,18 +149,18 @@ async fn run<H: PeerHandler>(
         async {
             let r = reader.run().await;
             // Whatever ended the reader ends the writer too.
-            link.close(&match &r {
-                Ok(()) => "closed".to_string(),
-                Err(e) => e.to_string(),
-            });
+            link.close(
+                r.as_ref()
+                    .map_or_else(PeerError::reason, |()| DisconnectReason::Closed),
+            );
             r
         },
         async {
             let w = writer::run(&*handler, &link, write).await;
-            link.close(&match &w {
-                Ok(()) => "closed".to_string(),
-                Err(e) => e.to_string(),
-            });
+            link.close(
+                w.as_ref()
+                    .map_or_else(PeerError::reason, |()| DisconnectReason::Closed),
+            );
             w
         }
     );
@@ -150,9 +168,9 @@ async fn run<H: PeerHandler>(
         .closing
         .borrow()
         .clone()
-        .or_else(|| read_result.err().map(|e| e.to_string()))
-        .or_else(|| write_result.err().map(|e| e.to_string()))
-        .unwrap_or_else(|| "closed".into());
+        .or_else(|| read_result.err().map(|e| e.reason()))
+        .or_else(|| write_result.err().map(|e| e.reason()))
+        .unwrap_or(DisconnectReason::Closed);
     tracing::debug!(%addr, "disconnected: {reason}");
     handler.left(&link, dial_addr, reason);
 }
@@ -202,7 +220,7 @@ fn tune_socket(stream: &TcpStream, bulk: bool) {
     let _ = (stream, bulk);
 }
 
-/// Our BEP 10 handshake: no extension messages, a large `reqq` (libtorrent caps its queue
+/// Our BEP 10 handshake: `ut_metadata` (BEP 9, serving our info dict), a large `reqq` (libtorrent caps its queue
 /// to us at this), our listen port, and the address we see the peer at.
 fn extension_handshake<H: PeerHandler>(handler: &H, addr: SocketAddr) -> Message {
     let yourip = match addr.ip() {
@@ -214,7 +232,11 @@ fn extension_handshake<H: PeerHandler>(handler: &H, addr: SocketAddr) -> Message
         p: Some(handler.listen_port()),
         reqq: Some(handler.config().max_queued_peer_requests as u32),
         yourip: Some(yourip),
-        ..ExtensionHandshake::default()
+        m: std::collections::BTreeMap::from([(
+            crate::wire::metadata::UT_METADATA.to_owned(),
+            crate::wire::metadata::OUR_UT_METADATA_ID,
+        )]),
+        metadata_size: handler.metadata().map(|m| m.len() as u64),
     };
     Message::Extended {
         id: crate::wire::EXTENDED_HANDSHAKE_ID,

@@ -11,6 +11,8 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use super::pipeline::Pipeline;
 use super::{Announced, PeerError, PeerHandler, PeerLink};
+use crate::error::DisconnectReason;
+use crate::wire::metadata::{self, MetadataMessage};
 use crate::wire::{
     bitfield, DecoderLimits, ExtensionHandshake, Handshake, Message, MessageDecoder, RawBlock,
 };
@@ -19,6 +21,10 @@ use bitvec::{order::Msb0, slice::BitSlice};
 
 /// Bytes the read buffer asks the socket for at once: many blocks per system call.
 const READ_CHUNK: usize = 256 * 1024;
+/// A metadata request is rejected while more than this is queued for the peer already: with
+/// the cap on pieces served per connection, what a peer can make us buffer by asking for
+/// metadata stays below this plus one piece (16 KiB).
+const MAX_QUEUED_BEFORE_METADATA: usize = 1 << 20;
 /// How often timers (snub, idle, rate samples) are checked.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -41,6 +47,10 @@ pub(super) struct Reader<H> {
     snubbed: bool,
     /// Scratch space for picks, reused.
     picks: Vec<BlockRef>,
+    /// The id the peer receives `ut_metadata` messages under (BEP 9), if it has one.
+    peer_ut_metadata: Option<u8>,
+    /// Metadata pieces sent to this peer.
+    metadata_served: u32,
 }
 
 impl<H: PeerHandler> Reader<H> {
@@ -68,6 +78,8 @@ impl<H: PeerHandler> Reader<H> {
             last_block: now,
             snubbed: false,
             picks: Vec::new(),
+            peer_ut_metadata: None,
+            metadata_served: 0,
         }
     }
 
@@ -83,7 +95,7 @@ impl<H: PeerHandler> Reader<H> {
             tokio::select! {
                 n = self.read.read_buf(&mut self.buf) => {
                     if n? == 0 {
-                        return Err(PeerError::Closed("peer closed the connection".into()));
+                        return Err(PeerError::Closed(DisconnectReason::PeerClosed));
                     }
                     self.last_received = Instant::now();
                     self.heard = true;
@@ -92,7 +104,7 @@ impl<H: PeerHandler> Reader<H> {
                 _ = tick.tick() => self.on_tick()?,
                 _ = handler.verify_drained().notified() => self.refill(),
                 r = closing.wait_for(Option::is_some) => {
-                    let reason = r.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
+                    let reason = r.ok().and_then(|r| r.clone()).unwrap_or(DisconnectReason::Closed);
                     return Err(PeerError::Closed(reason));
                 }
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
@@ -203,6 +215,7 @@ impl<H: PeerHandler> Reader<H> {
                 }
                 if id == crate::wire::EXTENDED_HANDSHAKE_ID {
                     let hs = ExtensionHandshake::decode(&payload)?;
+                    self.peer_ut_metadata = hs.extension_id(metadata::UT_METADATA);
                     if let Some(port) = hs.p {
                         self.link.listen_port.store(port, Ordering::Relaxed);
                     }
@@ -211,9 +224,41 @@ impl<H: PeerHandler> Reader<H> {
                         self.pipeline.set_max(reqq.clamp(1, ours));
                     }
                 }
+                if id == metadata::OUR_UT_METADATA_ID {
+                    self.on_metadata_message(&payload)?;
+                }
                 // Other extension messages: we advertised none, so ignore whatever comes.
             }
         }
+        Ok(())
+    }
+
+    /// BEP 9: serves a piece of our info dict, or rejects the request (out of range, or
+    /// more than the peer could need, or while much is queued for it already: what a peer
+    /// can make us buffer stays bounded). Data and rejects are for fetchers; we never ask a
+    /// peer of a running torrent, so those are ignored.
+    fn on_metadata_message(&mut self, payload: &bytes::Bytes) -> Result<(), PeerError> {
+        let MetadataMessage::Request { piece } = MetadataMessage::decode(payload)? else {
+            return Ok(());
+        };
+        let Some(their_id) = self.peer_ut_metadata else {
+            return Ok(()); // It never told us where to send the answer.
+        };
+        let Some(info) = self.handler.metadata() else {
+            return Ok(());
+        };
+        let limit = 2 * metadata::metadata_pieces(info.len()) + 8;
+        let busy = self.link.io().out.len() > MAX_QUEUED_BEFORE_METADATA;
+        let answer = if self.metadata_served >= limit || busy {
+            MetadataMessage::Reject { piece }
+        } else {
+            self.metadata_served += 1;
+            metadata::serve_metadata(info, piece)
+        };
+        self.link.send(&Message::Extended {
+            id: their_id,
+            payload: answer.encode(),
+        });
         Ok(())
     }
 
@@ -224,7 +269,7 @@ impl<H: PeerHandler> Reader<H> {
             return Ok(());
         };
         if outcome.both_seeds {
-            return Err(PeerError::Closed("both sides are seeds".into()));
+            return Err(PeerError::Closed(DisconnectReason::BothSeeds));
         }
         if outcome.interesting {
             self.set_interested(true);

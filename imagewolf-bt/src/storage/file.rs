@@ -69,8 +69,8 @@ struct OpenFiles {
 ///
 /// Reads and writes are `pread`/`pwrite`, so any number of threads can use the storage at
 /// once without a shared cursor. Files below the directory are opened without following
-/// symlinks, and at most [`MAX_OPEN_FILES`] of them are open at once (see the
-/// [module docs](self) for both).
+/// symlinks, and at most [`MAX_OPEN_FILES`] of them are open at once (the notes at the top
+/// of `storage/file.rs` explain both).
 ///
 /// ```
 /// use imagewolf_bt::storage::{FileStorage, Storage};

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use super::{Torrent, TorrentError};
-use crate::metainfo::Metainfo;
-use crate::storage::Storage;
+use std::path::{Path, PathBuf};
+
+use crate::metainfo::{FileLayout, Metainfo};
+use crate::storage::{FileStorage, Storage};
 use crate::{InfoHash, PeerId, PieceIndex};
 
 /// What the storage holds when a torrent is added.
@@ -65,6 +67,64 @@ impl AddTorrent {
         }
     }
 
+    /// Seeds the payload at `path`: the file itself for a single-file torrent, or the
+    /// directory holding the torrent's files for a multi-file one (`path` is that directory,
+    /// whatever its name). Lengths come from the metainfo; files are opened read-only and
+    /// must have exactly those lengths. The data is taken as complete (set
+    /// [`AddTorrent::start_from`] to [`StartFrom::Check`] to hash it first).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), imagewolf_bt::Error> {
+    /// use imagewolf_bt::{metainfo::Metainfo, AddTorrent};
+    /// let file = std::env::temp_dir().join(format!("iw-doc-seed-{}.bin", std::process::id()));
+    /// std::fs::write(&file, vec![3u8; 200_000])?;
+    /// let meta = Metainfo::create(&file).await?;
+    /// let add = AddTorrent::seed_file(meta, &file)?;
+    /// assert_eq!(add.storage.len(), 200_000);
+    /// # std::fs::remove_file(&file)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn seed_file(metainfo: Metainfo, path: impl AsRef<Path>) -> Result<Self, crate::Error> {
+        let path = path.as_ref();
+        let storage = match &metainfo.info().files {
+            FileLayout::Single { .. } => FileStorage::open_file(path, metainfo.total_len())?,
+            FileLayout::Multi { .. } => {
+                let files: Vec<(PathBuf, u64)> = metainfo
+                    .files()
+                    .into_iter()
+                    .map(|f| {
+                        // Below the torrent's directory: drop its name.
+                        let inner: PathBuf = f.path.components().skip(1).collect();
+                        (inner, f.len)
+                    })
+                    .collect();
+                FileStorage::open_existing(path, &files)?
+            }
+        };
+        Ok(Self::new(metainfo, Arc::new(storage), StartFrom::Complete))
+    }
+
+    /// Downloads into the directory `dir`: the file `dir/NAME` for a single-file torrent,
+    /// the files below `dir/NAME/` for a multi-file one, created (with their directories)
+    /// and sized from the metainfo. If the first of them existed already, what it and the
+    /// others hold is hashed first and only what fails is downloaded (resume); otherwise
+    /// the download starts from nothing.
+    pub fn download_to(metainfo: Metainfo, dir: impl AsRef<Path>) -> Result<Self, crate::Error> {
+        let dir = dir.as_ref();
+        let existed = metainfo
+            .files()
+            .first()
+            .is_some_and(|f| dir.join(&f.path).exists());
+        let storage = FileStorage::for_metainfo(dir, &metainfo)?;
+        let start = if existed {
+            StartFrom::Check
+        } else {
+            StartFrom::Empty
+        };
+        Ok(Self::new(metainfo, Arc::new(storage), start))
+    }
+
     /// Adds peers to connect to at start.
     pub fn with_peers(mut self, peers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.peers.extend(peers);
@@ -100,6 +160,7 @@ impl AddTorrent {
 
 /// Where a torrent is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TorrentStatus {
     /// Hashing existing data ([`StartFrom::Check`]).
     Checking,
@@ -161,6 +222,7 @@ impl TorrentStats {
 /// broadcast channel: a receiver that falls more than 1,024 events behind loses the oldest
 /// (and is told so by `RecvError::Lagged`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum TorrentEvent {
     /// A peer completed the handshake.
     PeerConnected {
@@ -174,7 +236,7 @@ pub enum TorrentEvent {
         /// Its address.
         addr: SocketAddr,
         /// Why (protocol error, timeout, closed by the peer, ...).
-        reason: String,
+        reason: crate::DisconnectReason,
     },
     /// A peer was banned: it sent data that failed verification.
     PeerBanned {
@@ -232,7 +294,47 @@ impl TorrentHandle {
         self.torrent.events_tx.subscribe()
     }
 
+    /// Progress snapshots as a [`Stream`](futures::Stream): the current one at once, then
+    /// one at every verified piece and every tick (about twice a second; snapshots a slow
+    /// consumer missed are skipped, never queued). Ends after the snapshot that shows the
+    /// torrent stopped or failed.
+    ///
+    /// ```no_run
+    /// # async fn f(torrent: imagewolf_bt::TorrentHandle) {
+    /// use futures::StreamExt;
+    /// let mut progress = std::pin::pin!(torrent.progress_stream());
+    /// while let Some(stats) = progress.next().await {
+    ///     println!("{:.1} %", stats.progress() * 100.0);
+    ///     if stats.is_complete() {
+    ///         break;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn progress_stream(&self) -> impl futures::Stream<Item = TorrentStats> + Send + 'static {
+        let rx = self.progress();
+        futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
+            if ended {
+                return None;
+            }
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let stats = rx.borrow_and_update().clone();
+            let ended = matches!(
+                stats.status,
+                TorrentStatus::Stopped | TorrentStatus::Failed(_)
+            );
+            Some((stats, (rx, false, ended)))
+        })
+    }
+
     /// Waits until every piece is verified. Errors if the torrent stops or fails first.
+    ///
+    /// This waits as long as it takes: with no peer that has the missing pieces (none
+    /// given, none from the trackers, all gone), that is forever. Bound the wait with
+    /// [`TorrentHandle::wait_complete_within`], or watch [`TorrentHandle::progress_stream`]
+    /// and decide when progress has stalled.
     pub async fn wait_complete(&self) -> Result<(), TorrentError> {
         let mut rx = self.progress();
         loop {
@@ -243,9 +345,7 @@ impl TorrentHandle {
                 }
                 match &stats.status {
                     TorrentStatus::Stopped => return Err(TorrentError::Stopped),
-                    TorrentStatus::Failed(e) => {
-                        return Err(TorrentError::Storage(std::io::Error::other(e.clone())))
-                    }
+                    TorrentStatus::Failed(e) => return Err(TorrentError::Failed(e.clone())),
                     _ => {}
                 }
             }
@@ -253,6 +353,16 @@ impl TorrentHandle {
                 return Err(TorrentError::Stopped);
             }
         }
+    }
+
+    /// [`TorrentHandle::wait_complete`] for at most `timeout`; then
+    /// [`crate::Error::Timeout`]. The torrent goes on either way.
+    pub async fn wait_complete_within(&self, timeout: Duration) -> Result<(), TorrentError> {
+        tokio::time::timeout(timeout, self.wait_complete())
+            .await
+            .unwrap_or(Err(TorrentError::Timeout(
+                "waiting for the torrent to complete",
+            )))
     }
 
     /// Gives the torrent more peers to connect to.

@@ -37,30 +37,8 @@ use crate::metainfo::Metainfo;
 use crate::storage::Storage;
 use crate::{InfoHash, Lengths};
 
-/// Why a torrent could not be added or run.
-#[derive(Debug, thiserror::Error)]
-pub enum TorrentError {
-    /// The payload's storage failed (fatal for the torrent).
-    #[error("storage: {0}")]
-    Storage(#[from] std::io::Error),
-    /// The storage's size does not match the torrent.
-    #[error("storage holds {actual} bytes, the torrent needs {expected}")]
-    StorageSize {
-        /// Bytes the torrent describes.
-        expected: u64,
-        /// Bytes the storage holds.
-        actual: u64,
-    },
-    /// A torrent with this info-hash is already in the session.
-    #[error("torrent {0} is already in the session")]
-    Duplicate(InfoHash),
-    /// The torrent was stopped before it completed.
-    #[error("torrent stopped")]
-    Stopped,
-    /// The session is shutting down.
-    #[error("session is shut down")]
-    SessionClosed,
-}
+/// Why a torrent could not be added or run: now the crate's [`crate::Error`].
+pub type TorrentError = crate::Error;
 
 /// Bytes counters shared without a lock (read by stats, bumped on the data path).
 #[derive(Default, Debug)]

@@ -11,6 +11,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{verify, Counters, Torrent, TorrentEvent};
 use crate::config::SessionConfig;
+use crate::error::DisconnectReason;
 use crate::peer::{AnnounceOutcome, Announced, Hello, PeerHandler, PeerLink, Refusal};
 use crate::picker::PeerKey;
 use crate::rate::UploadLimit;
@@ -45,6 +46,10 @@ impl PeerHandler for Torrent {
 
     fn shutdown(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    fn metadata(&self) -> Option<&[u8]> {
+        Some(self.metainfo.info_bytes())
     }
 
     fn verify_drained(&self) -> &Notify {
@@ -126,7 +131,7 @@ impl PeerHandler for Torrent {
         Ok(link)
     }
 
-    fn left(&self, link: &PeerLink, dial_addr: Option<SocketAddr>, reason: String) {
+    fn left(&self, link: &PeerLink, dial_addr: Option<SocketAddr>, reason: DisconnectReason) {
         {
             let mut state = self.state();
             let entry = state.remove_peer(link.key);

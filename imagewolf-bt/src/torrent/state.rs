@@ -329,9 +329,7 @@ impl TorrentState {
             if !keep_new {
                 return Err(Refusal::AlreadyConnected);
             }
-            existing
-                .link
-                .close("replaced by a connection to the same peer");
+            existing.link.close(crate::DisconnectReason::Replaced);
         }
         if self.peers.len() >= max_peers {
             return Err(Refusal::TooManyPeers);

@@ -192,7 +192,7 @@ pub(crate) fn fail(torrent: &Torrent, message: String) {
 fn close_everything(torrent: &Torrent) {
     torrent.shutdown.send_replace(true);
     for peer in torrent.state().peers.values() {
-        peer.link.close("torrent stopped");
+        peer.link.close(crate::DisconnectReason::TorrentStopped);
     }
 }
 

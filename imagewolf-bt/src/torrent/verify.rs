@@ -106,7 +106,7 @@ async fn verify_inner(torrent: &Arc<Torrent>, job: PieceJob) {
         torrent.emit(TorrentEvent::HashFailed(piece));
     }
     for link in banned {
-        link.close("sent data that failed verification");
+        link.close(crate::DisconnectReason::Banned);
         torrent.emit(TorrentEvent::PeerBanned {
             addr: link.addr,
             peer_id: link.peer_id,
@@ -137,7 +137,7 @@ fn passed(
     for peer in state.peers.values() {
         peer.link.send(&Message::Have(piece.get()));
         if complete && peer.is_seed(num_pieces) {
-            peer.link.close("both sides are seeds");
+            peer.link.close(crate::DisconnectReason::BothSeeds);
         }
         // Interest in the others is withdrawn by their readers, which find nothing left
         // to pick at their next refill.

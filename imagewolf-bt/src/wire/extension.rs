@@ -47,6 +47,8 @@ pub struct ExtensionHandshake {
     /// Our address as the sender sees it: 4 (IPv4) or 16 (IPv6) bytes. Other lengths are
     /// dropped when decoding and must not be set when encoding.
     pub yourip: Option<Vec<u8>>,
+    /// BEP 9: the size of the sender's info dict, when it has one to serve.
+    pub metadata_size: Option<u64>,
 }
 
 fn parse_int<T: TryFrom<i64>>(obj: &Object<'_, '_>) -> Option<T> {
@@ -82,6 +84,9 @@ impl ExtensionHandshake {
         let result = encoder.emit_with(|e| {
             e.emit_dict(|mut d| {
                 d.emit_pair(b"m", &self.m)?;
+                if let Some(size) = self.metadata_size {
+                    d.emit_pair(b"metadata_size", size)?;
+                }
                 if let Some(p) = self.p {
                     d.emit_pair(b"p", p)?;
                 }
@@ -150,6 +155,7 @@ impl ExtensionHandshake {
                 }
                 b"p" => hs.p = parse_int::<u16>(&value).filter(|&p| p != 0),
                 b"reqq" => hs.reqq = parse_int::<u32>(&value),
+                b"metadata_size" => hs.metadata_size = parse_int::<u64>(&value),
                 b"yourip" => {
                     hs.yourip = match value {
                         Object::Bytes(ip) if ip.len() == 4 || ip.len() == 16 => Some(ip.to_vec()),

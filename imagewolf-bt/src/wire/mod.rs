@@ -51,6 +51,7 @@ mod handshake;
 mod message;
 
 pub mod bitfield;
+pub mod metadata;
 
 #[cfg(test)]
 mod tests;
@@ -99,4 +100,7 @@ pub enum WireError {
     /// The BEP 10 handshake payload is not a bencoded dictionary (or is too large).
     #[error("bad extension handshake: {0}")]
     BadExtensionHandshake(String),
+    /// A BEP 9 `ut_metadata` message is malformed.
+    #[error("bad ut_metadata message: {0}")]
+    BadMetadataMessage(String),
 }

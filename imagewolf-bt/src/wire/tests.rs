@@ -390,6 +390,7 @@ fn extension_handshake_encoding_is_canonical() {
         p: Some(6881),
         reqq: Some(2000),
         yourip: Some(vec![10, 0, 0, 1]),
+        metadata_size: None,
     };
     let bytes = hs.encode();
     assert_eq!(
@@ -619,7 +620,7 @@ proptest! {
             prop::collection::vec(any::<u8>(), 16),
         ]),
     ) {
-        let hs = ExtensionHandshake { m, v, p, reqq, yourip };
+        let hs = ExtensionHandshake { m, v, p, reqq, yourip, metadata_size: None };
         prop_assert_eq!(ExtensionHandshake::decode(&hs.encode()), Ok(hs));
     }
 
