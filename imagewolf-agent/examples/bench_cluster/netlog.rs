@@ -270,8 +270,9 @@ impl NetLog {
     }
 
     /// Frame bytes each node uploaded and downloaded between `t0` and `t1` (sampler
-    /// seconds).
+    /// seconds), `t1` clamped to the last sample (taken up to one period before the end).
     pub fn moved(&self, t0: f64, t1: f64) -> Option<(Vec<f64>, Vec<f64>)> {
+        let t1 = t1.min(self.samples.last()?.t);
         let (u0, d0) = self.at(t0)?;
         let (u1, d1) = self.at(t1)?;
         let diff = |a: Vec<f64>, b: Vec<f64>| a.iter().zip(&b).map(|(a, b)| b - a).collect();
