@@ -3,6 +3,8 @@
 //! with the cluster's request key when there is one ([`crate::auth`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,14 +14,61 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::auth::{ClusterKey, AUTH_HEADER};
+use crate::distributor::gossip::{Digest, Offers, Wants};
 use crate::image::{BlobOffer, Distribution, LeaseAnswer};
 
+/// How long an idle pooled connection is kept (the API closes idle ones after 10 s).
+const POOL_IDLE: Duration = Duration::from_secs(8);
 /// Time allowed for one agent-to-agent call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest reply accepted from another agent (a list of recent distributions).
 const MAX_REPLY: usize = 16 << 20;
 /// Largest `.torrent` of a blob chunk accepted (a chunk has at most a few thousand pieces).
 pub const MAX_TORRENT: usize = 1 << 20;
+
+/// Largest reply to a rumor (a list of wants).
+const MAX_SMALL_REPLY: usize = 64 << 10;
+/// Largest digest reply (256 entries of about 80 bytes).
+const MAX_DIGEST_REPLY: usize = 256 << 10;
+
+/// Rough bytes of a request head (request line, host, content headers, the signature)
+/// and of a response head: counted with the bodies in [`PeerTraffic`].
+const REQUEST_HEAD: u64 = 260;
+const RESPONSE_HEAD: u64 = 110;
+
+/// A JSON reply of at most `max` bytes.
+fn parse<T: serde::de::DeserializeOwned>(
+    agent: SocketAddr,
+    body: &[u8],
+    max: usize,
+) -> Result<T, PeerCallError> {
+    if body.len() > max {
+        return Err(PeerCallError::BadReply(
+            agent,
+            format!("a reply of {} bytes", body.len()),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))
+}
+
+/// What a [`PeerClient`] moved: calls made (a retry counts again), bytes sent and received
+/// (bodies, plus a typical head each way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Requests sent.
+    pub calls: u64,
+    /// Request bytes.
+    pub bytes_sent: u64,
+    /// Response bytes.
+    pub bytes_received: u64,
+}
+
+#[derive(Debug, Default)]
+struct TrafficCounters {
+    calls: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+}
 
 /// Why a call to another agent failed (it is retried later by the catch-up loop).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +92,7 @@ pub enum PeerCallError {
 pub struct PeerClient {
     client: Client<HttpConnector, Full<Bytes>>,
     key: Option<ClusterKey>,
+    traffic: Arc<TrafficCounters>,
 }
 
 impl PeerClient {
@@ -53,8 +103,12 @@ impl PeerClient {
         connector.set_connect_timeout(Some(CALL_TIMEOUT));
         connector.set_nodelay(true);
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                // The server ends idle connections after 10 s; let the pool drop them first.
+                .pool_idle_timeout(POOL_IDLE)
+                .build(connector),
             key,
+            traffic: Arc::default(),
         }
     }
 
@@ -86,6 +140,72 @@ impl PeerClient {
         self.call(agent, hyper::Method::POST, "/v1/distributions", body)
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/gossip` to `agent`: a rumor; what it wants of the offers.
+    pub async fn offer(&self, agent: SocketAddr, offers: &Offers) -> Result<Wants, PeerCallError> {
+        let body = serde_json::to_vec(offers)
+            .map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
+        let reply = self
+            .call(agent, hyper::Method::POST, "/v1/gossip", body)
+            .await?;
+        parse(agent, &reply, MAX_SMALL_REPLY)
+    }
+
+    /// `POST /v1/distributions/<id>?from=<k>&relay=<0|1>` to `agent`: the part of a
+    /// distribution it wanted (`delta`, from segment `from` on). Ok when it took it or
+    /// knew it already.
+    pub async fn deliver(
+        &self,
+        agent: SocketAddr,
+        from: usize,
+        relay: bool,
+        delta: &Distribution,
+    ) -> Result<(), PeerCallError> {
+        let body =
+            serde_json::to_vec(delta).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
+        let path = format!(
+            "/v1/distributions/{}?from={from}&relay={}",
+            delta.id,
+            u8::from(relay)
+        );
+        self.call(agent, hyper::Method::POST, &path, body)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/digest?hash=<h>` from `agent`: what it knows (entries only when its hash is
+    /// not `hash`).
+    pub async fn digest(&self, agent: SocketAddr, hash: &str) -> Result<Digest, PeerCallError> {
+        let path = format!("/v1/digest?hash={hash}");
+        let reply = self
+            .call(agent, hyper::Method::GET, &path, Vec::new())
+            .await?;
+        parse(agent, &reply, MAX_DIGEST_REPLY)
+    }
+
+    /// `GET /v1/distributions/<id>?from=<k>` from `agent`: that distribution from segment
+    /// `from` on.
+    pub async fn distribution_since(
+        &self,
+        agent: SocketAddr,
+        id: &str,
+        from: usize,
+    ) -> Result<Distribution, PeerCallError> {
+        let path = format!("/v1/distributions/{id}?from={from}");
+        let reply = self
+            .call(agent, hyper::Method::GET, &path, Vec::new())
+            .await?;
+        parse(agent, &reply, MAX_REPLY)
+    }
+
+    /// What this client has sent and received so far.
+    pub fn traffic(&self) -> PeerTraffic {
+        PeerTraffic {
+            calls: self.traffic.calls.load(Ordering::Relaxed),
+            bytes_sent: self.traffic.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.traffic.bytes_received.load(Ordering::Relaxed),
+        }
     }
 
     /// `GET /v1/distributions` from `agent`.
@@ -178,6 +298,16 @@ impl PeerClient {
         agent: SocketAddr,
         req: hyper::Request<Full<Bytes>>,
     ) -> Result<Bytes, Attempt> {
+        let sent = req
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len() as u64)
+            + hyper::body::Body::size_hint(req.body())
+                .exact()
+                .unwrap_or(0)
+            + REQUEST_HEAD;
+        self.traffic.calls.fetch_add(1, Ordering::Relaxed);
+        self.traffic.bytes_sent.fetch_add(sent, Ordering::Relaxed);
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 // A connect error means the agent is not there: no second try.
@@ -193,6 +323,9 @@ impl PeerClient {
                 .await
                 .map_err(|e| Attempt::Failed(PeerCallError::BadReply(agent, e.to_string())))?
                 .to_bytes();
+            self.traffic
+                .bytes_received
+                .fetch_add(body.len() as u64 + RESPONSE_HEAD, Ordering::Relaxed);
             if !status.is_success() {
                 return Err(Attempt::Failed(PeerCallError::Status(
                     agent,
@@ -225,8 +358,7 @@ impl Attempt {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

@@ -144,6 +144,14 @@ pub struct AgentMetrics {
     pub http_connections: u64,
     /// HTTP connections closed to make room, or turned away, at the connection limit.
     pub http_closed_for_room: u64,
+    /// HTTP connections accepted since the start.
+    pub http_accepted: u64,
+    /// Response body bytes sent, by route label.
+    pub http_response_bytes: BTreeMap<String, u64>,
+    /// Request body bytes received (as declared by `Content-Length`), by route label.
+    pub http_request_bytes: BTreeMap<String, u64>,
+    /// Calls this agent made to other agents, and their bytes (the control plane).
+    pub peer_calls: crate::peers::PeerTraffic,
     /// The distributor's slots and refusals.
     pub distribution: DistributionMetrics,
     /// The blob store's figures (`--distribution blobs`).
@@ -209,6 +217,9 @@ pub struct HttpCounters {
     rejected: AtomicU64,
     connections: AtomicU64,
     closed_for_room: AtomicU64,
+    accepted: AtomicU64,
+    response_bytes: Mutex<BTreeMap<&'static str, u64>>,
+    request_bytes: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl HttpCounters {
@@ -228,6 +239,23 @@ impl HttpCounters {
         if (400..500).contains(&code) {
             self.record_rejected();
         }
+    }
+
+    /// Counts the body bytes of a request (`request`) and of its response on `route`.
+    pub fn record_bytes(&self, route: &'static str, request: u64, response: u64) {
+        for (map, bytes) in [
+            (&self.request_bytes, request),
+            (&self.response_bytes, response),
+        ] {
+            let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+            let sum = map.entry(route).or_insert(0);
+            *sum = sum.saturating_add(bytes);
+        }
+    }
+
+    /// Counts an accepted connection.
+    pub fn record_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request refused without a response we sent (malformed HTTP, timeout).
@@ -270,11 +298,23 @@ impl HttpCounters {
             http_rejected: self.rejected(),
             http_connections: self.connections.load(Ordering::Relaxed),
             http_closed_for_room: self.closed_for_room.load(Ordering::Relaxed),
+            http_accepted: self.accepted.load(Ordering::Relaxed),
+            http_response_bytes: by_route(&self.response_bytes),
+            http_request_bytes: by_route(&self.request_bytes),
+            peer_calls: crate::peers::PeerTraffic::default(),
             distribution: DistributionMetrics::default(),
             store: None,
             mirror: None,
         }
     }
+}
+
+fn by_route(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<String, u64> {
+    map.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(&route, &n)| (route.to_owned(), n))
+        .collect()
 }
 
 /// A sample value: counts stay exact integers (an `f64` would round bytes past 2^53).
@@ -645,6 +685,60 @@ pub fn render_prometheus(images: &[ImageStats], agent: &AgentMetrics) -> String 
             &[("path", path), ("code", &code)],
             Num::Int(*count),
         );
+    }
+
+    family(
+        &mut out,
+        "imagewolf_http_response_bytes_total",
+        "counter",
+        "HTTP response body bytes sent, by route.",
+    );
+    for (path, bytes) in &agent.http_response_bytes {
+        sample(
+            &mut out,
+            "imagewolf_http_response_bytes_total",
+            &[("path", path)],
+            Num::Int(*bytes),
+        );
+    }
+    family(
+        &mut out,
+        "imagewolf_http_request_bytes_total",
+        "counter",
+        "HTTP request body bytes received (as declared), by route.",
+    );
+    for (path, bytes) in &agent.http_request_bytes {
+        sample(
+            &mut out,
+            "imagewolf_http_request_bytes_total",
+            &[("path", path)],
+            Num::Int(*bytes),
+        );
+    }
+    for (name, help, value) in [
+        (
+            "imagewolf_http_connections_accepted_total",
+            "HTTP connections accepted.",
+            agent.http_accepted,
+        ),
+        (
+            "imagewolf_agent_calls_total",
+            "Requests this agent sent to other agents (rumors, deltas, digests, leases).",
+            agent.peer_calls.calls,
+        ),
+        (
+            "imagewolf_agent_call_bytes_sent_total",
+            "Bytes of the requests this agent sent to other agents (bodies plus a typical head).",
+            agent.peer_calls.bytes_sent,
+        ),
+        (
+            "imagewolf_agent_call_bytes_received_total",
+            "Bytes of the replies this agent got from other agents (bodies plus a typical head).",
+            agent.peer_calls.bytes_received,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], Num::Int(value));
     }
 
     family(

@@ -12,6 +12,7 @@
 //! | `/metrics` | GET | Prometheus text 0.0.4 |
 //! | `/v1/distributions` | POST | `{"status": "started" \| "known" \| "ignored"}` |
 //! | `/v1/distributions` | GET | JSON array of [`Distribution`] |
+//! | `/v1/gossip`, `/v1/digest`, `/v1/distributions/<id>` | | the control plane (`gossip.rs`) |
 //! | `/announce?...` | GET | bencoded tracker reply |
 //! | `/v1/torrents/<info-hash>` | GET | a blob chunk's `.torrent` (registry-native path) |
 //! | `/v1/leases/<digest>?api=<ip:port>` | POST | mirror mode: a blob's coordinator says who reads it from the upstream ([`LeaseAnswer`]) |
@@ -26,8 +27,8 @@
 //!   wrong media type), logged at `warn`; the server keeps serving. Malformed HTTP that hyper
 //!   refuses before routing gets hyper's own bare 400 and is counted as rejected.
 //! - **Agent calls are authenticated before their body is read.** With a cluster secret,
-//!   `/v1/distributions` (both methods), `/v1/torrents/`, `/v1/leases/` and `/v1/blobs/`
-//!   need a valid
+//!   `/v1/distributions` (both methods), `/v1/distributions/<id>`, `/v1/gossip`,
+//!   `/v1/digest`, `/v1/torrents/`, `/v1/leases/` and `/v1/blobs/` need a valid
 //!   [`AUTH_HEADER`](crate::auth::AUTH_HEADER) (see [`crate::auth`]): checked from the
 //!   request head, so a client without the secret is answered 401 before it can make the
 //!   agent buffer a byte; a replayed or stale one too.
@@ -68,11 +69,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod body;
+mod gossip;
 mod server;
 
 pub use server::{MIN_BODY_STALL, MIN_IDLE_AGE};
 
 use crate::auth::{AuthError, ClusterKey, RequestAuth, AUTH_HEADER};
+use crate::distributor::gossip::{Digest, Offers, Wants};
 use crate::image::{BlobOffer, Distribution, LeaseAnswer};
 use crate::notification::{
     parse_hub_webhook, parse_registry_envelope_detailed, validate_image_ref, NotificationError,
@@ -158,6 +161,31 @@ pub trait AgentApi: Send + Sync + 'static {
     }
     /// Mirror mode's counters, when on.
     fn mirror_counts(&self) -> Option<crate::stats::MirrorCounts> {
+        None
+    }
+    /// This agent's calls to the others so far.
+    fn peer_traffic(&self) -> crate::peers::PeerTraffic {
+        crate::peers::PeerTraffic::default()
+    }
+    /// A rumor: which of the offered distributions this agent wants, from which segment.
+    fn on_offers(&self, offers: &Offers) -> Wants {
+        let _ = offers;
+        Wants::default()
+    }
+    /// The part of a distribution this agent wanted, from segment `from` on; `relay`: pass
+    /// it on to random agents.
+    fn on_delta(&self, from: usize, relay: bool, delta: Distribution) -> PushOutcome {
+        let _ = (from, relay, delta);
+        PushOutcome::Ignored("no control plane here".into())
+    }
+    /// What this agent knows, as a digest (entries left out if `their_hash` is the same).
+    fn digest(&self, their_hash: Option<&str>) -> Option<Digest> {
+        let _ = their_hash;
+        None
+    }
+    /// Distribution `id` from segment `from` on.
+    fn distribution_since(&self, id: &str, from: usize) -> Option<Distribution> {
+        let _ = (id, from);
         None
     }
 }
@@ -301,6 +329,9 @@ enum Route {
     Torrent,
     Lease,
     BlobOffer,
+    Gossip,
+    Digest,
+    DistributionById,
 }
 
 impl Route {
@@ -314,6 +345,9 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/v1/distributions" => Route::Distributions,
             "/announce" => Route::Announce,
+            "/v1/gossip" => Route::Gossip,
+            "/v1/digest" => Route::Digest,
+            p if gossip::is_distribution_path(p) => Route::DistributionById,
             p if p.strip_prefix("/v1/torrents/").is_some_and(is_info_hash) => Route::Torrent,
             p if p.strip_prefix("/v1/leases/").is_some_and(is_digest) => Route::Lease,
             p if p.strip_prefix("/v1/blobs/").is_some_and(is_digest) => Route::BlobOffer,
@@ -334,21 +368,25 @@ impl Route {
             Route::Torrent => "/v1/torrents",
             Route::Lease => "/v1/leases",
             Route::BlobOffer => "/v1/blobs",
+            Route::Gossip => "/v1/gossip",
+            Route::Digest => "/v1/digest",
+            Route::DistributionById => "/v1/distributions/<id>",
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
             Route::RegistryNotifications | Route::HubNotifications => "POST",
-            Route::Distributions => "GET, POST",
-            Route::Lease => "POST",
+            Route::Distributions | Route::DistributionById => "GET, POST",
+            Route::Lease | Route::Gossip => "POST",
             Route::Stats
             | Route::StoreStats
             | Route::Healthz
             | Route::Metrics
             | Route::Announce
             | Route::Torrent
-            | Route::BlobOffer => "GET",
+            | Route::BlobOffer
+            | Route::Digest => "GET",
         }
     }
 }
@@ -396,6 +434,11 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>, conn: &ConnState) -> Response
     let remote = conn.ip();
     let route = Route::from_path(req.uri().path());
     let method = req.method().clone();
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
     let path = quote_path(req.uri().path());
     let result = match route {
         None => Err(ApiError::new(
@@ -408,10 +451,11 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>, conn: &ConnState) -> Response
         tracing::warn!(%remote, %method, path, status = e.status.as_u16(), "API request refused: {}", e.message);
         e.into_response()
     });
-    ctx.counters.record(
-        route.map_or("other", Route::label),
-        response.status().as_u16(),
-    );
+    let label = route.map_or("other", Route::label);
+    ctx.counters.record(label, response.status().as_u16());
+    let bytes = hyper::body::Body::size_hint(response.body()).exact();
+    ctx.counters
+        .record_bytes(label, declared, bytes.unwrap_or(0));
     response
 }
 
@@ -425,8 +469,10 @@ async fn dispatch(
     let method = req.method();
     let allowed = match route {
         Route::RegistryNotifications | Route::HubNotifications => method == Method::POST,
-        Route::Distributions => method == Method::GET || method == Method::POST,
-        Route::Lease => method == Method::POST,
+        Route::Distributions | Route::DistributionById => {
+            method == Method::GET || method == Method::POST
+        }
+        Route::Lease | Route::Gossip => method == Method::POST,
         _ => method == Method::GET,
     };
     if !allowed {
@@ -443,9 +489,13 @@ async fn dispatch(
         check_webhook_token(&ctx.config, &req)?;
     }
     let body_hash = match route {
-        Route::Distributions | Route::Torrent | Route::Lease | Route::BlobOffer => {
-            check_agent_auth(ctx, &req)?
-        }
+        Route::Distributions
+        | Route::Torrent
+        | Route::Lease
+        | Route::BlobOffer
+        | Route::Gossip
+        | Route::Digest
+        | Route::DistributionById => check_agent_auth(ctx, &req)?,
         _ => None,
     };
     let api = &ctx.api;
@@ -499,6 +549,7 @@ async fn dispatch(
             agent.distribution = api.distribution_metrics();
             agent.store = api.store_stats();
             agent.mirror = api.mirror_counts();
+            agent.peer_calls = api.peer_traffic();
             let text = render_prometheus(&api.images(), &agent);
             Ok(bytes_response(Bytes::from(text), METRICS_CONTENT_TYPE))
         }
@@ -570,6 +621,9 @@ async fn dispatch(
                     "mirror mode is off on this agent",
                 )),
             }
+        }
+        Route::Gossip | Route::Digest | Route::DistributionById => {
+            gossip::dispatch(ctx, route, req, conn, body_hash).await
         }
         Route::BlobOffer => {
             let digest = req.uri().path().trim_start_matches("/v1/blobs/");

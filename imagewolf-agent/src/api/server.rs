@@ -243,6 +243,7 @@ pub(crate) async fn serve_with_limits(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    ctx.counters.record_accepted();
                     // `[::]` shows IPv4 clients as `::ffff:a.b.c.d`; the tracker wants a.b.c.d.
                     let ip = remote.ip().to_canonical();
                     let w = Waiting { stream, remote, ip, since: Instant::now() };

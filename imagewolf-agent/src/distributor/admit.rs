@@ -86,8 +86,17 @@ impl Distributor {
         (Accepted::Started, 0)
     }
 
-    /// Another agent announced a distribution: fetch and load it unless already known.
+    /// Another agent announced a distribution: fetch and load it unless already known. (A
+    /// whole announcement, `POST /v1/distributions`: its sender is taken to announce it to
+    /// every agent, so this node does not relay it; agents spread by `spread.rs`.)
     pub fn on_distribution(self: &Arc<Self>, d: Distribution) -> Accepted {
+        self.accept_distribution(d, false)
+    }
+
+    /// [`Distributor::on_distribution`], relaying the first version to random agents when
+    /// `relay` (rumors); every version this node learns goes on to the agents it delivered
+    /// the first to (`spread.rs`).
+    pub(super) fn accept_distribution(self: &Arc<Self>, d: Distribution, relay: bool) -> Accepted {
         if let Err(e) = check_distribution(&d) {
             return Accepted::Refused(e);
         }
@@ -125,6 +134,7 @@ impl Distributor {
         let key = d.image.dedup_key();
         // Later announcements of this distribution reach the run through here.
         let (updates_tx, updates) = tokio::sync::watch::channel(d.clone());
+        let mut spreading = updates_tx.subscribe();
         {
             let mut records = self.records();
             if records.in_progress(&key) {
@@ -161,6 +171,22 @@ impl Distributor {
             discard_tarballs(stale);
         }
         tracing::info!(image = %d.image, id = %d.id, segments = d.segments.len(), "announced: fetching from the swarm");
+        let spreader = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Each version this node learns (the record's updates) goes on; ends with the run.
+            let mut spread = super::spread::Spread::new(relay);
+            loop {
+                let current = spreading.borrow_and_update().clone();
+                let Some(this) = spreader.upgrade() else {
+                    return;
+                };
+                this.spread_version(&current, &mut spread).await;
+                drop(this);
+                if spreading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let this = Arc::clone(self);
         tokio::spawn(async move {
             if let Err(e) = this.receive(&key, updates).await {
@@ -187,22 +213,6 @@ impl Distributor {
                 self.config.max_torrents.max(1)
             ))
         })
-    }
-
-    /// Asks every other agent for its recent distributions and starts those we lack.
-    pub async fn catch_up(self: &Arc<Self>) {
-        for agent in self.other_agents() {
-            match self.client.distributions(agent).await {
-                Ok(list) => {
-                    for d in list {
-                        if self.on_distribution(d) == Accepted::Started {
-                            tracing::info!(%agent, "caught up on a distribution");
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!("catch-up: {e}"),
-            }
-        }
     }
 }
 

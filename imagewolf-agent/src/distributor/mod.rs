@@ -2,7 +2,9 @@
 //!
 //! Origin (the agent that heard the push): pull -> export streamed to the data dir while the
 //! torrent and a SHA-256 are computed in the same pass -> seed -> announce the
-//! [`Distribution`](crate::image::Distribution) to every other agent.
+//! [`Distribution`](crate::image::Distribution) by rumor (`gossip.rs`, `spread.rs`): to every
+//! other agent in a small cluster, else to a few random ones that pass it on; each growth
+//! goes down the same tree.
 //! Every other agent: skip if the runtime already has the image -> download from the swarm
 //! (rarest-first, every agent a peer, the origin's tracker) -> check the SHA-256 -> load ->
 //! keep seeding for `--seed-seconds`, then delete the tarball.
@@ -10,8 +12,8 @@
 //! Idempotence: one record per image key
 //! ([`ImageRef::dedup_key`](crate::image::ImageRef::dedup_key)) and per info-hash; a registry
 //! retrying an event or a repeated push finds the record and does nothing twice. A late or
-//! restarted agent catches up by asking the others for their recent distributions (at start
-//! and every [`CATCH_UP_EVERY`]).
+//! restarted agent catches up by anti-entropy: at start and every [`CATCH_UP_EVERY`] it asks
+//! one random agent for a digest of what it knows and fetches only what it lacks.
 //!
 //! Gates, in the order an image meets them:
 //! - **`--allow`** ([`Allowlist`]): checked in [`Distributor::on_push`] (webhooks, polling) and
@@ -54,7 +56,8 @@
 //! finished ones by [`FINISHED_KEPT`] (older ones are forgotten, leaving a small tombstone
 //! for [`FORGOTTEN_KEPT`] more so deduplication and the run limit outlive them).
 //!
-//! Files: `admit.rs` (entry points and their gates), `origin.rs`, `receive.rs`, `lifecycle.rs`
+//! Files: `admit.rs` (entry points and their gates), `gossip.rs` and `spread.rs` (the
+//! control plane: rumors, deltas, digests), `origin.rs`, `receive.rs`, `lifecycle.rs`
 //! (slots, seeding after the load, cleanup), `records.rs`, `retry.rs`, `views.rs` (/stats,
 //! /metrics, the catch-up listing, the tracker, the HTTP API adapter), `pacing.rs` (the
 //! upload cap while an origin reads its source).
@@ -77,6 +80,7 @@ mod admit;
 mod archive_check;
 pub mod blobs;
 mod feed;
+pub mod gossip;
 mod lifecycle;
 pub mod mirror;
 mod origin;
@@ -85,6 +89,7 @@ mod preload;
 mod receive;
 mod records;
 mod retry;
+mod spread;
 mod stall;
 mod views;
 
@@ -102,7 +107,7 @@ pub use views::{DistributorApi, LISTING_BYTES_MAX};
 /// with a 1 GiB image before these two bounds, 39 MiB with one whole-image torrent).
 pub const PIECE_MEMORY_PER_SEGMENT: u64 = 8 << 20;
 
-/// How often an agent asks the others what it may have missed.
+/// How often an agent asks one random agent for a digest of what it knows (anti-entropy).
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// Distributions older than this are not caught up on (nor offered to late joiners).
 pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(3600);
@@ -156,6 +161,9 @@ pub struct Distributor {
     intake: Arc<pacing::IntakeMeter>,
     /// The registry-native path, once enabled (`blobs/`).
     blobs: std::sync::OnceLock<BlobPath>,
+    /// Offers this node answered "want" to lately, so that the same version offered by
+    /// several agents at once is sent once (`spread.rs`).
+    pending: Mutex<spread::Pending>,
     /// Becomes true when the registry-native path is enabled: catch-up starts with the
     /// distributor, so a blob distribution can arrive a moment before it.
     blobs_enabled: watch::Sender<bool>,
@@ -230,15 +238,18 @@ impl Distributor {
             intake: Arc::default(),
             blobs: std::sync::OnceLock::new(),
             blobs_enabled: watch::Sender::new(false),
+            pending: Mutex::default(),
             config,
         });
         tokio::spawn(pacing::pace_uploads(Arc::downgrade(&this)));
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
+            let mut asks = spread::STARTUP_ASKS;
             loop {
                 let Some(this) = weak.upgrade() else { return };
-                this.catch_up().await;
+                this.catch_up_with(asks).await;
                 drop(this);
+                asks = 1;
                 tokio::time::sleep(CATCH_UP_EVERY).await;
             }
         });

@@ -230,32 +230,26 @@ impl Distributor {
         announce.send_replace(Some(d.clone()));
     }
 
-    /// Announces the latest version of a growing distribution to every other agent, until
-    /// the exporter is done (the last version is always sent). Versions published while a
-    /// round is out are merged into the next round: a slow agent delays updates, it does
-    /// not queue them.
+    /// Spreads the latest version of a growing distribution (`spread.rs`: the first to
+    /// [`fanout`](super::gossip::fanout) random agents, every agent in a small cluster, the
+    /// later ones to those that took the first), until the exporter is done (the last
+    /// version is always sent). Versions published while a round is out are merged into the
+    /// next round: a slow agent delays updates, it does not queue them.
     pub(super) async fn announce_updates(
         self: Arc<Self>,
         mut latest: watch::Receiver<Option<Distribution>>,
     ) {
+        let mut spread = super::spread::Spread::new(true);
         loop {
             let current = latest.borrow_and_update().clone();
             if let Some(d) = current {
-                let agents = self.other_agents();
                 tracing::info!(
                     image = %d.image,
-                    agents = agents.len(),
                     segments = d.segments.len(),
                     complete = d.is_complete(),
                     "announcing to the other agents"
                 );
-                let calls = agents.iter().map(|a| self.client.announce(*a, &d));
-                for result in futures::future::join_all(calls).await {
-                    if let Err(e) = result {
-                        // That agent catches up later (it asks every CATCH_UP_EVERY).
-                        tracing::warn!("announce: {e}");
-                    }
-                }
+                self.spread_version(&d, &mut spread).await;
             }
             if latest.changed().await.is_err() {
                 return;

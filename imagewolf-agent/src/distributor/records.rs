@@ -300,6 +300,12 @@ impl Records {
         })
     }
 
+    /// What a tombstone remembers of distribution `id`: (failed, runs).
+    pub(super) fn forgotten_id(&self, id: &str) -> Option<(bool, u32)> {
+        let key = self.forgotten.by_id.get(id)?;
+        self.forgotten.by_key.get(key).map(|t| (t.failed, t.runs))
+    }
+
     /// Starts `record` under `key`, replacing `previous` (a done record or a tombstone) and
     /// any record under `key`. Returns tarballs no record owns any more (delete them).
     pub(super) fn admit(

@@ -103,6 +103,11 @@ impl Distributor {
         }
     }
 
+    /// This agent's calls to the other agents so far (the control plane's cost).
+    pub fn peer_traffic(&self) -> crate::peers::PeerTraffic {
+        self.client.traffic()
+    }
+
     /// Number of other agents currently known.
     pub fn known_agents(&self) -> usize {
         self.other_agents().len()
@@ -176,6 +181,26 @@ impl crate::api::AgentApi for DistributorApi {
 
     fn mirror_counts(&self) -> Option<crate::stats::MirrorCounts> {
         self.0.mirror().map(|(_, m)| m.counts())
+    }
+
+    fn peer_traffic(&self) -> crate::peers::PeerTraffic {
+        self.0.peer_traffic()
+    }
+
+    fn on_offers(&self, offers: &super::gossip::Offers) -> super::gossip::Wants {
+        self.0.on_offers(offers)
+    }
+
+    fn on_delta(&self, from: usize, relay: bool, delta: Distribution) -> crate::api::PushOutcome {
+        self.0.on_delta(from, relay, delta).into()
+    }
+
+    fn digest(&self, their_hash: Option<&str>) -> Option<super::gossip::Digest> {
+        Some(self.0.digest(their_hash))
+    }
+
+    fn distribution_since(&self, id: &str, from: usize) -> Option<Distribution> {
+        self.0.distribution_since(id, from)
     }
 }
 
