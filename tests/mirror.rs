@@ -176,6 +176,21 @@ async fn a_scale_out_reads_each_blob_from_the_upstream_once_and_peers_serve_it_a
         before,
         "the sixth node asked the upstream for no blob"
     );
+    // What the nodes say they did (/metrics): five reads upstream in all, every other
+    // blob from a peer over BitTorrent, no fallback.
+    let mut upstream = 0;
+    let mut from_peers = 0;
+    for agent in &cluster.agents {
+        let m = http::request(agent.api, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
+        let text = m.text();
+        upstream += metric(&text, "imagewolf_mirror_blobs_upstream_total");
+        from_peers += metric(&text, "imagewolf_mirror_blobs_from_peers_total");
+        assert_eq!(metric(&text, "imagewolf_mirror_peer_fallbacks_total"), 0);
+    }
+    assert_eq!(upstream, 5);
+    assert_eq!(from_peers, 6 * 5 - 5);
     cluster.shutdown().await;
 }
 
