@@ -35,6 +35,7 @@ use imagewolf::containerd::Containerd;
 use imagewolf::docker::{build_test_image, Dockerd, Registry};
 use imagewolf::{http, ChildGuard};
 
+use crate::docker_runs::wait_pulls;
 use crate::measure::CpuMeter;
 use crate::report::{lower_bound, quantile, RunResult};
 use crate::swarm::{tail, QUIET_CORES, QUIET_WAIT};
@@ -456,45 +457,7 @@ fn pull_round(
         let guard = ChildGuard::spawn(&format!("ctr pull on node{i}"), &mut cmd)?;
         pulls.push((guard, log, None::<(f64, bool)>));
     }
-    let deadline = t0 + round.timeout;
-    let mut last_progress = Instant::now();
-    loop {
-        let mut pending = 0;
-        for (i, (guard, log, done)) in pulls.iter_mut().enumerate() {
-            if done.is_some() {
-                continue;
-            }
-            match guard.child.try_wait()? {
-                Some(status) => {
-                    *done = Some((t0.elapsed().as_secs_f64(), status.success()));
-                    if !status.success() {
-                        eprintln!("   node{i} pull FAILED ({status}): {}", tail(log));
-                    }
-                }
-                None => pending += 1,
-            }
-        }
-        if pending == 0 {
-            break;
-        }
-        if interrupted() {
-            bail!("interrupted");
-        }
-        if Instant::now() > deadline {
-            eprintln!("   {pending} pulls still running at the deadline; stopping them");
-            break;
-        }
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            last_progress = Instant::now();
-            eprintln!(
-                "   t={:>5.1}s  {} of {} pulled",
-                t0.elapsed().as_secs_f64(),
-                round.pullers - pending,
-                round.pullers
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_pulls(&mut pulls, t0, t0 + round.timeout)?;
     let active = meter.read();
     let net = sampler.finish();
     let mut times = Vec::new();

@@ -55,44 +55,7 @@ pub fn herd(
         let guard = ChildGuard::spawn(&format!("docker pull on node{i}"), &mut cmd)?;
         pulls.push((guard, log, None::<(f64, bool)>));
     }
-    let deadline = t0 + timeout;
-    let mut last_progress = Instant::now();
-    loop {
-        let mut pending = 0;
-        for (i, (guard, log, done)) in pulls.iter_mut().enumerate() {
-            if done.is_some() {
-                continue;
-            }
-            match guard.child.try_wait()? {
-                Some(status) => {
-                    *done = Some((t0.elapsed().as_secs_f64(), status.success()));
-                    if !status.success() {
-                        eprintln!("   node{i} pull FAILED ({status}): {}", tail(log));
-                    }
-                }
-                None => pending += 1,
-            }
-        }
-        if pending == 0 {
-            break;
-        }
-        if interrupted() {
-            bail!("interrupted");
-        }
-        if Instant::now() > deadline {
-            eprintln!("   {pending} pulls still running at the deadline; stopping them");
-            break;
-        }
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            last_progress = Instant::now();
-            eprintln!(
-                "   t={:>5.1}s  {} of {n} pulled",
-                t0.elapsed().as_secs_f64(),
-                n - pending
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_pulls(&mut pulls, t0, t0 + timeout)?;
     let active = meter.read();
     let mut times = Vec::new();
     let mut failed = 0;
@@ -518,4 +481,50 @@ fn busy_note(background: f64) -> Option<String> {
     (background >= QUIET_CORES).then(|| {
         format!("other work kept {background:.2} cores busy just before the start (shared machine)")
     })
+}
+
+/// A pull process, its log, and when it ended (seconds from the start, and success).
+pub type Pull = (ChildGuard, PathBuf, Option<(f64, bool)>);
+
+/// Waits for `pulls` to end, until `deadline`, reporting progress every 10 s; pulls still
+/// running at the deadline are left for the caller to stop.
+pub fn wait_pulls(pulls: &mut [Pull], t0: Instant, deadline: Instant) -> anyhow::Result<()> {
+    let n = pulls.len();
+    let mut last_progress = Instant::now();
+    loop {
+        let mut pending = 0;
+        for (i, (guard, log, done)) in pulls.iter_mut().enumerate() {
+            if done.is_some() {
+                continue;
+            }
+            match guard.child.try_wait()? {
+                Some(status) => {
+                    *done = Some((t0.elapsed().as_secs_f64(), status.success()));
+                    if !status.success() {
+                        eprintln!("   node{i} pull FAILED ({status}): {}", tail(log));
+                    }
+                }
+                None => pending += 1,
+            }
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        if interrupted() {
+            bail!("interrupted");
+        }
+        if Instant::now() > deadline {
+            eprintln!("   {pending} pulls still running at the deadline; stopping them");
+            return Ok(());
+        }
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = Instant::now();
+            eprintln!(
+                "   t={:>5.1}s  {} of {n} pulled",
+                t0.elapsed().as_secs_f64(),
+                n - pending
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
