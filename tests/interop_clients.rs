@@ -197,11 +197,12 @@ const PAYLOAD: usize = 32 << 20;
 /// Our time may be at most this many times libtorrent's with the same client...
 const MAX_RATIO: f64 = 2.0;
 /// ...or this long, whichever is more: aria2 and libtorrent move 32 MiB over loopback in
-/// about 0.1 s, so their figures are mostly connection setup, and theirs to us starts with an
-/// encrypted handshake we refuse (MSE is not implemented) and a plaintext retry on the
-/// client's own timer: measured 0.9-1.6 s for libtorrent to our seed against 0.6-0.7 s to
-/// its own. The floor keeps that known cost from failing the run; the transfer itself is
-/// compared by tests/interop_libtorrent.rs.
+/// about 0.1 s, so their figures are mostly connection setup on the client's own timers
+/// (measured: a libtorrent downloader takes 0.6-0.7 s from its first line to a connection,
+/// aria2 about 1 s either way). The floor keeps a client's startup from deciding the run;
+/// the transfer itself is compared by tests/interop_libtorrent.rs. (Until lt_client.py
+/// started its torrents unpaused, libtorrent hung up on every handshake for up to a
+/// second after it said it listened, and we, dialling at once, waited out a 1 s redial.)
 const NOISE_FLOOR: Duration = Duration::from_millis(1500);
 /// The most one transfer may take (Transmission: about 15 s).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(90);

@@ -44,17 +44,35 @@ def session(listen):
     return lt.session(settings)
 
 
+def active(params):
+    """Started at once: libtorrent adds a torrent paused and auto-managed, and until its queue
+    manager starts it (up to a second later) it hangs up on every peer's handshake."""
+    params.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+    return params
+
+
 def add(ses, torrent, save_dir, seed, magnet=False):
     if magnet:
         params = lt.parse_magnet_uri(torrent)
         params.save_path = save_dir
-        return ses.add_torrent(params)
+        return ses.add_torrent(active(params))
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(torrent)
     params.save_path = save_dir
     if seed:
         params.flags |= lt.torrent_flags.seed_mode
-    return ses.add_torrent(params)
+    return ses.add_torrent(active(params))
+
+
+def ready(h):
+    """Whether the torrent is past adding and checking, so a peer's handshake is answered."""
+    st = h.status()
+    if st.paused:
+        return False
+    if not st.has_metadata:
+        return True  # a magnet download: nothing to check before the metadata arrives
+    return st.state in (lt.torrent_status.states.downloading, lt.torrent_status.states.seeding,
+                        lt.torrent_status.states.finished)
 
 
 def main():
@@ -72,6 +90,11 @@ def main():
     h = add(ses, args.torrent, args.save_dir, args.mode == "seed", args.mode == "magnet")
     if args.mode == "magnet":
         args.mode = "download"
+    # "listening" means peers are answered: libtorrent accepts connections at once but hangs
+    # up on handshakes for a torrent still being added or checked.
+    ready_by = time.time() + 30
+    while not ready(h) and time.time() < ready_by:
+        time.sleep(0.01)
     emit(event="listening", port=ses.listen_port(), info_hash=str(h.info_hash()))
     for peer in args.peer:
         ip, port = peer.rsplit(":", 1)
