@@ -258,3 +258,129 @@ async fn a_lone_node_reads_the_upstream_and_a_miss_is_answered_at_once() {
     assert_eq!(r.status, 404);
     cluster.shutdown().await;
 }
+
+/// A blob body read as it comes: the response head, then the body so far.
+struct OpenBlob {
+    stream: tokio::net::TcpStream,
+    size: usize,
+    body: Vec<u8>,
+}
+
+impl OpenBlob {
+    /// Sends a GET for `path` and reads its head (status 200 required).
+    async fn get(endpoint: SocketAddr, path: &str) -> OpenBlob {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let head_end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                .await
+                .expect("no response head in 30 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before the head: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let size = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content-length");
+        OpenBlob {
+            stream,
+            size,
+            body: got[head_end..].to_vec(),
+        }
+    }
+
+    /// Reads until `at_least` body bytes are in, the body ends, or `wait` passes; returns
+    /// whether the connection ended.
+    async fn read_until(&mut self, at_least: usize, wait: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = vec![0u8; 1 << 20];
+        while self.body.len() < at_least {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.body.extend_from_slice(&buf[..n]),
+            }
+        }
+        false
+    }
+}
+
+/// The runtime is not kept waiting for the whole blob: what is in place streams while the
+/// rest arrives. A blob that fails its SHA-256 check at the end never reaches it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_streams_to_the_runtime_while_it_arrives_and_a_wrong_one_never_whole() {
+    let dir = TempDir::new("mirror-stream").unwrap();
+    let registry = MemRegistry::start(dir.path().join("registry"))
+        .await
+        .unwrap();
+    // 24 MiB: a 16 MiB chunk and an 8 MiB one.
+    let held = Blob::layer("held", 24 << 20, 7);
+    let wrong = Blob::layer("wrong", 20 << 20, 8);
+    let img = Image::new("linux", "amd64", None, vec![held.clone(), wrong.clone()]);
+    registry.push("library/app", "v1", &img).unwrap();
+    registry.hold_blob(&held.digest, 20 << 20);
+    registry.corrupt_blob(&wrong.digest);
+    let (cluster, endpoints) = mirrors(&dir, &registry, 1).await;
+    let ns = registry.addr();
+    let m = get(
+        endpoints[0],
+        &format!("/v2/library/app/manifests/v1?ns={ns}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.status, 200, "{}", m.text());
+
+    // The registry sends 20 MiB and stops: the first chunk (16 MiB) reaches the runtime.
+    let mut blob = OpenBlob::get(
+        endpoints[0],
+        &format!("/v2/library/app/blobs/{}?ns={ns}", held.digest),
+    )
+    .await;
+    assert_eq!(blob.size, held.bytes.len());
+    let ended = blob.read_until(16 << 20, Duration::from_secs(30)).await;
+    assert!(
+        !ended && blob.body.len() >= 16 << 20 && blob.body.len() < held.bytes.len(),
+        "with the registry holding the rest: {} bytes in, ended: {ended}",
+        blob.body.len()
+    );
+    assert_eq!(blob.body[..], held.bytes[..blob.body.len()]);
+    registry.release();
+    blob.read_until(blob.size, Duration::from_secs(30)).await;
+    assert_eq!(
+        sha256(&blob.body),
+        held.digest,
+        "the whole blob, once released"
+    );
+
+    // A body the registry gets wrong: everything but the last byte, then the cut.
+    let mut blob = OpenBlob::get(
+        endpoints[0],
+        &format!("/v2/library/app/blobs/{}?ns={ns}", wrong.digest),
+    )
+    .await;
+    let ended = blob.read_until(blob.size, Duration::from_secs(30)).await;
+    assert!(
+        ended && blob.body.len() < wrong.bytes.len(),
+        "a blob failing its check: {} of {} bytes, ended: {ended}",
+        blob.body.len(),
+        wrong.bytes.len()
+    );
+    assert_eq!(blob.body[..], wrong.bytes[..blob.body.len()]);
+    cluster.shutdown().await;
+}

@@ -23,12 +23,66 @@ struct State {
     blob_gets: usize,
     gets_by_digest: HashMap<String, usize>,
     blobs_down: bool,
+    /// Blobs served slowly or wrongly ([`MemRegistry::hold_blob`], [`MemRegistry::corrupt_blob`]).
+    gates: HashMap<String, Gate>,
+}
+
+/// How one blob is served instead of whole at once.
+#[derive(Clone)]
+struct Gate {
+    /// Bytes sent before waiting for [`MemRegistry::release`]; the rest follows then.
+    held_after: Option<u64>,
+    /// The last byte is sent flipped (the body no longer matches the digest).
+    corrupt: bool,
+}
+
+/// A gated blob, sent through the endpoint's arriving-blob path.
+struct GatedBlob {
+    bytes: Vec<u8>,
+    gate: Gate,
+    released: watch::Receiver<bool>,
+}
+
+impl endpoint::Arriving for GatedBlob {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, max: usize) -> endpoint::ReadAt<'_> {
+        Box::pin(async move {
+            let offset = offset as usize;
+            if self
+                .gate
+                .held_after
+                .is_some_and(|held| offset as u64 >= held)
+            {
+                let mut released = self.released.clone();
+                released
+                    .wait_for(|r| *r)
+                    .await
+                    .map_err(|_| std::io::Error::other("registry stopped"))?;
+            }
+            let end = match self.gate.held_after {
+                Some(held) if (offset as u64) < held => (held as usize).min(offset + max),
+                _ => offset + max,
+            }
+            .min(self.bytes.len());
+            let mut chunk = self.bytes[offset..end].to_vec();
+            if self.gate.corrupt && end == self.bytes.len() {
+                if let Some(last) = chunk.last_mut() {
+                    *last ^= 0xff;
+                }
+            }
+            Ok(Bytes::from(chunk))
+        })
+    }
 }
 
 /// What the in-process registry serves.
 struct Shelf {
     dir: PathBuf,
     state: Mutex<State>,
+    released: watch::Sender<bool>,
 }
 
 impl Content for Shelf {
@@ -50,12 +104,36 @@ impl Content for Shelf {
                 let mut state = self.state.lock().ok()?;
                 state.blob_gets += 1;
                 *state.gets_by_digest.entry(digest.to_owned()).or_default() += 1;
-                if state.blobs_down {
+                if state.blobs_down || state.gates.contains_key(digest) {
                     return None;
                 }
                 state.blobs.get(digest).cloned()?
             };
             Some((std::fs::File::open(path).ok()?, len))
+        })
+    }
+
+    /// Gated blobs only (everything else is a miss, as in any registry).
+    fn fetch_blob<'a>(
+        &'a self,
+        _upstream: endpoint::Upstream<'a>,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Option<endpoint::BlobSource>> {
+        Box::pin(async move {
+            let (path, gate) = {
+                let state = self.state.lock().ok()?;
+                if state.blobs_down {
+                    return None;
+                }
+                let gate = state.gates.get(digest)?.clone();
+                (state.blobs.get(digest)?.0.clone(), gate)
+            };
+            let blob = GatedBlob {
+                bytes: std::fs::read(path).ok()?,
+                gate,
+                released: self.released.subscribe(),
+            };
+            Some(endpoint::BlobSource::Arriving(Arc::new(blob)))
         })
     }
 }
@@ -76,6 +154,7 @@ impl MemRegistry {
         let shelf = Arc::new(Shelf {
             dir,
             state: Mutex::default(),
+            released: watch::Sender::new(false),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(endpoint::serve(
@@ -131,6 +210,32 @@ impl MemRegistry {
     pub fn set_blobs_down(&self, down: bool) {
         if let Ok(mut s) = self.shelf.state.lock() {
             s.blobs_down = down;
+        }
+    }
+
+    /// Blob `digest` is sent up to byte `after`, then nothing until [`MemRegistry::release`]
+    /// (a slow registry, or a large layer still on its way).
+    pub fn hold_blob(&self, digest: &str, after: u64) {
+        self.gate(digest, |g| g.held_after = Some(after));
+    }
+
+    /// Every held blob is sent on to its end, now and from now on.
+    pub fn release(&self) {
+        self.shelf.released.send_replace(true);
+    }
+
+    /// Blob `digest` is sent with its last byte flipped: whole, and wrong.
+    pub fn corrupt_blob(&self, digest: &str) {
+        self.gate(digest, |g| g.corrupt = true);
+    }
+
+    fn gate(&self, digest: &str, change: impl FnOnce(&mut Gate)) {
+        if let Ok(mut s) = self.shelf.state.lock() {
+            let gate = s.gates.entry(digest.to_owned()).or_insert(Gate {
+                held_after: None,
+                corrupt: false,
+            });
+            change(gate);
         }
     }
 

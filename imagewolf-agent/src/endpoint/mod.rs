@@ -42,6 +42,7 @@
 //!
 //! Counters ([`EndpointStats`], shared through [`EndpointConfig::stats`]) feed `/metrics`.
 
+mod body;
 mod route;
 
 #[cfg(test)]
@@ -57,8 +58,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
 };
@@ -118,7 +119,60 @@ pub trait Content: Send + Sync + 'static {
         let _ = (upstream, miss);
         Box::pin(async { false })
     }
+    /// Mirror mode: a blob [`Content::blob`] did not find, fetched from `upstream`. A
+    /// mirror may hand it over while it arrives ([`BlobSource::Arriving`]), so that the
+    /// runtime's ingest overlaps the transfer; `None` = not served (the runtime goes on to
+    /// its next host). The default is [`Content::fetch`] with [`Miss::Blob`], then
+    /// [`Content::blob`].
+    fn fetch_blob<'a>(
+        &'a self,
+        upstream: Upstream<'a>,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Option<BlobSource>> {
+        Box::pin(async move {
+            if self.fetch(upstream, Miss::Blob(digest)).await {
+                let (file, len) = self.blob(digest).await?;
+                Some(BlobSource::Stored(file, len))
+            } else {
+                None
+            }
+        })
+    }
 }
+
+/// Where the bytes of a blob come from.
+pub enum BlobSource {
+    /// A committed blob: an open file and its length.
+    Stored(std::fs::File, u64),
+    /// A blob still arriving, read in order as it lands.
+    Arriving(Arc<dyn Arriving>),
+}
+
+impl BlobSource {
+    fn size(&self) -> u64 {
+        match self {
+            BlobSource::Stored(_, len) => *len,
+            BlobSource::Arriving(blob) => blob.size(),
+        }
+    }
+}
+
+/// A blob still arriving (mirror mode). Its contract: every byte [`Arriving::read_at`]
+/// returns is the blob's, as far as can be known before its end: read from the upstream,
+/// or passed the swarm's piece checks; the last byte only once the whole blob passed its
+/// SHA-256 check. A blob that fails the check is an error, so the client gets a short
+/// body, never a whole wrong one (and the runtime checks the digest itself).
+pub trait Arriving: Send + Sync + 'static {
+    /// Its length in bytes.
+    fn size(&self) -> u64;
+    /// Between 1 and `max` bytes at `offset` (below [`Arriving::size`]), waiting until
+    /// they are in place; an error once the blob cannot be completed.
+    fn read_at(&self, offset: u64, max: usize) -> ReadAt<'_>;
+}
+
+/// What [`Arriving::read_at`] returns (`Sync`, as response bodies are).
+pub type ReadAt<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Bytes>> + Send + Sync + 'a>>;
 
 /// Whom a pull is for: the registry the runtime would otherwise ask, and the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -522,17 +576,15 @@ async fn blob(
 ) -> Response<Body> {
     let stats = &ctx.config.stats;
     let found = match ctx.content.blob(digest).await {
-        Some(found) => Some(found),
-        None if ctx.content.fetch(upstream, Miss::Blob(digest)).await => {
-            ctx.content.blob(digest).await
-        }
-        None => None,
+        Some((file, len)) => Some(BlobSource::Stored(file, len)),
+        None => ctx.content.fetch_blob(upstream, digest).await,
     };
-    let Some((file, len)) = found else {
+    let Some(source) = found else {
         EndpointStats::add(&stats.not_found, 1);
         tracing::debug!(digest, "endpoint: blob unknown");
         return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown", head);
     };
+    let len = source.size();
     // Range applies to GET only.
     let range = if head {
         RangeRequest::Full
@@ -563,7 +615,12 @@ async fn blob(
         if status == StatusCode::PARTIAL_CONTENT {
             EndpointStats::add(&stats.partial_responses, 1);
         }
-        file_body(file, start, count, Arc::clone(stats))
+        match source {
+            BlobSource::Stored(file, _) => body::file_body(file, start, count, Arc::clone(stats)),
+            BlobSource::Arriving(blob) => {
+                body::arriving_body(blob, start, count, Arc::clone(stats))
+            }
+        }
     };
     let mut resp = response(status, body);
     let headers = resp.headers_mut();
@@ -583,66 +640,6 @@ async fn blob(
         }
     }
     resp
-}
-
-/// `count` bytes of `file` from `start`, read [`BLOB_CHUNK`] at a time with positioned reads
-/// on the blocking pool. A file shorter than promised ends the body with an error (hyper then
-/// closes the connection, so the client sees a short body, never a wrong one).
-fn file_body(file: std::fs::File, start: u64, count: u64, stats: Arc<EndpointStats>) -> Body {
-    struct State {
-        file: Arc<std::fs::File>,
-        offset: u64,
-        remaining: u64,
-        stats: Arc<EndpointStats>,
-    }
-    let state = State {
-        file: Arc::new(file),
-        offset: start,
-        remaining: count,
-        stats,
-    };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        if st.remaining == 0 {
-            return None;
-        }
-        let want = usize::try_from(st.remaining.min(BLOB_CHUNK as u64)).unwrap_or(BLOB_CHUNK);
-        let file = Arc::clone(&st.file);
-        let offset = st.offset;
-        let read = tokio::task::spawn_blocking(move || read_chunk(&file, offset, want)).await;
-        let chunk = match read {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => {
-                st.remaining = 0;
-                return Some((Err(e), st));
-            }
-            Err(e) => {
-                st.remaining = 0;
-                return Some((Err(io::Error::other(e)), st));
-            }
-        };
-        st.offset += chunk.len() as u64;
-        st.remaining -= chunk.len() as u64;
-        EndpointStats::add(&st.stats.bytes_served, chunk.len() as u64);
-        Some((Ok(Frame::data(chunk)), st))
-    });
-    StreamBody::new(stream).boxed()
-}
-
-/// Reads exactly `want` bytes at `offset` (fewer is an `UnexpectedEof` error).
-fn read_chunk(file: &std::fs::File, offset: u64, want: usize) -> io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; want];
-    file.read_exact_at(&mut buf, offset).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("blob file ends before byte {}", offset + want as u64),
-            )
-        } else {
-            e
-        }
-    })?;
-    Ok(Bytes::from(buf))
 }
 
 fn hex(bytes: &[u8]) -> String {

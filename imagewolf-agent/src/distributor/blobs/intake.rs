@@ -85,6 +85,16 @@ impl BlobIntake {
         })
     }
 
+    /// The file the blob is landing in (unverified until [`BlobIntake::commit`]).
+    pub(in crate::distributor) fn file(&self) -> &std::path::Path {
+        self.writer.path()
+    }
+
+    /// Bytes on disk so far, from the start.
+    pub(in crate::distributor) fn written(&self) -> u64 {
+        self.writer.written()
+    }
+
     /// Reads the next chunk onto disk: its torrent and storage to seed it from; `None` once
     /// every chunk is in (then [`BlobIntake::commit`]).
     pub(in crate::distributor) async fn next_chunk(

@@ -193,6 +193,19 @@ impl crate::endpoint::Content for StoreContent {
             }
         })
     }
+
+    fn fetch_blob<'a>(
+        &'a self,
+        upstream: crate::endpoint::Upstream<'a>,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Option<crate::endpoint::BlobSource>> {
+        Box::pin(async move {
+            self.distributor
+                .upgrade()?
+                .mirror_fetch_blob(upstream, digest)
+                .await
+        })
+    }
 }
 
 impl Distributor {

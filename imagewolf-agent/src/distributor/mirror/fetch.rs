@@ -11,10 +11,11 @@ use imagewolf_bt::{AddTorrent, StartFrom, TorrentHandle};
 use tokio::sync::watch;
 
 use super::lease::{self, Grant};
+use super::stream::{self, Progress};
 use super::{lock, Mirror, Origin};
 use crate::distributor::blobs::{chunks, intake, BlobPath};
 use crate::distributor::Distributor;
-use crate::endpoint::{Miss, Upstream};
+use crate::endpoint::{BlobSource, Miss, Upstream};
 use crate::image::{BlobOffer, ImageRef, LeaseAnswer};
 use crate::registry::manifest::Descriptor;
 use crate::store::{Digest, StoreError};
@@ -40,24 +41,8 @@ impl Distributor {
         upstream: Upstream<'_>,
         miss: Miss<'_>,
     ) -> bool {
-        let Some((path, mirror)) = self.mirror() else {
+        let Some((path, mirror, image)) = self.mirror_for(upstream) else {
             return false;
-        };
-        let registry = mirror.upstream_registry(upstream.registry);
-        if !self
-            .config
-            .allow
-            .allows_name(&registry, upstream.repository)
-        {
-            mirror.stats.misses.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%registry, repository = upstream.repository, "mirror: not in --allow; not fetched");
-            return false;
-        }
-        let image = ImageRef {
-            registry,
-            repository: upstream.repository.to_owned(),
-            tag: None,
-            digest: None,
         };
         let result = match miss {
             Miss::Tag(tag) => {
@@ -65,16 +50,13 @@ impl Distributor {
                 let key = upstream.registry.unwrap_or(&image.registry).to_owned();
                 self.mirror_tag(path, mirror, &image, tag, &key).await
             }
-            Miss::Manifest(digest) => self.mirror_manifest(path, mirror, &image, digest, None).await,
-            Miss::Blob(digest) => match Digest::parse(digest) {
-                Ok(d) => match self.blob_origin(path, mirror, &image, &d).await {
-                    Some(origin) => {
-                        self.prefetch_siblings(path, mirror, &d, &origin);
-                        self.mirror_blob(d, origin).await
-                    }
-                    None => Err(format!("blob {d}: no manifest fetched here names it, and the upstream does not know its size")),
-                },
-                Err(e) => Err(e.to_string()),
+            Miss::Manifest(digest) => {
+                self.mirror_manifest(path, mirror, &image, digest, None)
+                    .await
+            }
+            Miss::Blob(digest) => match self.start_blob(path, mirror, &image, digest).await {
+                Ok((_, _, mut progress)) => wait_done(&mut progress).await,
+                Err(e) => Err(e),
             },
         };
         match result {
@@ -85,6 +67,88 @@ impl Distributor {
                 false
             }
         }
+    }
+
+    /// The endpoint's blob miss handler (`Content::fetch_blob`): the blob's fetch started
+    /// (or joined), and the blob handed over as soon as its first bytes are in place, read
+    /// while the rest arrives (`stream.rs`). `None`: not served, the runtime goes on to its
+    /// next host.
+    pub(crate) async fn mirror_fetch_blob(
+        self: &Arc<Self>,
+        upstream: Upstream<'_>,
+        digest: &str,
+    ) -> Option<BlobSource> {
+        let (path, mirror, image) = self.mirror_for(upstream)?;
+        let started = self.start_blob(path, mirror, &image, digest).await;
+        let failed = |e: String| {
+            mirror.stats.misses.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(registry = %image.registry, repository = %image.repository, digest, "mirror: blob not served ({e}); the runtime goes to its next host");
+            None
+        };
+        let (d, size, mut progress) = match started {
+            Ok(started) => started,
+            Err(e) => return failed(e),
+        };
+        let first = progress
+            .wait_for(|p| p.done.is_some() || p.ready > 0)
+            .await
+            .map(|p| p.done.clone());
+        match first {
+            Ok(Some(Ok(()))) | Err(_) if path.store.contains(&d) => path
+                .store
+                .open_blob(&d)
+                .map(|(file, len)| BlobSource::Stored(file, len)),
+            Ok(Some(Err(e))) => failed(e),
+            Err(_) => failed("the fetch went away".to_owned()),
+            Ok(_) => Some(BlobSource::Arriving(Arc::new(stream::ArrivingBlob::new(
+                d,
+                size,
+                Arc::clone(&path.store),
+                progress,
+            )))),
+        }
+    }
+
+    /// The path, the mirror and the image a pull for `upstream` is for, when mirror mode
+    /// is on and `--allow` names it.
+    fn mirror_for(&self, upstream: Upstream<'_>) -> Option<(&BlobPath, &Mirror, ImageRef)> {
+        let (path, mirror) = self.mirror()?;
+        let registry = mirror.upstream_registry(upstream.registry);
+        if !self
+            .config
+            .allow
+            .allows_name(&registry, upstream.repository)
+        {
+            mirror.stats.misses.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%registry, repository = upstream.repository, "mirror: not in --allow; not fetched");
+            return None;
+        }
+        let image = ImageRef {
+            registry,
+            repository: upstream.repository.to_owned(),
+            tag: None,
+            digest: None,
+        };
+        Some((path, mirror, image))
+    }
+
+    /// The fetch of blob `digest` of `image`, started or joined (with its image's other
+    /// blobs): the digest, the blob's size, and its progress.
+    async fn start_blob(
+        self: &Arc<Self>,
+        path: &BlobPath,
+        mirror: &Mirror,
+        image: &ImageRef,
+        digest: &str,
+    ) -> Result<(Digest, u64, watch::Receiver<Progress>), String> {
+        let d = Digest::parse(digest).map_err(|e| e.to_string())?;
+        let Some(origin) = self.blob_origin(path, mirror, image, &d).await else {
+            return Err(format!("blob {d}: no manifest fetched here names it, and the upstream does not know its size"));
+        };
+        self.prefetch_siblings(path, mirror, &d, &origin);
+        let size = origin.size;
+        let progress = self.mirror_blob_progress(d.clone(), origin);
+        Ok((d, size, progress))
     }
 
     /// The registry-native path and its mirror, when mirror mode is on.
@@ -241,46 +305,60 @@ impl Distributor {
         }
     }
 
-    /// Blob `d` into the store, once per node however many requests ask at once (the
-    /// fetch runs in a task of its own: a runtime that hangs up does not cancel it).
+    /// Blob `d` into the store, once per node however many requests ask at once.
     async fn mirror_blob(self: &Arc<Self>, d: Digest, origin: Origin) -> Result<(), String> {
-        let (path, mirror) = self.mirror().ok_or("mirror mode is off")?;
-        if path.store.contains(&d) {
-            return Ok(());
-        }
-        let mut done = {
-            let mut inflight = lock(&mirror.inflight);
-            if let Some(rx) = inflight.get(&d) {
-                rx.clone()
-            } else {
-                let (tx, rx) = watch::channel(None);
-                inflight.insert(d.clone(), rx.clone());
-                let this = Arc::clone(self);
-                let digest = d.clone();
-                tokio::spawn(async move {
-                    let result = this.mirror_blob_run(&digest, &origin).await;
-                    if let Err(e) = &result {
-                        tracing::warn!(%digest, "mirror: blob not fetched: {e}");
-                    }
-                    if let Some((_, mirror)) = this.mirror() {
-                        lock(&mirror.inflight).remove(&digest);
-                    }
-                    let _ = tx.send(Some(result));
-                });
-                rx
-            }
+        wait_done(&mut self.mirror_blob_progress(d, origin)).await
+    }
+
+    /// The progress of this node's fetch of blob `d`, started unless it runs (in a task of
+    /// its own: a runtime that hangs up does not cancel it).
+    fn mirror_blob_progress(
+        self: &Arc<Self>,
+        d: Digest,
+        origin: Origin,
+    ) -> watch::Receiver<Progress> {
+        let Some((path, mirror)) = self.mirror() else {
+            let (_, rx) = watch::channel(Progress {
+                done: Some(Err("mirror mode is off".to_owned())),
+                ..Progress::default()
+            });
+            return rx;
         };
-        let result = done
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| "the fetch went away".to_owned())?
-            .clone();
-        result.unwrap_or_else(|| Err("the fetch went away".to_owned()))
+        if path.store.contains(&d) {
+            let (_, rx) = watch::channel(Progress {
+                done: Some(Ok(())),
+                ..Progress::default()
+            });
+            return rx;
+        }
+        let mut inflight = lock(&mirror.inflight);
+        if let Some(rx) = inflight.get(&d) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Progress::default());
+        inflight.insert(d.clone(), rx.clone());
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = this.mirror_blob_run(&d, &origin, &tx).await;
+            if let Err(e) = &result {
+                tracing::warn!(digest = %d, "mirror: blob not fetched: {e}");
+            }
+            if let Some((_, mirror)) = this.mirror() {
+                lock(&mirror.inflight).remove(&d);
+            }
+            tx.send_modify(|p| p.done = Some(result));
+        });
+        rx
     }
 
     /// One node's fetch of blob `d`: ask its coordinator who reads it, fetch it from there
     /// over the swarm, else read it from the upstream here.
-    async fn mirror_blob_run(self: &Arc<Self>, d: &Digest, origin: &Origin) -> Result<(), String> {
+    async fn mirror_blob_run(
+        self: &Arc<Self>,
+        d: &Digest,
+        origin: &Origin,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), String> {
         let (path, mirror) = self.mirror().ok_or("mirror mode is off")?;
         let budget = path.store.stats().budget;
         if origin.size > budget {
@@ -323,7 +401,7 @@ impl Distributor {
         match grant {
             Grant::From(source) if source != me => {
                 match self
-                    .mirror_download(path, mirror, d, origin.size, source)
+                    .mirror_download(path, mirror, d, origin.size, source, progress)
                     .await
                 {
                     Ok(()) => {
@@ -341,7 +419,8 @@ impl Distributor {
             }
             _ => {}
         }
-        self.mirror_read_upstream(path, mirror, d, origin).await
+        self.mirror_read_upstream(path, mirror, d, origin, progress)
+            .await
     }
 
     /// This node, `d`'s coordinator, says who reads it for `requester`: this node when it
@@ -442,6 +521,7 @@ impl Distributor {
         mirror: &Mirror,
         d: &Digest,
         origin: &Origin,
+        progress: &watch::Sender<Progress>,
     ) -> Result<(), String> {
         let image = ImageRef {
             registry: origin.registry.clone(),
@@ -467,8 +547,11 @@ impl Distributor {
             let counter = self.intake.counter();
             let mut reading =
                 intake::BlobIntake::open(path, &image, &blob, d, &tracker, counter).await?;
+            progress.send_modify(|p| p.restart(reading.file().to_owned()));
             while let Some((meta, storage)) = reading.next_chunk().await? {
                 let len = meta.total_len();
+                let written = reading.written();
+                progress.send_modify(|p| p.ready = written);
                 let handle = self.seed(meta, storage).await?;
                 if offering {
                     mirror.offer_chunk(d, handle, len);
@@ -493,8 +576,10 @@ impl Distributor {
         d: &Digest,
         size: u64,
         source: SocketAddr,
+        progress: &watch::Sender<Progress>,
     ) -> Result<(), String> {
         let total = chunks::ranges(size).len();
+        progress.send_modify(|p| p.restart(path.store.partial_path(d)));
         let mut torrents: Vec<TorrentHandle> = Vec::new();
         let mut failures = 0;
         let mut last = (0u64, 0usize);
@@ -552,6 +637,17 @@ impl Distributor {
                 }
                 in_flight += 1;
             }
+            // The chunks complete from the start are the runtime's to read.
+            let ready: u64 = torrents
+                .iter()
+                .take_while(|t| t.stats().is_complete())
+                .map(|t| t.metainfo().total_len())
+                .sum();
+            progress.send_if_modified(|p| {
+                let grew = ready > p.ready;
+                p.ready = p.ready.max(ready);
+                grew
+            });
             if torrents.len() == total && torrents.iter().all(|t| t.stats().is_complete()) {
                 break match path.store.commit_partial(d, size).await {
                     Ok(()) => Ok(()),
@@ -627,5 +723,21 @@ impl Distributor {
                 }
             }
         });
+    }
+}
+
+/// Waits for the end of a blob's fetch.
+async fn wait_done(progress: &mut watch::Receiver<Progress>) -> Result<(), String> {
+    let waited = progress
+        .wait_for(|p| p.done.is_some())
+        .await
+        .map(|p| p.done.clone());
+    match waited {
+        Ok(Some(done)) => done,
+        _ => progress
+            .borrow()
+            .done
+            .clone()
+            .unwrap_or_else(|| Err("the fetch went away".to_owned())),
     }
 }

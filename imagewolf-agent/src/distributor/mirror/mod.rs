@@ -19,8 +19,13 @@
 //! - Pulls are for what `--allow` allows, through the agent's registry client (its host
 //!   policy, TLS roots and credentials).
 //!
+//! - A blob is handed to the runtime while it arrives (`stream.rs`): the endpoint reads
+//!   what is in place, so the runtime's ingest overlaps the transfer; the last byte waits
+//!   for the store's SHA-256 check.
+//!
 //! Files: `lease.rs` (sans-IO coordinator choice and lease table), `fetch.rs` (the flows),
-//! here the state and what other agents ask of this one.
+//! `stream.rs` (a blob read while it arrives), here the state and what other agents ask
+//! of this one.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +42,7 @@ use crate::store::Digest;
 
 mod fetch;
 pub mod lease;
+mod stream;
 
 /// Blob sizes and upstreams remembered from the manifests the mirror fetched.
 const MAX_KNOWN: usize = 16_384;
@@ -107,8 +113,8 @@ impl MirrorStats {
     }
 }
 
-/// The end of one blob's fetch, as the requests waiting for it see it.
-type FetchDone = watch::Receiver<Option<Result<(), String>>>;
+/// One blob's fetch, as the requests waiting for it see it.
+type FetchDone = watch::Receiver<stream::Progress>;
 
 /// Mirror mode's state on one node (inside the registry-native path's `BlobPath`).
 pub struct Mirror {
