@@ -402,7 +402,7 @@ mod size_tests {
     use crate::distributor::blobs::chunks;
     use crate::image::{Distribution, ImageRef};
 
-    /// The announcement of a complete 1 GiB image of four layers (32 chunk torrents), with a
+    /// The announcement of a complete 1 GiB image of four layers (36 chunk torrents), with a
     /// real-sized manifest and a signature: a few KiB, whatever the image's size, since piece
     /// hashes are fetched on demand.
     #[test]
@@ -478,7 +478,10 @@ mod size_tests {
             .iter()
             .map(|b| b.chunks.len())
             .sum();
-        assert_eq!(chunk_count, 33);
+        assert_eq!(
+            chunk_count, 37,
+            "nine chunks per 256 MiB layer, one for the config"
+        );
         assert!(json.len() < 6 << 10, "{} bytes", json.len());
     }
 }

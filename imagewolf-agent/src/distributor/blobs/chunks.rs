@@ -3,8 +3,8 @@
 //!
 //! Rule: the piece length is `piece_length_for(size)` and the chunk length a quarter of a
 //! small blob (at least 2 MiB) or an eighth of a large one (16-256 MiB), whole pieces
-//! ([`geometry`]); chunk
-//! `i` is the torrent named `<hex>.<i>` over bytes `i * chunk_len ..`. The announce URL is
+//! ([`geometry`]); a large blob's first chunk is cut after [`FIRST_CHUNK`] ([`ranges`]).
+//! Chunk `i` is the torrent named `<hex>.<i>` over the `i`-th range. The announce URL is
 //! outside the info dictionary, so it does not change the info-hash.
 
 use std::path::PathBuf;
@@ -27,6 +27,12 @@ pub(crate) const MIN_CHUNK: u64 = 2 << 20;
 pub(crate) const MIN_LARGE_CHUNK: u64 = 16 << 20;
 /// Largest chunk.
 pub(crate) const MAX_CHUNK: u64 = 256 << 20;
+/// A larger blob's first chunk is cut in two: its first 4 MiB, then the rest of it. A chunk
+/// spreads only once its reader has all of it, and a registry shared by an image's layers
+/// gives each read about 3 MB/s (100 Mbit/s, four layers): the cold-pull bench measured 5 s
+/// before any other node received a byte of 16 MiB first chunks. This also hands the
+/// runtime a blob's start sooner when it is read while it arrives (mirror mode).
+pub(crate) const FIRST_CHUNK: u64 = 4 << 20;
 
 /// Piece length and chunk length for a blob of `size` bytes (see [`SMALL_BLOB`] and
 /// [`MIN_LARGE_CHUNK`]), whole pieces.
@@ -40,13 +46,20 @@ pub(crate) fn geometry(size: u64) -> (u32, u64) {
     (piece, chunk.next_multiple_of(u64::from(piece)))
 }
 
-/// `(offset, len)` of each chunk of a blob of `size` bytes.
+/// `(offset, len)` of each chunk of a blob of `size` bytes: every `chunk_len` bytes (see
+/// [`geometry`]), the first chunk of a large blob cut after [`FIRST_CHUNK`].
 pub(crate) fn ranges(size: u64) -> Vec<(u64, u64)> {
-    let (_, chunk) = geometry(size);
+    let (piece, chunk) = geometry(size);
     let mut out = Vec::new();
     let mut offset = 0;
+    let head = FIRST_CHUNK.next_multiple_of(u64::from(piece));
+    if size > SMALL_BLOB && head < chunk.min(size) {
+        out.push((0, head));
+        offset = head;
+    }
     while offset < size {
-        let len = chunk.min(size - offset);
+        let end = (offset / chunk + 1) * chunk;
+        let len = end.min(size) - offset;
         out.push((offset, len));
         offset += len;
     }
@@ -112,11 +125,30 @@ mod tests {
             assert_eq!(r.iter().map(|(_, l)| l).sum::<u64>(), size);
             assert!(r.iter().all(|(o, _)| o % u64::from(piece) == 0));
             assert!(r.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
-            assert!(r[..r.len() - 1].iter().all(|(_, l)| *l == chunk));
+            // Each chunk ends on a chunk boundary or the blob's end, but the cut first one.
+            let head = FIRST_CHUNK.next_multiple_of(u64::from(piece));
+            assert!(r
+                .iter()
+                .all(|&(o, l)| (o + l) % chunk == 0 || o + l == size || (o, l) == (0, head)));
+            assert!(r.iter().all(|(_, l)| *l <= chunk));
         }
-        assert_eq!(ranges(128 << 20).len(), 8, "128 MiB: eight 16 MiB chunks");
-        assert_eq!(ranges(32 << 20).len(), 2, "32 MiB: two 16 MiB chunks");
-        assert_eq!(ranges(8 << 20).len(), 4, "8 MiB: four 2 MiB chunks");
+        let lens = |size: u64| {
+            ranges(size)
+                .iter()
+                .map(|(_, l)| l >> 20)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lens(128 << 20),
+            [4, 12, 16, 16, 16, 16, 16, 16, 16],
+            "128 MiB"
+        );
+        assert_eq!(
+            lens(32 << 20),
+            [4, 12, 16],
+            "32 MiB: the first 16 MiB cut after 4"
+        );
+        assert_eq!(lens(8 << 20), [2, 2, 2, 2], "8 MiB: four 2 MiB chunks");
         assert_eq!(ranges(1 << 20).len(), 1);
     }
 
@@ -142,7 +174,7 @@ mod tests {
             hashes(&two),
             "another node, another tracker: same info-hashes"
         );
-        assert_eq!(one.len(), 2, "20 MiB: a 16 MiB chunk and the rest");
+        assert_eq!(one.len(), 3, "20 MiB: 4 MiB, 12 MiB and the rest");
         let mut other = data.clone();
         other[5] ^= 1;
         let c = dir.join("c");
@@ -151,7 +183,7 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(hashes(&one)[0], hashes(&three)[0]);
-        assert_eq!(hashes(&one)[1], hashes(&three)[1]);
+        assert_eq!(hashes(&one)[1..], hashes(&three)[1..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
