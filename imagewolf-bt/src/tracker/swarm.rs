@@ -36,7 +36,13 @@ pub struct TrackerConfig {
     /// Re-announce interval told to clients (whole seconds on the wire, at least 1).
     /// `min interval` is half of it.
     pub interval: Duration,
-    /// A peer not heard from for this long is dropped (about twice `interval`).
+    /// Re-announce interval told to a client that has everything (`left=0`). A seed needs
+    /// no peers from the tracker (downloaders dial it); it announces only to stay listed,
+    /// so in an idle cluster, where every peer is a seed, this sets the tracker's load.
+    /// Never shorter than `interval`.
+    pub seed_interval: Duration,
+    /// A peer not heard from for this long is dropped (about twice `interval`); a peer told
+    /// a longer interval is kept for twice that.
     pub peer_ttl: Duration,
     /// Most peers registered per torrent.
     pub max_peers_per_torrent: usize,
@@ -54,11 +60,12 @@ pub struct TrackerConfig {
 }
 
 impl Default for TrackerConfig {
-    /// 60 s interval, 120 s peer lifetime, 2000 peers per torrent, 1000 torrents: a few
-    /// hundred MiB at worst, and room for any LAN cluster. `ip=` is ignored.
+    /// 60 s interval (300 s for seeds), 120 s peer lifetime, 2000 peers per torrent, 1000
+    /// torrents: a few hundred MiB at worst, and room for any LAN cluster. `ip=` is ignored.
     fn default() -> Self {
         TrackerConfig {
             interval: Duration::from_secs(60),
+            seed_interval: Duration::from_secs(300),
             peer_ttl: Duration::from_secs(120),
             max_peers_per_torrent: 2000,
             max_torrents: 1000,
@@ -80,6 +87,9 @@ struct Entry {
     addr: SocketAddr,
     left: u64,
     last_seen: Instant,
+    /// How long it stays listed after `last_seen` (twice the interval it was told, at least
+    /// `peer_ttl`).
+    ttl: Duration,
 }
 
 /// All swarms the tracker knows.
@@ -119,11 +129,16 @@ impl Swarms {
             _ => remote,
         };
         let addr = SocketAddr::new(ip.to_canonical(), req.port);
-        let ttl = self.config.peer_ttl;
+        let interval = if req.left == 0 {
+            self.config.seed_interval.max(self.config.interval)
+        } else {
+            self.config.interval
+        };
+        let ttl = self.config.peer_ttl.max(interval.saturating_mul(2));
 
         if !self.torrents.contains_key(&req.info_hash) {
             if req.event == Event::Stopped {
-                return Ok(self.reply(0, 0, Vec::new()));
+                return Ok(self.reply(interval, 0, 0, Vec::new()));
             }
             if self.torrents.len() >= self.config.max_torrents {
                 self.purge(now);
@@ -133,7 +148,7 @@ impl Swarms {
             }
         }
         let swarm = self.torrents.entry(req.info_hash).or_default();
-        swarm.retain(|id, e| is_live(e, ttl, now) && (id == &req.peer_id || e.addr != addr));
+        swarm.retain(|id, e| is_live(e, now) && (id == &req.peer_id || e.addr != addr));
 
         if req.event == Event::Stopped {
             swarm.remove(&req.peer_id);
@@ -142,6 +157,7 @@ impl Swarms {
                 addr,
                 left: req.left,
                 last_seen: now,
+                ttl,
             };
         } else if swarm.len() < self.config.max_peers_per_torrent {
             swarm.insert(
@@ -150,6 +166,7 @@ impl Swarms {
                     addr,
                     left: req.left,
                     last_seen: now,
+                    ttl,
                 },
             );
         }
@@ -180,11 +197,16 @@ impl Swarms {
         if swarm.is_empty() {
             self.torrents.remove(&req.info_hash);
         }
-        Ok(self.reply(seeds, leechers, peers))
+        Ok(self.reply(interval, seeds, leechers, peers))
     }
 
-    fn reply(&self, seeds: usize, leechers: usize, peers: Vec<ReplyPeer>) -> AnnounceReply {
-        let interval = self.config.interval;
+    fn reply(
+        &self,
+        interval: Duration,
+        seeds: usize,
+        leechers: usize,
+        peers: Vec<ReplyPeer>,
+    ) -> AnnounceReply {
         AnnounceReply {
             interval,
             min_interval: Some((interval / 2).max(Duration::from_secs(1))),
@@ -195,21 +217,20 @@ impl Swarms {
         }
     }
 
-    /// Drop every peer not heard from within `peer_ttl` of `now`, and empty swarms.
+    /// Drop every peer not heard from within its lifetime (`peer_ttl`, or twice the
+    /// interval it was told) of `now`, and empty swarms.
     pub fn purge(&mut self, now: Instant) {
-        let ttl = self.config.peer_ttl;
         self.torrents.retain(|_, swarm| {
-            swarm.retain(|_, e| is_live(e, ttl, now));
+            swarm.retain(|_, e| is_live(e, now));
             !swarm.is_empty()
         });
     }
 
     /// Live peers of one torrent at `now`.
     pub fn peer_count(&self, info_hash: &InfoHash, now: Instant) -> usize {
-        let ttl = self.config.peer_ttl;
         self.torrents
             .get(info_hash)
-            .map_or(0, |s| s.values().filter(|e| is_live(e, ttl, now)).count())
+            .map_or(0, |s| s.values().filter(|e| is_live(e, now)).count())
     }
 
     /// Torrents currently tracked (including ones whose peers expired but were not purged).
@@ -218,8 +239,8 @@ impl Swarms {
     }
 }
 
-fn is_live(e: &Entry, ttl: Duration, now: Instant) -> bool {
-    now.saturating_duration_since(e.last_seen) < ttl
+fn is_live(e: &Entry, now: Instant) -> bool {
+    now.saturating_duration_since(e.last_seen) < e.ttl
 }
 
 #[cfg(test)]
@@ -232,6 +253,7 @@ mod tests {
     fn config() -> TrackerConfig {
         TrackerConfig {
             interval: Duration::from_secs(10),
+            seed_interval: Duration::from_secs(40),
             peer_ttl: Duration::from_secs(20),
             max_peers_per_torrent: 300,
             max_torrents: 3,
@@ -276,10 +298,33 @@ mod tests {
         assert_eq!(ports(&r2), [1001]);
         assert_eq!(r2.peers[0].peer_id, Some(PeerId([1; 20])));
         assert_eq!((r2.complete, r2.incomplete), (1, 1));
-        assert_eq!(r2.interval, Duration::from_secs(10));
-        assert_eq!(r2.min_interval, Some(Duration::from_secs(5)));
+        // A seed only needs to stay listed: told the seed interval.
+        assert_eq!(r2.interval, Duration::from_secs(40));
+        assert_eq!(r2.min_interval, Some(Duration::from_secs(20)));
         let r1 = s.announce(&req(1, 1001, Event::None), LOCAL, now).unwrap();
         assert_eq!(ports(&r1), [1002]);
+        assert_eq!(r1.interval, Duration::from_secs(10));
+        assert_eq!(r1.min_interval, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_seed_stays_listed_for_twice_its_longer_interval() {
+        let mut s = Swarms::new(config());
+        let t0 = Instant::now();
+        let mut seed = req(2, 1002, Event::Started);
+        seed.left = 0;
+        s.announce(&seed, LOCAL, t0).unwrap();
+        s.announce(&req(1, 1001, Event::Started), LOCAL, t0)
+            .unwrap();
+        // Past peer_ttl (20 s): the downloader is gone, the seed (told 40 s) is not.
+        let later = t0 + Duration::from_secs(30);
+        let r = s
+            .announce(&req(3, 1003, Event::Started), LOCAL, later)
+            .unwrap();
+        assert_eq!(ports(&r), [1002]);
+        // The seed stays until twice its interval (80 s), the latest downloader 20 s.
+        assert_eq!(s.peer_count(&T, t0 + Duration::from_secs(79)), 1);
+        assert_eq!(s.peer_count(&T, t0 + Duration::from_secs(81)), 0);
     }
 
     #[test]

@@ -163,7 +163,8 @@ async fn raw_libtorrent_style_request_gets_a_bencoded_dict() {
         .replace("compact=1", "compact=0")
         .replace("&no_peer_id=1", "");
     let (_, body) = raw_get(server.local_addr(), &format!("/announce?{query}")).await;
-    assert!(body.starts_with(b"d8:completei1e10:incompletei1e8:intervali60e"));
+    // A seed (`left=0`) is told the seed interval.
+    assert!(body.starts_with(b"d8:completei1e10:incompletei1e8:intervali300e"));
     assert!(
         body.windows(9).any(|w| w == b"5:peersld"),
         "{}",
