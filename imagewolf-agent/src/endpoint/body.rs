@@ -1,7 +1,7 @@
-//! Blob bodies: a stored file read with positioned reads on the blocking pool, or a blob
-//! still arriving read as it lands ([`Arriving`]). Either ends with an error, never with
-//! wrong bytes, when what was promised cannot be read (hyper then cuts the connection, so
-//! the client sees a short body).
+//! Blob bodies: an [`Arriving`] blob read in order, a stored file ([`StoredFile`]) or a
+//! blob still landing. Either ends with an error, never with wrong bytes, when what was
+//! promised cannot be read (hyper then cuts the connection, so the client sees a short
+//! body).
 
 use std::io;
 use std::sync::Arc;
@@ -12,56 +12,39 @@ use hyper::body::Frame;
 
 use super::{Arriving, Body, EndpointStats, BLOB_CHUNK};
 
-/// `count` bytes of `file` from `start`, read [`BLOB_CHUNK`] at a time with positioned reads
-/// on the blocking pool. A file shorter than promised ends the body with an error (hyper then
-/// closes the connection, so the client sees a short body, never a wrong one).
-pub(super) fn file_body(
-    file: std::fs::File,
-    start: u64,
-    count: u64,
-    stats: Arc<EndpointStats>,
-) -> Body {
-    struct State {
-        file: Arc<std::fs::File>,
-        offset: u64,
-        remaining: u64,
-        stats: Arc<EndpointStats>,
-    }
-    let state = State {
-        file: Arc::new(file),
-        offset: start,
-        remaining: count,
-        stats,
-    };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        if st.remaining == 0 {
-            return None;
-        }
-        let want = usize::try_from(st.remaining.min(BLOB_CHUNK as u64)).unwrap_or(BLOB_CHUNK);
-        let file = Arc::clone(&st.file);
-        let offset = st.offset;
-        let read = tokio::task::spawn_blocking(move || read_chunk(&file, offset, want)).await;
-        let chunk = match read {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => {
-                st.remaining = 0;
-                return Some((Err(e), st));
-            }
-            Err(e) => {
-                st.remaining = 0;
-                return Some((Err(io::Error::other(e)), st));
-            }
-        };
-        st.offset += chunk.len() as u64;
-        st.remaining -= chunk.len() as u64;
-        EndpointStats::add(&st.stats.bytes_served, chunk.len() as u64);
-        Some((Ok(Frame::data(chunk)), st))
-    });
-    StreamBody::new(stream).boxed()
+/// A committed blob's file: read with positioned reads on the blocking pool (an
+/// [`Arriving`] blob that has all arrived).
+pub(super) struct StoredFile {
+    file: Arc<std::fs::File>,
+    size: u64,
 }
 
-/// Reads exactly `want` bytes at `offset` (fewer is an `UnexpectedEof` error).
-fn read_chunk(file: &std::fs::File, offset: u64, want: usize) -> io::Result<Bytes> {
+impl StoredFile {
+    pub(super) fn new(file: std::fs::File, size: u64) -> Self {
+        StoredFile {
+            file: Arc::new(file),
+            size,
+        }
+    }
+}
+
+impl Arriving for StoredFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, max: usize) -> super::ReadAt<'_> {
+        let file = Arc::clone(&self.file);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read_chunk(&file, offset, max))
+                .await
+                .map_err(io::Error::other)?
+        })
+    }
+}
+
+/// Reads exactly `want` bytes of `file` at `offset` (fewer is an `UnexpectedEof` error).
+pub(crate) fn read_chunk(file: &std::fs::File, offset: u64, want: usize) -> io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; want];
     file.read_exact_at(&mut buf, offset).map_err(|e| {
@@ -77,9 +60,9 @@ fn read_chunk(file: &std::fs::File, offset: u64, want: usize) -> io::Result<Byte
     Ok(Bytes::from(buf))
 }
 
-/// `count` bytes of a blob still arriving, from `start`, [`BLOB_CHUNK`] at most at a time,
-/// each read waiting until its bytes are in place.
-pub(super) fn arriving_body(
+/// `count` bytes of `blob` from `start`, [`BLOB_CHUNK`] at most at a time, each read
+/// waiting until its bytes are in place (at once for a [`StoredFile`]).
+pub(super) fn blob_body(
     blob: Arc<dyn Arriving>,
     start: u64,
     count: u64,

@@ -45,6 +45,8 @@
 mod body;
 mod route;
 
+pub(crate) use body::read_chunk;
+
 #[cfg(test)]
 mod tests;
 
@@ -615,12 +617,11 @@ async fn blob(
         if status == StatusCode::PARTIAL_CONTENT {
             EndpointStats::add(&stats.partial_responses, 1);
         }
-        match source {
-            BlobSource::Stored(file, _) => body::file_body(file, start, count, Arc::clone(stats)),
-            BlobSource::Arriving(blob) => {
-                body::arriving_body(blob, start, count, Arc::clone(stats))
-            }
-        }
+        let blob: Arc<dyn Arriving> = match source {
+            BlobSource::Stored(file, len) => Arc::new(body::StoredFile::new(file, len)),
+            BlobSource::Arriving(blob) => blob,
+        };
+        body::blob_body(blob, start, count, Arc::clone(stats))
     };
     let mut resp = response(status, body);
     let headers = resp.headers_mut();

@@ -122,11 +122,11 @@ impl ArrivingBlob {
             if offset < limit {
                 let want = usize::try_from(limit - offset).map_or(max, |n| n.min(max));
                 let read = match self.file(generation, now.file.as_ref()) {
-                    Ok(file) => {
-                        tokio::task::spawn_blocking(move || read_exact_at(&file, offset, want))
-                            .await
-                            .map_err(io::Error::other)?
-                    }
+                    Ok(file) => tokio::task::spawn_blocking(move || {
+                        crate::endpoint::read_chunk(&file, offset, want)
+                    })
+                    .await
+                    .map_err(io::Error::other)?,
                     Err(e) => Err(e),
                 };
                 match read {
@@ -165,11 +165,4 @@ impl crate::endpoint::Arriving for ArrivingBlob {
     fn read_at(&self, offset: u64, max: usize) -> crate::endpoint::ReadAt<'_> {
         Box::pin(self.read(offset, max))
     }
-}
-
-fn read_exact_at(file: &std::fs::File, offset: u64, want: usize) -> io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; want];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(Bytes::from(buf))
 }
