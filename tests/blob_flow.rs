@@ -11,7 +11,7 @@ use std::time::Duration;
 use imagewolf::agent_api::{notify_push, wait_for_state};
 use imagewolf::docker::Registry;
 use imagewolf::http;
-use imagewolf::local_agents::{stored_blobs, LocalAgents};
+use imagewolf::local_agents::{stored_blobs, HeldPort, LocalAgents};
 use imagewolf::oci::{self, Blob, Image};
 use imagewolf::TempDir;
 use imagewolf_agent::registry::manifest::Platform;
@@ -83,8 +83,9 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         imagewolf_agent::registry::RegistrySource::new().with_policy(policy.clone()),
     );
     // One more agent (amd64) joins at the end: the others list its address from the start.
-    // Its port stays closed until then (a reserved listener nobody accepts on would hold
-    // every announcement to it until its timeout).
+    // Until then its port closes every connection at once (a reserved listener nobody
+    // accepts on would hold every announcement to it until its timeout; a closed port could
+    // be taken by another socket before the agent starts).
     let (mut cluster, late) = LocalAgents::start(
         dir.path().to_path_buf(),
         vec![Some(source), None, None, None],
@@ -93,8 +94,7 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     .await
     .unwrap();
     cluster.registry_policy = policy;
-    let late_addr = late[0].local_addr().unwrap();
-    drop(late);
+    let late = HeldPort::hold(late.into_iter().next().unwrap());
     let node_platforms: Vec<Platform> =
         ["linux/amd64", "linux/amd64", "linux/arm64", "linux/arm/v7"]
             .iter()
@@ -243,8 +243,10 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     // (newest first, both at once): it takes its platform out of v1's index, and gets v2,
     // without the registry.
     let before = registry.blob_get_count();
-    let listener = tokio::net::TcpListener::bind(late_addr).await.unwrap();
-    cluster.start_late(listener, None).await.unwrap();
+    cluster
+        .start_late(late.release().await, None)
+        .await
+        .unwrap();
     cluster
         .enable_blobs(4, 1 << 30, node_platforms[0], &[])
         .await

@@ -326,3 +326,33 @@ pub fn stored_blobs(data_dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The port of an agent that has not started yet, kept: every connection to it is closed at
+/// once (as to a node that is down), and no other socket can take the port meanwhile (an
+/// outgoing connection's ephemeral source port could, were it free).
+pub struct HeldPort {
+    release: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<TcpListener>,
+}
+
+impl HeldPort {
+    /// Starts closing connections to `listener`.
+    pub fn hold(listener: TcpListener) -> HeldPort {
+        let (release, mut released) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut released => return listener,
+                    accepted = listener.accept() => drop(accepted),
+                }
+            }
+        });
+        HeldPort { release, task }
+    }
+
+    /// The listener back, for the agent that starts now.
+    pub async fn release(self) -> TcpListener {
+        let _ = self.release.send(());
+        self.task.await.expect("the port holder panicked")
+    }
+}
