@@ -36,6 +36,44 @@ fn lt_client(args: &[&str]) -> ChildGuard {
     ChildGuard::spawn("libtorrent client", &mut cmd).unwrap()
 }
 
+/// Runs `lt_client.py ARGS OUT_DIR` (listening anywhere on loopback, giving up after
+/// `timeout_secs`), waits for it, and checks it completed with `payload` as `image.tar`.
+async fn lt_downloads(args: &[&str], out_dir: &std::path::Path, timeout_secs: u64, payload: &[u8]) {
+    let timeout = timeout_secs.to_string();
+    let mut all = args.to_vec();
+    all.extend([
+        out_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--timeout",
+        &timeout,
+    ]);
+    let mut lt = lt_client(&all);
+    let stdout = lt.child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let wait = Duration::from_secs(timeout_secs + 30);
+    let lines = tokio::time::timeout(wait, lines)
+        .await
+        .unwrap_or_else(|_| panic!("libtorrent ({}) did not finish in {wait:?}", args[0]))
+        .unwrap();
+    let status = lt.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success() && lines.iter().any(|l| l.contains("\"complete\"")),
+        "libtorrent ({}) did not complete: {status}\n{}",
+        args[0],
+        lines.join("\n")
+    );
+    assert!(
+        std::fs::read(out_dir.join("image.tar")).unwrap() == payload,
+        "libtorrent's copy differs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libtorrent_downloads_from_our_seed_through_our_tracker() {
     let dir = TempDir::new("lt-down").unwrap();
@@ -68,36 +106,8 @@ async fn libtorrent_downloads_from_our_seed_through_our_tracker() {
     let out_dir = dir.path().join("lt");
     std::fs::create_dir_all(&out_dir).unwrap();
     // No --peer: libtorrent must find our seed through our tracker.
-    let mut lt = lt_client(&[
-        "download",
-        torrent_path.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--timeout",
-        "120",
-    ]);
-    let stdout = lt.child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(150), lines)
-        .await
-        .expect("libtorrent did not finish in 150 s")
-        .unwrap();
-    let status = lt.wait_timeout(Duration::from_secs(10)).unwrap();
-    assert!(
-        status.success() && lines.iter().any(|l| l.contains("\"complete\"")),
-        "libtorrent did not complete: {status}\n{}",
-        lines.join("\n")
-    );
-    assert!(
-        std::fs::read(out_dir.join("image.tar")).unwrap() == payload,
-        "libtorrent's copy differs"
-    );
+    let torrent = torrent_path.to_str().unwrap();
+    lt_downloads(&["download", torrent], &out_dir, 120, &payload).await;
     assert!(
         handle.stats().uploaded >= PAYLOAD as u64,
         "our seed did not upload the payload"
@@ -216,36 +226,7 @@ async fn libtorrent_downloads_from_our_seed_by_magnet_link() {
     let link = imagewolf_bt::Magnet::new(meta.info_hash(), [seed.listen_addr()]).to_string();
     let out_dir = dir.path().join("lt");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let mut lt = lt_client(&[
-        "magnet",
-        &link,
-        out_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--timeout",
-        "60",
-    ]);
-    let stdout = lt.child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(90), lines)
-        .await
-        .expect("libtorrent did not finish in 90 s")
-        .unwrap();
-    let status = lt.wait_timeout(Duration::from_secs(10)).unwrap();
-    assert!(
-        status.success() && lines.iter().any(|l| l.contains("\"complete\"")),
-        "libtorrent did not complete from a magnet link: {status}\n{}",
-        lines.join("\n")
-    );
-    assert!(
-        std::fs::read(out_dir.join("image.tar")).unwrap() == payload,
-        "libtorrent's copy differs"
-    );
+    lt_downloads(&["magnet", &link], &out_dir, 60, &payload).await;
     assert!(handle.stats().uploaded >= payload.len() as u64);
     seed.shutdown().await;
 }
