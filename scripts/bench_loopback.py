@@ -179,8 +179,11 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
-    ok = med["imagewolf-bt"] >= 0.8 * med["iperf3"] and med["imagewolf-bt"] > med["libtorrent"]
-    print(f"\ntarget (>= 0.8 x iperf3 and ahead of libtorrent): {'met' if ok else 'MISSED'}")
+    # Issue 19's target: 1.5x libtorrent run the same way in the same run (iperf3 is the
+    # ceiling for reference; no engine that hashes and stores every byte gets near it).
+    ratio = med["imagewolf-bt"] / med["libtorrent"]
+    ok = ratio >= 1.5
+    print(f"\ntarget (>= 1.5 x libtorrent in the same run): {ratio:.2f}x, {'met' if ok else 'MISSED'}")
 
 
 if __name__ == "__main__":
