@@ -19,6 +19,7 @@ use crate::torrent::{
     AddTorrent, Counters, StartFrom, Torrent, TorrentError, TorrentHandle, TorrentStats,
     TorrentStatus, TorrentTable,
 };
+use crate::tracker::{TrackerConfig, TrackerServer};
 use crate::wire::Handshake;
 use crate::{InfoHash, PeerId};
 
@@ -84,6 +85,8 @@ struct Inner {
     upload_limit: Arc<UploadLimit>,
     /// Set by [`Session::shutdown`].
     closed: std::sync::atomic::AtomicBool,
+    /// The in-memory tracker run with the session ([`SessionBuilder::tracker`]), if any.
+    tracker: Option<TrackerServer>,
 }
 
 /// The accept loop's task, aborted (and every torrent told to stop) when the last
@@ -127,6 +130,7 @@ pub type SessionError = crate::Error;
 #[must_use]
 pub struct SessionBuilder {
     config: SessionConfig,
+    tracker: Option<(SocketAddr, TrackerConfig)>,
 }
 
 impl SessionBuilder {
@@ -160,9 +164,60 @@ impl SessionBuilder {
         self
     }
 
-    /// Binds the listen socket and starts the session.
+    /// Also runs an in-memory HTTP tracker on `addr` (port 0: any free port) for as long as
+    /// the session runs, with [`TrackerConfig::default`]. Peers that know only a `.torrent`
+    /// or a magnet link then find this session, and each other, through it: put
+    /// [`Session::tracker_url`] in the torrents you make. The session lists its own torrents
+    /// that name that URL in the tracker the moment they are added, so a peer that announces
+    /// right after finds them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), imagewolf_bt::Error> {
+    /// use std::sync::Arc;
+    /// use imagewolf_bt::{metainfo::TorrentBuilder, storage::MemoryStorage};
+    /// use imagewolf_bt::{AddTorrent, Session, StartFrom};
+    ///
+    /// let localhost = "127.0.0.1:0".parse().unwrap();
+    /// let seed = Session::builder().listen_addr(localhost).tracker(localhost).build().await?;
+    /// let payload = vec![7u8; 300_000];
+    /// let meta = TorrentBuilder::new("shared.bin")
+    ///     .announce(seed.tracker_url().unwrap())
+    ///     .build_from_reader(&payload[..], payload.len() as u64, std::io::sink())?;
+    /// let storage = Arc::new(MemoryStorage::from_vec(payload.clone()));
+    /// seed.add_torrent(AddTorrent::new(meta.clone(), storage, StartFrom::Complete)).await?;
+    ///
+    /// // The downloader is given no peers: it asks the seed's tracker.
+    /// let leech = Session::builder().listen_addr(localhost).build().await?;
+    /// let out = Arc::new(MemoryStorage::new(meta.total_len()));
+    /// let torrent = leech.add_torrent(AddTorrent::new(meta, out.clone(), StartFrom::Empty)).await?;
+    /// torrent.wait_complete().await?;
+    /// assert_eq!(out.to_vec(), payload);
+    /// # leech.shutdown().await;
+    /// # seed.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn tracker(self, addr: SocketAddr) -> Self {
+        self.tracker_with(addr, TrackerConfig::default())
+    }
+
+    /// [`SessionBuilder::tracker`] with other tracker settings.
+    pub fn tracker_with(mut self, addr: SocketAddr, config: TrackerConfig) -> Self {
+        self.tracker = Some((addr, config));
+        self
+    }
+
+    /// Binds the listen socket (and the tracker's, if asked for) and starts the session.
     pub async fn build(self) -> Result<Session, crate::Error> {
-        Session::new(self.config).await
+        let tracker = match self.tracker {
+            Some((addr, config)) => Some(
+                TrackerServer::bind(addr, config)
+                    .await
+                    .map_err(|source| crate::Error::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        Session::start(self.config, tracker).await
     }
 }
 
@@ -174,7 +229,14 @@ impl Session {
 
     /// Binds the listen socket and starts accepting peers. A config whose peer id is
     /// [`PeerId::PER_SESSION`] (the default) gets a fresh one.
-    pub async fn new(mut config: SessionConfig) -> Result<Session, crate::Error> {
+    pub async fn new(config: SessionConfig) -> Result<Session, crate::Error> {
+        Session::start(config, None).await
+    }
+
+    async fn start(
+        mut config: SessionConfig,
+        tracker: Option<TrackerServer>,
+    ) -> Result<Session, crate::Error> {
         if config.peer_id == PeerId::PER_SESSION {
             config.peer_id = PeerId::generate();
         }
@@ -190,6 +252,7 @@ impl Session {
             torrents: Mutex::new(HashMap::new()),
             upload_limit: Arc::default(),
             closed: Default::default(),
+            tracker,
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
         let accept = Arc::new(AcceptTask {
@@ -215,6 +278,63 @@ impl Session {
     /// The session's settings.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
+    }
+
+    /// The tracker the session runs ([`SessionBuilder::tracker`]), if any: its address and
+    /// how many peers it lists per torrent.
+    pub fn tracker(&self) -> Option<&TrackerServer> {
+        self.inner.tracker.as_ref()
+    }
+
+    /// `http://HOST:PORT/announce` of the session's tracker, as others should reach it: a
+    /// tracker on a wildcard address is named by [`SessionConfig::announce_ip`], else by the
+    /// session's listen address, else by loopback (set `announce_ip` when peers on other
+    /// hosts must use it). `None` when the session runs no tracker.
+    pub fn tracker_url(&self) -> Option<String> {
+        let tracker = self.inner.tracker.as_ref()?;
+        let mut addr = tracker.local_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(self.reachable_ip(addr.is_ipv4()));
+        }
+        Some(format!("http://{addr}/announce"))
+    }
+
+    /// The address this session is dialled on, for the tracker's own listing: the announce
+    /// address, the listen address, or loopback, in that order.
+    fn reachable_ip(&self, v4: bool) -> std::net::IpAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let listen = self.inner.listen_addr.ip();
+        self.inner
+            .config
+            .announce_ip
+            .unwrap_or(if !listen.is_unspecified() {
+                listen
+            } else if v4 {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            })
+    }
+
+    /// Lists a torrent just added in the session's own tracker at once, when the torrent
+    /// names it (its announcer would get there a moment later; a peer announcing in that
+    /// moment would find nobody and wait a whole interval).
+    fn list_in_own_tracker(&self, torrent: &Torrent) {
+        let (Some(tracker), Some(url)) = (&self.inner.tracker, self.tracker_url()) else {
+            return;
+        };
+        if !torrent.metainfo.announce_urls().contains(&url) {
+            return;
+        }
+        let left = torrent.lengths.total_len() - torrent.stats_tx.borrow().have_bytes;
+        let ip = self.reachable_ip(tracker.local_addr().is_ipv4());
+        tracker.list_local(
+            torrent.info_hash,
+            self.peer_id(),
+            ip,
+            torrent.listen_port,
+            left,
+        );
     }
 
     /// Caps the piece data all torrents of this session upload together, in bytes per
@@ -324,6 +444,7 @@ impl Session {
             torrent.spawn(crate::torrent::check_task(Arc::clone(&torrent)));
         }
         if use_trackers {
+            self.list_in_own_tracker(&torrent);
             crate::torrent::start_trackers(&torrent, self.inner.config.announce_ip);
         }
         Ok(TorrentHandle { torrent })
@@ -406,6 +527,10 @@ impl Session {
             TorrentHandle { torrent }.stop().await;
         });
         futures::future::join_all(stops).await;
+        // After the torrents' `stopped` announces, which may be to this tracker.
+        if let Some(tracker) = &self.inner.tracker {
+            tracker.shutdown();
+        }
     }
 }
 

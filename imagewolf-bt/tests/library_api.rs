@@ -189,3 +189,74 @@ async fn a_second_session_on_a_taken_port_is_a_bind_error() {
     );
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_runs_its_own_tracker_and_a_magnet_with_only_it_downloads() {
+    use imagewolf_bt::metainfo::TorrentBuilder;
+    use imagewolf_bt::Magnet;
+    let scratch = Scratch::new("own-tracker");
+    let file = scratch.0.join("payload.bin");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &payload).unwrap();
+
+    // The tracker listens on every address; its URL names the address peers dial us on.
+    let seed = Session::builder()
+        .listen_addr("127.0.0.1:0".parse().unwrap())
+        .announce_ip("127.0.0.1".parse().unwrap())
+        .tracker("0.0.0.0:0".parse().unwrap())
+        .build()
+        .await
+        .unwrap();
+    let tracker_port = seed.tracker().unwrap().local_addr().port();
+    let url = seed.tracker_url().unwrap();
+    assert_eq!(url, format!("http://127.0.0.1:{tracker_port}/announce"));
+    let meta = TorrentBuilder::new("payload.bin")
+        .announce(url.clone())
+        .create(&file)
+        .await
+        .unwrap();
+    let info_hash = meta.info_hash();
+    seed.add_torrent(AddTorrent::seed_file(meta, &file).unwrap())
+        .await
+        .unwrap();
+    // Listed the moment it was added, before any announce could have been answered.
+    assert_eq!(seed.tracker().unwrap().peer_count(&info_hash), 1);
+
+    // The downloader knows the info-hash and the tracker, nothing else.
+    let mut magnet = Magnet::new(info_hash, []);
+    magnet.trackers.push(url);
+    let leech = Session::builder()
+        .config(localhost())
+        .build()
+        .await
+        .unwrap();
+    let torrent = leech
+        .add_magnet(&magnet.to_string(), scratch.0.join("out"))
+        .await
+        .unwrap();
+    torrent
+        .wait_complete_within(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(scratch.0.join("out").join("payload.bin")).unwrap(),
+        payload
+    );
+    assert_eq!(seed.tracker().unwrap().peer_count(&info_hash), 2);
+
+    // Shutting the session down stops its tracker too.
+    // (The listener closes when its aborted task is dropped, a moment later.)
+    seed.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", tracker_port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tracker still accepts 5 s after shutdown"
+        );
+        tokio::task::yield_now().await;
+    }
+    leech.shutdown().await;
+}

@@ -14,15 +14,11 @@ use imagewolf_bt::{AddTorrent, PeerId, Session, SessionConfig, StartFrom, Torren
 async fn seeds_behind_a_tracker_connect_once() {
     const SEEDS: usize = 3;
     // Announces every 2 s (the announcer's floor under the tracker's 1 s interval).
-    let tracker = TrackerServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        TrackerConfig {
-            interval: Duration::from_secs(1),
-            ..TrackerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut config = TrackerConfig::default();
+    config.interval = Duration::from_secs(1);
+    let tracker = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
     let payload = vec![5u8; 1 << 20];
     let meta = TorrentBuilder::new("seeds.bin")
         .announce(tracker.announce_url())

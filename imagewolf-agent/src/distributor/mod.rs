@@ -223,11 +223,10 @@ impl Distributor {
         .await?;
         // Downloaders re-announce every 10 s (newcomers find each other); seeds, all an idle
         // cluster has, every 60 s, which sets the tracker's idle load on each origin.
-        let tracker = Swarms::new(TrackerConfig {
-            interval: Duration::from_secs(10),
-            seed_interval: TRACKER_SEED_INTERVAL,
-            ..TrackerConfig::default()
-        });
+        let mut tracker_config = TrackerConfig::default();
+        tracker_config.interval = Duration::from_secs(10);
+        tracker_config.seed_interval = TRACKER_SEED_INTERVAL;
+        let tracker = Swarms::new(tracker_config);
         let this = Arc::new(Self {
             session,
             source,

@@ -90,8 +90,42 @@ impl TrackerServer {
         lock(&self.swarms).peer_count(info_hash, Instant::now())
     }
 
-    /// Stop serving (the same as dropping the server).
-    pub fn shutdown(self) {}
+    /// Lists a peer of this process as if it had announced `started` from `ip` (a session
+    /// lists its own torrents in its own tracker this way, without a round trip). A full
+    /// tracker leaves it out; its announcer will try again.
+    pub(crate) fn list_local(
+        &self,
+        info_hash: InfoHash,
+        peer_id: crate::PeerId,
+        ip: std::net::IpAddr,
+        port: u16,
+        left: u64,
+    ) {
+        let request = super::AnnounceRequest {
+            info_hash,
+            peer_id,
+            port,
+            uploaded: 0,
+            downloaded: 0,
+            left,
+            event: super::Event::Started,
+            compact: true,
+            no_peer_id: true,
+            numwant: Some(0),
+            ip: None,
+        };
+        if let Err(e) = lock(&self.swarms).announce(&request, ip, Instant::now()) {
+            tracing::debug!("listing {info_hash} in the session's tracker: {e}");
+        }
+    }
+
+    /// Stops serving: the listener closes and every connection is aborted (dropping the
+    /// server does the same). Works through a shared reference, so a server behind an `Arc`
+    /// (as a [`crate::Session`] holds its own) can be stopped too.
+    pub fn shutdown(&self) {
+        self.accept_task.abort();
+        self.purge_task.abort();
+    }
 }
 
 impl Drop for TrackerServer {

@@ -30,8 +30,17 @@ pub const DEFAULT_NUMWANT: usize = 50;
 /// Most peers handed out in one reply, whatever `numwant` says.
 pub const MAX_NUMWANT: usize = 200;
 
-/// Tracker settings.
+/// Tracker settings. Start from [`TrackerConfig::default`] and change fields (the struct is
+/// `#[non_exhaustive]`, so settings can be added without breaking callers):
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = imagewolf_bt::tracker::TrackerConfig::default();
+/// config.interval = Duration::from_secs(10);
+/// assert!(config.seed_interval >= config.interval);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TrackerConfig {
     /// Re-announce interval told to clients (whole seconds on the wire, at least 1).
     /// `min interval` is half of it.
