@@ -17,6 +17,7 @@ pub mod docker;
 pub mod endpoint;
 pub mod image;
 pub mod loader;
+pub mod memory;
 pub mod notification;
 pub mod peers;
 pub mod poll;

@@ -25,6 +25,7 @@ const POLLED_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(5)
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    imagewolf_agent::memory::tune_allocator();
     let config = AgentConfig::parse();
     init_logging(config.log_format);
     if let Err(e) = config.validate() {
@@ -170,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown_rx,
     ));
 
+    // Freed memory goes back to the system (see `memory`): RSS follows what is in use.
+    let trimmer = imagewolf_agent::memory::spawn_trimmer();
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -177,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     shutdown_tx.send_replace(true);
+    trimmer.abort();
     let _ = server.await;
     distributor.shutdown().await;
     Ok(())
