@@ -278,6 +278,16 @@ async fn control_traffic_per_agent() {
             deltas,
             rss as f64 / 1024.0 / n as f64,
         );
+        for route in ANNOUNCE_ROUTES
+            .iter()
+            .chain(&["/v1/distributions/<id>", "/v1/torrents"])
+        {
+            println!(
+                "    per push per receiver {route}: {:.2} requests, {:.0} B bodies",
+                per_push(&|c| c.route(route)[0]),
+                per_push(&|c| c.route(route)[1] + c.route(route)[2]),
+            );
+        }
         for (route, [req, reqb, respb]) in
             window
                 .iter()

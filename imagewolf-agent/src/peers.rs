@@ -153,15 +153,16 @@ impl PeerClient {
     }
 
     /// `POST /v1/distributions/<id>?from=<k>&relay=<0|1>` to `agent`: the part of a
-    /// distribution it wanted (`delta`, from segment `from` on). Ok when it took it or
-    /// knew it already.
+    /// distribution it wants (`delta`, from segment `from` on). `Ok(true)` when it took it
+    /// or knew it already, `Ok(false)` when it answered that it could not use it (it lacks
+    /// the first `from` segments: offer it instead, and it says what it wants).
     pub async fn deliver(
         &self,
         agent: SocketAddr,
         from: usize,
         relay: bool,
         delta: &Distribution,
-    ) -> Result<(), PeerCallError> {
+    ) -> Result<bool, PeerCallError> {
         let body =
             serde_json::to_vec(delta).map_err(|e| PeerCallError::BadReply(agent, e.to_string()))?;
         let path = format!(
@@ -169,9 +170,13 @@ impl PeerClient {
             delta.id,
             u8::from(relay)
         );
-        self.call(agent, hyper::Method::POST, &path, body)
-            .await
-            .map(|_| ())
+        let reply = self.call(agent, hyper::Method::POST, &path, body).await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            status: String,
+        }
+        let answer: Answer = parse(agent, &reply, MAX_SMALL_REPLY)?;
+        Ok(answer.status != "ignored")
     }
 
     /// `GET /v1/digest?hash=<h>` from `agent`: what it knows (entries only when its hash is

@@ -5,7 +5,8 @@
 //! - **Rumors with bounded fan-out.** A node that gets a new distribution offers it
 //!   ([`Offer`], about a hundred bytes) to [`fanout`] random agents; each that wants it
 //!   answers from which segment ([`Want`]) and is sent only that part ([`delta`]). Those
-//!   become the node's *children* for it: later versions (growth) go to them alone, so each
+//!   become the node's *children* for it: later versions (growth) go to them alone, pushed
+//!   as deltas without an offer (a child answers `ignored` when it cannot use one), so each
 //!   node hears of each growth about once, and of a new distribution about `fanout` times.
 //! - **Anti-entropy.** Every `CATCH_UP_EVERY` a node asks one random agent for its
 //!   [`Digest`]: when the [`digest_hash`]es agree (the idle case) the answer is a few dozen

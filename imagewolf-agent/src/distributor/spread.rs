@@ -58,8 +58,10 @@ pub(super) struct Spread {
     /// Whether this node passes the first version on to random agents (false when the
     /// node it came from offered it to every agent, or it came by anti-entropy).
     relay: bool,
-    /// The agents this node delivered the distribution to first: later versions go to them.
-    children: Vec<SocketAddr>,
+    /// The agents this node delivered the distribution to first, each with the segments it
+    /// has from this node: later versions go to them, pushed without an offer (they follow
+    /// this node for it, so they want what it grew by).
+    children: Vec<(SocketAddr, usize)>,
     /// The first version went to every agent (a small cluster): so do the later ones (an
     /// agent that missed the first, e.g. busy, is offered the next).
     to_all: bool,
@@ -79,10 +81,28 @@ impl Spread {
 
 impl Distributor {
     /// Spreads one version of a distribution: the first to [`fanout`] random agents (when
-    /// this node relays), later ones to the agents it delivered the first to. Each target is
-    /// offered the version and sent only the part it wants.
+    /// this node relays), later ones to the agents it delivered the first to. A new target
+    /// is offered the version and sent only the part it wants; a child is sent what the
+    /// distribution grew by since its last delivery at once (one round trip, not two), and
+    /// offered it only when it answers that it cannot use that.
     pub(super) async fn spread_version(&self, d: &Distribution, spread: &mut Spread) {
         let others = self.other_agents();
+        if !spread.first && !spread.children.is_empty() {
+            // Children relay later versions to their own children unless this node reaches
+            // every agent itself.
+            let relay = !spread.to_all;
+            let pushes = spread
+                .children
+                .iter()
+                .map(|&(agent, has)| self.push_growth(agent, d, has, relay));
+            let results = futures::future::join_all(pushes).await;
+            for (child, has) in spread.children.iter_mut().zip(results) {
+                child.1 = has;
+            }
+            if !spread.to_all {
+                return;
+            }
+        }
         let (targets, first) = if spread.first {
             spread.first = false;
             let k = if spread.relay {
@@ -93,15 +113,22 @@ impl Distributor {
             spread.to_all = k > 0 && k == others.len();
             (choose(&others, k, random_below), true)
         } else if spread.to_all {
-            (others.clone(), false)
+            // The agents that did not take the first version from this node.
+            let children: Vec<SocketAddr> = spread.children.iter().map(|c| c.0).collect();
+            let rest = others
+                .iter()
+                .copied()
+                .filter(|a| !children.contains(a))
+                .collect();
+            (rest, false)
         } else {
-            (spread.children.clone(), false)
+            return;
         };
         if targets.is_empty() {
             return;
         }
-        // Receivers relay unless this node reached every agent itself.
-        let relay = targets.len() < others.len();
+        // Receivers relay unless this node reaches every agent itself.
+        let relay = !spread.to_all;
         tracing::debug!(
             image = %d.image,
             targets = targets.len(),
@@ -111,12 +138,43 @@ impl Distributor {
         );
         let calls = targets.iter().map(|a| self.offer_to(*a, d, relay));
         let results = futures::future::join_all(calls).await;
+        let delivered = targets
+            .into_iter()
+            .zip(results)
+            .filter_map(|(agent, delivered)| delivered.then_some((agent, d.segments.len())));
         if first {
-            spread.children = targets
-                .into_iter()
-                .zip(results)
-                .filter_map(|(agent, delivered)| delivered.then_some(agent))
-                .collect();
+            spread.children = delivered.collect();
+        } else {
+            // In a small cluster, an agent that missed the first version and took a later
+            // one from this node follows it from now on.
+            spread.children.extend(delivered);
+        }
+    }
+
+    /// Sends child `agent`, which has the first `has` segments of `d` from this node, the
+    /// rest; offers `d` instead when it cannot use that (it lacks those segments). Returns
+    /// the segments it has from this node afterwards.
+    async fn push_growth(
+        &self,
+        agent: SocketAddr,
+        d: &Distribution,
+        has: usize,
+        relay: bool,
+    ) -> usize {
+        let delta = self.with_me_as_seeder(gossip::delta(d, has));
+        match self.client.deliver(agent, has, relay, &delta).await {
+            Ok(true) => return d.segments.len(),
+            Ok(false) => {}
+            Err(e) => {
+                // It catches up by anti-entropy; the next version is pushed again.
+                tracing::debug!("growth delivery: {e}");
+                return has;
+            }
+        }
+        if self.offer_to(agent, d, relay).await {
+            d.segments.len()
+        } else {
+            has
         }
     }
 
@@ -141,7 +199,7 @@ impl Distributor {
         };
         let delta = self.with_me_as_seeder(gossip::delta(d, from));
         match self.client.deliver(agent, from, relay, &delta).await {
-            Ok(()) => true,
+            Ok(taken) => taken,
             Err(e) => {
                 tracing::debug!("delivery: {e}");
                 false
