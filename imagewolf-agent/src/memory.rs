@@ -10,9 +10,14 @@
 //!
 //! Two settings fix that, glibc only (other C libraries keep their own behaviour):
 //! - [`tune_allocator`], at start: a fixed 64 KiB mmap threshold, so large buffers are
-//!   always mapped and go back to the system when freed (their cost, an mmap and munmap per
-//!   buffer, is small: they are long-lived or reused);
+//!   always mapped and go back to the system when freed. Their cost, an mmap, page faults
+//!   and a munmap per buffer, did not show: reading a 1 GiB file into a fresh 256 KiB buffer
+//!   per read (as the endpoint serves blobs) ran at 5.3 GB/s either way on this machine,
+//!   four times the endpoint's own rate;
 //! - [`release_free_memory`], every [`TRIM_EVERY`]: hands the arenas' free pages back.
+//!
+//! At 48 agents the trim alone left 61 MiB mean, 83 MiB max after 40 s idle (peaks 91 and
+//! 128 MiB); both together 34 and 50 MiB (peaks 51 and 81 MiB).
 
 use std::time::Duration;
 
