@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use imagewolf_bt::metainfo::TorrentBuilder;
+use imagewolf_bt::tracker::{TrackerConfig, TrackerServer};
 use imagewolf_bt::{AddTorrent, Session};
 
 /// Seed FILE over BitTorrent.
@@ -46,16 +47,27 @@ async fn main() -> anyhow::Result<()> {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    // The session runs the tracker when asked (`SessionBuilder::tracker`), and names it by
-    // the address peers reach us at.
-    let mut builder = Session::builder()
-        .listen_addr(args.listen)
-        .announce_ip(reachable_ip);
-    if let Some(addr) = args.tracker_listen {
-        builder = builder.tracker(addr);
-    }
-    let session = builder.build().await?;
-    let announce = session.tracker_url().or(args.announce);
+    // The tracker is bound on its own, before hashing (the torrent names it), and the
+    // session only once the .torrent is written: scripts wait for the peer port and then
+    // read the file. (`SessionBuilder::tracker` binds both at once, for programs.)
+    let tracker = match args.tracker_listen {
+        Some(addr) => Some(
+            TrackerServer::bind(addr, TrackerConfig::default())
+                .await
+                .with_context(|| format!("starting the tracker on {addr}"))?,
+        ),
+        None => None,
+    };
+    let announce = match (&tracker, args.announce) {
+        (Some(t), _) => {
+            let mut addr = t.local_addr();
+            if addr.ip().is_unspecified() {
+                addr.set_ip(reachable_ip);
+            }
+            Some(format!("http://{addr}/announce"))
+        }
+        (None, url) => url,
+    };
 
     let name = args
         .file
@@ -85,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
         args.torrent_out.display()
     );
 
+    let session = Session::builder()
+        .listen_addr(args.listen)
+        .announce_ip(reachable_ip)
+        .build()
+        .await?;
     let handle = session
         .add_torrent(AddTorrent::seed_file(meta, &args.file)?)
         .await?;
@@ -112,7 +129,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("stopping");
-    session.shutdown().await; // and its tracker
+    session.shutdown().await;
+    if let Some(t) = tracker {
+        t.shutdown();
+    }
     Ok(())
 }
 

@@ -19,8 +19,13 @@ use crate::wire::{
 use crate::BlockRef;
 use bitvec::{order::Msb0, slice::BitSlice};
 
-/// Bytes the read buffer asks the socket for at once: many blocks per system call.
+/// Most bytes the read buffer asks the socket for at once: many blocks per system call on
+/// a fast connection.
 const READ_CHUNK: usize = 256 * 1024;
+/// Fewest: a connection starts here, and one that never fills its buffer stays here. A
+/// node with hundreds of connections (every torrent of every image, to every agent) would
+/// otherwise hold 256 KiB per connection that sends much at once, whatever its rate.
+const MIN_READ_CHUNK: usize = 32 * 1024;
 /// A metadata request is rejected while more than this is queued for the peer already: with
 /// the cap on pieces served per connection, what a peer can make us buffer by asking for
 /// metadata stays below this plus one piece (16 KiB).
@@ -33,6 +38,9 @@ pub(super) struct Reader<H> {
     link: Arc<PeerLink>,
     read: OwnedReadHalf,
     buf: BytesMut,
+    /// What the next read asks for: doubled after a read that filled it, halved after one
+    /// that used less than a quarter (see [`next_read_size`]).
+    read_size: usize,
     decoder: MessageDecoder,
     extended: bool,
     /// The peer is choking us.
@@ -67,7 +75,8 @@ impl<H: PeerHandler> Reader<H> {
             handler,
             link,
             read,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::with_capacity(MIN_READ_CHUNK),
+            read_size: MIN_READ_CHUNK,
             decoder,
             extended: theirs.supports_extended(),
             peer_choking: true,
@@ -90,13 +99,20 @@ impl<H: PeerHandler> Reader<H> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let want = self.decoder.bytes_needed(&self.buf).max(READ_CHUNK);
+            if self.buf.is_empty() && self.buf.capacity() > 2 * self.read_size {
+                // The connection slowed down: give the large buffer back.
+                self.buf = BytesMut::with_capacity(self.read_size);
+            }
+            let want = self.decoder.bytes_needed(&self.buf).max(self.read_size);
             self.buf.reserve(want);
+            let room = self.buf.capacity() - self.buf.len();
             tokio::select! {
                 n = self.read.read_buf(&mut self.buf) => {
-                    if n? == 0 {
+                    let n = n?;
+                    if n == 0 {
                         return Err(PeerError::Closed(DisconnectReason::PeerClosed));
                     }
+                    self.read_size = next_read_size(self.read_size, n, room);
                     self.last_received = Instant::now();
                     self.heard = true;
                     self.drain()?;
@@ -409,4 +425,39 @@ impl<H: PeerHandler> Reader<H> {
 
 fn bad(what: &str) -> PeerError {
     PeerError::Protocol(what.to_owned())
+}
+
+/// The read size after a read of `n` bytes into `room` free bytes, asked for `current`:
+/// doubled (to [`READ_CHUNK`]) when the read filled the room, since more was waiting;
+/// halved (to [`MIN_READ_CHUNK`]) when it used under a quarter of `current`.
+fn next_read_size(current: usize, n: usize, room: usize) -> usize {
+    if n >= room {
+        (current * 2).min(READ_CHUNK)
+    } else if n < current / 4 {
+        (current / 2).max(MIN_READ_CHUNK)
+    } else {
+        current
+    }
+}
+
+#[cfg(test)]
+mod read_size_tests {
+    use super::*;
+
+    #[test]
+    fn the_read_size_follows_what_the_socket_had() {
+        // Full reads double it up to the cap.
+        let mut size = MIN_READ_CHUNK;
+        for _ in 0..10 {
+            size = next_read_size(size, size, size);
+        }
+        assert_eq!(size, READ_CHUNK);
+        // A read of a few requests halves it, down to the floor.
+        for _ in 0..10 {
+            size = next_read_size(size, 100, size);
+        }
+        assert_eq!(size, MIN_READ_CHUNK);
+        // A read between a quarter and all of it keeps it.
+        assert_eq!(next_read_size(64 << 10, 20 << 10, 64 << 10), 64 << 10);
+    }
 }
