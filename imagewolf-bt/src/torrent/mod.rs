@@ -195,6 +195,7 @@ pub(crate) fn start_trackers(torrent: &Arc<Torrent>, announce_ip: Option<std::ne
         torrent.listen_port,
     );
     let total = torrent.lengths.total_len();
+    let numwant = torrent.config.tracker_numwant;
     let params = move |event| {
         let (left, downloaded, uploaded) = weak.upgrade().map_or((total, 0, 0), |t| {
             let c = &t.counters;
@@ -212,7 +213,7 @@ pub(crate) fn start_trackers(torrent: &Arc<Torrent>, announce_ip: Option<std::ne
             downloaded,
             left,
             event,
-            numwant: Some(200),
+            numwant: Some(numwant),
             ip: announce_ip,
         }
     };
