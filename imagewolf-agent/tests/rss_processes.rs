@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imagewolf::docker::free_port;
 use imagewolf::local_agents::registry_push_envelope;
 use imagewolf::mem_registry::MemRegistry;
 use imagewolf::oci::{Blob, Image};
@@ -118,9 +117,13 @@ async fn rss_of_separate_agent_processes() {
         .unwrap();
     let host = registry.addr().to_string();
 
-    let apis: Vec<SocketAddr> = (0..n)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())))
+    // Distinct API ports: all held until every one is chosen (a port picked and released
+    // one at a time can come up twice, and the second agent then exits on AddrInUse).
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
+    let apis: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().unwrap()).collect();
+    drop(held);
     let peers = format!(
         "static:{}",
         apis.iter()
@@ -149,7 +152,7 @@ async fn rss_of_separate_agent_processes() {
         .arg("--data-dir")
         .arg(&data)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(dir.path().join(format!("agent{i}.log"))).unwrap());
         agents.push(ChildGuard::spawn(&format!("agent{i}"), &mut cmd).unwrap());
     }
     for api in &apis {
@@ -216,10 +219,15 @@ async fn rss_of_separate_agent_processes() {
     report("after 3 pushes");
     tokio::time::sleep(idle).await;
     report(&format!("after {} s idle", idle.as_secs()));
-    for agent in &mut agents {
-        assert!(
-            agent.child.try_wait().unwrap().is_none(),
-            "an agent exited during the measurement"
-        );
+    for (i, agent) in agents.iter_mut().enumerate() {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join(format!("agent{i}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "agent {i} exited during the measurement ({status}); its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
