@@ -43,8 +43,8 @@ const IMAGE_SIZE: usize = 24 << 20;
 /// The downloader stores at most this many bytes per second, so its download from the
 /// flooded agent lasts several seconds.
 const DOWNLOADER_RATE: f64 = 6.0 * 1024.0 * 1024.0;
-/// The agent's peers per torrent (`SessionConfig::default().max_peers_per_torrent`).
-const MAX_PEERS: u64 = 200;
+/// The agent's peers per torrent (`SessionConfig::lan_cluster().max_peers_per_torrent`).
+const MAX_PEERS: u64 = 50;
 /// Peers at which the silent flood is taken to have filled the torrent's slots.
 const FULL_PEERS: u64 = MAX_PEERS - 10;
 /// How long each flood connection is watched for the agent closing it.
@@ -758,7 +758,7 @@ async fn a_connection_flood_neither_stops_the_swarm_nor_grows_the_agent() {
 
     // The agent's limits (imagewolf-bt's SessionConfig and session, the agent's api module).
     let handshake_timeout = SessionConfig::default().handshake_timeout;
-    let max_peers = SessionConfig::default().max_peers_per_torrent;
+    let max_peers = SessionConfig::lan_cluster().max_peers_per_torrent;
     assert_eq!(max_peers as u64, MAX_PEERS);
     let max_pending_handshakes = 256; // imagewolf-bt's MAX_PENDING_HANDSHAKES
     let slack = Duration::from_secs(5);
