@@ -17,14 +17,13 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imagewolf::local_agents::registry_push_envelope;
+use imagewolf::agent_api::notify_push;
 use imagewolf::mem_registry::MemRegistry;
 use imagewolf::oci::{Blob, Image};
 use imagewolf::{http, ChildGuard, TempDir};
 use imagewolf_agent::registry::manifest::host_platform;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_imagewolf-agent");
-const EVENTS: &str = "application/vnd.docker.distribution.events.v1+json";
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -170,19 +169,15 @@ async fn rss_of_separate_agent_processes() {
         let image = Image::new("linux", arch, None, layers);
         let repo = format!("team/app{i}");
         let digest = registry.push(&repo, "v1", &image).unwrap();
-        let envelope =
-            registry_push_envelope(&host, &repo, Some("v1"), &digest, &format!("event-{i}"));
-        let origin = apis[i as usize % n];
-        let reply = http::request(
-            origin,
-            "POST",
-            "/registryNotifications",
-            &[("Content-Type", EVENTS)],
-            envelope.as_bytes(),
+        notify_push(
+            apis[i as usize % n],
+            &host,
+            &repo,
+            "v1",
+            &digest,
+            &format!("event-{i}"),
         )
-        .await
-        .unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        .await;
         let reference = format!("{host}/{repo}:v1");
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
