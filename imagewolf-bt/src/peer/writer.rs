@@ -185,7 +185,10 @@ mod tests {
             size = next_serve_batch(size, Duration::from_millis(1));
         }
         assert_eq!(size, SERVE_BATCH);
-        assert_eq!(next_serve_batch(size, Duration::from_millis(50)), SERVE_BATCH);
+        assert_eq!(
+            next_serve_batch(size, Duration::from_millis(50)),
+            SERVE_BATCH
+        );
         for _ in 0..5 {
             size = next_serve_batch(size, Duration::from_secs(1));
         }
