@@ -39,6 +39,10 @@ pub struct SimConfig {
     pub numwant: usize,
     /// Most connections a node keeps (dials beyond it are refused).
     pub max_peers: usize,
+    /// The tracker hands out the peers it has handed out least often (ties at random), as
+    /// `imagewolf_bt::tracker::Swarms` does, so every node is dialled about equally often;
+    /// `false`: a uniform random sample, as most trackers.
+    pub balanced_tracker: bool,
     /// Downloaders that leave (fail) at [`SimConfig::fail_at_s`], chosen at random.
     pub fail_count: usize,
     /// When the failing nodes leave, seconds from the start.
@@ -91,6 +95,7 @@ impl Default for SimConfig {
             rate_jitter: 0.0,
             numwant: 20,
             max_peers: 50,
+            balanced_tracker: true,
             fail_count: 0,
             fail_at_s: 0.0,
             leave_on_complete: false,

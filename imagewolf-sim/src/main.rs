@@ -61,6 +61,10 @@ struct Args {
     /// Most connections per node.
     #[arg(long, default_value_t = 50)]
     max_peers: usize,
+    /// The tracker hands out a uniform random sample of its peers (most trackers) instead of
+    /// the least handed out (ours)
+    #[arg(long)]
+    uniform_tracker: bool,
     /// Downloaders that leave (fail) at --fail-at.
     #[arg(long, default_value_t = 0)]
     fail: usize,
@@ -143,6 +147,7 @@ impl Args {
             rate_jitter: self.rate_jitter,
             numwant: self.numwant,
             max_peers: self.max_peers,
+            balanced_tracker: !self.uniform_tracker,
             fail_count: self.fail,
             fail_at_s: self.fail_at,
             leave_on_complete: self.leave_on_complete,

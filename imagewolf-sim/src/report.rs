@@ -45,6 +45,11 @@ pub struct Outcome {
     pub pick_calls: u64,
     /// Wall-clock seconds the run took.
     pub wall_s: f64,
+    /// When the origin's spreader had every piece out once, seconds (`None`: never, or no
+    /// spreader): after it, the origin seeds normally.
+    pub spread_done_s: Option<f64>,
+    /// Fraction of each second of the run the origin's uplink was sending.
+    pub origin_busy: Vec<f64>,
 }
 
 /// The headline figures of a run.
@@ -156,6 +161,7 @@ impl Outcome {
              completion s: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}\n\
              completion / (S/U): p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}\n\
              origin upload / S: {:.3}; wasted {:.2} % of received\n\
+             origin: every piece out once at {}; uplink busy per second: {}\n\
              connections per node: mean {:.1}, max {}; control messages per node: mean {:.0}, max {}\n\
              {} events, {} picks, in {:.1} s wall ({:.2} M events/s)",
             s.nodes,
@@ -179,6 +185,15 @@ impl Outcome {
             s.max_s / b,
             s.origin_upload,
             100.0 * s.wasted_fraction,
+            self.spread_done_s.map_or("-".to_string(), |t| format!(
+                "{t:.3} s ({:.3} x S/U)",
+                t / b
+            )),
+            self.origin_busy
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             s.connections_mean,
             s.connections_max,
             s.control_mean,
@@ -202,6 +217,7 @@ impl Outcome {
                 "latency_jitter": c.latency_jitter, "queue_ms": c.queue_ms,
                 "slow_fraction": c.slow_fraction, "slow_factor": c.slow_factor,
                 "rate_jitter": c.rate_jitter, "numwant": c.numwant, "max_peers": c.max_peers,
+                "balanced_tracker": c.balanced_tracker,
                 "fail_count": c.fail_count, "fail_at_s": c.fail_at_s,
                 "leave_on_complete": c.leave_on_complete, "start_s": c.start_s,
                 "start_jitter_s": c.start_jitter_s, "spread": c.spread,
@@ -218,6 +234,7 @@ impl Outcome {
                 "connections_mean": s.connections_mean, "connections_max": s.connections_max,
                 "control_messages_mean": s.control_mean, "control_messages_max": s.control_max,
                 "wasted_fraction": s.wasted_fraction,
+                "spread_done_s": self.spread_done_s, "origin_busy": self.origin_busy,
             },
             "times_s": self.completion_times(),
             "per_node": self.nodes.iter().map(|n| json!({

@@ -133,6 +133,10 @@ struct Half {
 /// A prepared run; [`Sim::run`] plays it.
 pub struct Sim {
     cfg: SimConfig,
+    /// When the origin's spreader finished (every piece gone out).
+    spread_done: Option<Nanos>,
+    /// Time the origin's uplink was sending, per second of the run.
+    origin_busy: Vec<Nanos>,
     lengths: Lengths,
     unit_blocks: u32,
     hash_ns: Nanos,
@@ -260,6 +264,8 @@ impl Sim {
             0.0
         };
         Self {
+            spread_done: None,
+            origin_busy: Vec::new(),
             remaining: n - 1,
             cfg,
             lengths,
@@ -338,6 +344,12 @@ impl Sim {
             events: self.events,
             pick_calls: self.pick_calls,
             wall_s,
+            spread_done_s: self.spread_done.map(crate::net::to_secs),
+            origin_busy: self
+                .origin_busy
+                .iter()
+                .map(|&b| crate::net::to_secs(b))
+                .collect(),
         }
     }
 
@@ -662,6 +674,13 @@ impl Sim {
                 arrive = arrive.max(self.cpu_busy);
             }
             let sent = self.now + up_ns.max(1);
+            if n == 0 {
+                let second = (self.now / SEC) as usize;
+                if self.origin_busy.len() <= second {
+                    self.origin_busy.resize(second + 1, 0);
+                }
+                self.origin_busy[second] += up_ns;
+            }
             let node = &mut self.nodes[ni];
             node.up_busy_until = sent;
             node.uploaded += scale;
@@ -941,6 +960,7 @@ impl Sim {
                 self.send_shown(s, hh);
             }
         }
+        self.spread_done = Some(self.now);
         self.nodes[si].spread = None;
     }
 

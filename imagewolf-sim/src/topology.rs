@@ -68,7 +68,7 @@ impl Topology {
                 failing += 1;
             }
         }
-        let edges = random_graph(n, cfg.numwant, cfg.max_peers, rng);
+        let edges = random_graph(n, cfg.numwant, cfg.max_peers, cfg.balanced_tracker, rng);
         Self {
             up,
             down,
@@ -80,13 +80,16 @@ impl Topology {
     }
 }
 
-/// Each node, in random order, asks for `numwant` distinct random others (a tracker's reply)
-/// and dials them; a dial is refused by a node already at `max_peers`, and a pair is
-/// connected once. With `numwant >= n - 1` and enough `max_peers` the graph is complete.
+/// Each node, in random order, asks for `numwant` distinct others (a tracker's reply) and
+/// dials them; a dial is refused by a node already at `max_peers`, and a pair is connected
+/// once. The tracker hands out the peers it handed out least often, ties at random
+/// (`balanced`, as `imagewolf_bt::tracker::Swarms`), or a uniform random sample. With
+/// `numwant >= n - 1` and enough `max_peers` the graph is complete.
 pub fn random_graph(
     n: usize,
     numwant: usize,
     max_peers: usize,
+    balanced: bool,
     rng: &mut SmallRng,
 ) -> Vec<(u32, u32)> {
     let mut adj: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -95,10 +98,20 @@ pub fn random_graph(
     shuffle(&mut order, rng);
     let want = numwant.min(n - 1);
     let mut picked: Vec<usize> = Vec::with_capacity(want);
+    let mut handed = vec![0u32; n];
     for &i in &order {
         picked.clear();
         if want == n - 1 {
             picked.extend((0..n).filter(|&j| j != i));
+        } else if balanced {
+            let mut cands: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            shuffle(&mut cands, rng);
+            cands.select_nth_unstable_by_key(want - 1, |&j| handed[j]);
+            cands.truncate(want);
+            for &j in &cands {
+                handed[j] += 1;
+            }
+            picked.extend(cands);
         } else {
             while picked.len() < want {
                 let j = rng.random_range(0..n);
@@ -138,9 +151,9 @@ mod tests {
     #[test]
     fn small_swarms_are_complete_and_large_ones_bounded() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let edges = random_graph(16, 20, 50, &mut rng);
+        let edges = random_graph(16, 20, 50, false, &mut rng);
         assert_eq!(edges.len(), 16 * 15 / 2);
-        let edges = random_graph(2000, 20, 50, &mut rng);
+        let edges = random_graph(2000, 20, 50, false, &mut rng);
         let mut deg = vec![0usize; 2000];
         for &(a, b) in &edges {
             assert_ne!(a, b);
@@ -150,5 +163,31 @@ mod tests {
         assert!(deg.iter().all(|&d| (1..=50).contains(&d)));
         let mean = deg.iter().sum::<usize>() as f64 / 2000.0;
         assert!((30.0..=42.0).contains(&mean), "mean degree {mean}");
+    }
+
+    fn degrees(n: usize, balanced: bool, seed: u64) -> Vec<usize> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut deg = vec![0usize; n];
+        for (a, b) in random_graph(n, 20, 50, balanced, &mut rng) {
+            deg[a as usize] += 1;
+            deg[b as usize] += 1;
+        }
+        deg
+    }
+
+    /// Uniform replies leave some nodes dialled by few others (degree spread like 20 plus a
+    /// binomial); balanced replies make every node's degree about 2 x numwant.
+    #[test]
+    fn a_balanced_tracker_makes_the_graph_near_regular() {
+        let uniform = degrees(1000, false, 3);
+        let balanced = degrees(1000, true, 3);
+        let min = |d: &[usize]| *d.iter().min().unwrap();
+        assert!(min(&uniform) <= 30, "uniform: min degree {}", min(&uniform));
+        assert!(
+            min(&balanced) >= 36,
+            "balanced: min degree {}",
+            min(&balanced)
+        );
+        assert!(balanced.iter().all(|&d| d <= 40));
     }
 }

@@ -9,6 +9,11 @@
 //!   answers a new peer (with peers it can dial) but does not register it; refusing the
 //!   newcomer rather than evicting an old peer means a flood of fake peer ids cannot push
 //!   real peers out.
+//! - A reply hands out the peers handed out least often so far (ties at random), so every
+//!   peer is dialled about equally often and the graph the replies make is near-regular:
+//!   with uniform random replies the nodes dialled least were the swarm's slowest (the
+//!   simulator, README "Swarm simulator"). A newcomer starts at its swarm's average count,
+//!   so new registrations are not preferred over the peers already there.
 //! - A reply never contains the requesting peer: neither its peer id nor its endpoint (a
 //!   restarted client announces a new peer id from the same `ip:port`; the old entry is
 //!   dropped, not handed back to it).
@@ -99,6 +104,8 @@ struct Entry {
     /// How long it stays listed after `last_seen` (twice the interval it was told, at least
     /// `peer_ttl`).
     ttl: Duration,
+    /// Replies it was handed out in (saturating): replies prefer the least handed out.
+    handed_out: u32,
 }
 
 /// All swarms the tracker knows.
@@ -167,8 +174,14 @@ impl Swarms {
                 left: req.left,
                 last_seen: now,
                 ttl,
+                handed_out: entry.handed_out,
             };
         } else if swarm.len() < self.config.max_peers_per_torrent {
+            // A newcomer counts as handed out as often as the swarm's average, not zero
+            // times: otherwise fresh registrations (a flood of fake peer ids) would be
+            // handed out before every real peer.
+            let total: u64 = swarm.values().map(|e| u64::from(e.handed_out)).sum();
+            let least = u32::try_from(total / swarm.len().max(1) as u64).unwrap_or(u32::MAX);
             swarm.insert(
                 req.peer_id,
                 Entry {
@@ -176,6 +189,7 @@ impl Swarms {
                     left: req.left,
                     last_seen: now,
                     ttl,
+                    handed_out: least,
                 },
             );
         }
@@ -190,17 +204,30 @@ impl Swarms {
                     usize::try_from(n).unwrap_or(MAX_NUMWANT)
                 })
                 .min(MAX_NUMWANT);
-            peers = swarm
+            let mut cands: Vec<(u32, PeerId)> = swarm
                 .iter()
                 .filter(|(id, e)| **id != req.peer_id && e.addr != addr)
-                .map(|(id, e)| ReplyPeer {
-                    addr: e.addr,
-                    peer_id: (!req.no_peer_id).then_some(*id),
-                })
+                .map(|(id, e)| (e.handed_out, *id))
                 .collect();
-            if peers.len() > want {
-                // partial_shuffle moves its random pick to the *end* of the slice.
-                peers = peers.partial_shuffle(&mut self.rng, want).0.to_vec();
+            if cands.len() > want {
+                // The least handed out, ties at random: shuffle, then partition around the
+                // want-th smallest count. Every peer is then dialled about equally often,
+                // so the random graph the replies make is near-regular (the simulator's
+                // `--balanced-tracker`: the slowest nodes were those dialled least).
+                cands.shuffle(&mut self.rng);
+                if want > 0 {
+                    cands.select_nth_unstable_by_key(want - 1, |c| c.0);
+                }
+                cands.truncate(want);
+            }
+            for (_, id) in &cands {
+                if let Some(e) = swarm.get_mut(id) {
+                    e.handed_out = e.handed_out.saturating_add(1);
+                    peers.push(ReplyPeer {
+                        addr: e.addr,
+                        peer_id: (!req.no_peer_id).then_some(*id),
+                    });
+                }
             }
         }
         if swarm.is_empty() {
@@ -290,6 +317,88 @@ mod tests {
         let mut p: Vec<u16> = reply.peers.iter().map(|p| p.addr.port()).collect();
         p.sort();
         p
+    }
+
+    /// 200 peers register, then each asks for 20: with uniform random replies the times a
+    /// peer is handed out spread like a binomial (about 10 to 30); balanced, every peer is
+    /// handed out 20 times, give or take one.
+    #[test]
+    fn replies_hand_out_every_peer_about_equally_often() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        let n = 200u16;
+        let announce = |s: &mut Swarms, i: u16, numwant: u32| {
+            let mut r = req(0, 2000 + i, Event::Started);
+            r.peer_id = PeerId([
+                (i % 251) as u8,
+                (i / 251) as u8,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+                9,
+            ]);
+            r.numwant = Some(numwant);
+            s.announce(&r, LOCAL, now).unwrap()
+        };
+        for i in 0..n {
+            announce(&mut s, i, 0);
+        }
+        let mut times = vec![0u32; usize::from(n)];
+        for i in 0..n {
+            let reply = announce(&mut s, i, 20);
+            assert_eq!(reply.peers.len(), 20);
+            for p in &reply.peers {
+                assert_ne!(p.addr.port(), 2000 + i, "never the requester");
+                times[usize::from(p.addr.port() - 2000)] += 1;
+            }
+        }
+        let (lo, hi) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+        assert!(hi - lo <= 2, "handed out between {lo} and {hi} times");
+    }
+
+    /// A newcomer is not preferred over peers that were handed out already: a flood of
+    /// fresh peer ids cannot take over the replies.
+    #[test]
+    fn newcomers_start_at_the_average_handed_out_count() {
+        let mut s = Swarms::new(config());
+        let now = Instant::now();
+        for i in 1..=10u8 {
+            s.announce(&req(i, 1000 + u16::from(i), Event::Started), LOCAL, now)
+                .unwrap();
+        }
+        // Everyone handed out at least 3 times.
+        for _ in 0..3 {
+            let mut r = req(200, 9000, Event::None);
+            r.numwant = Some(10);
+            s.announce(&r, LOCAL, now).unwrap();
+        }
+        for i in 11..=20u8 {
+            s.announce(&req(i, 1000 + u16::from(i), Event::Started), LOCAL, now)
+                .unwrap();
+        }
+        let mut old = 0;
+        for _ in 0..20 {
+            let mut r = req(201, 9001, Event::None);
+            r.numwant = Some(5);
+            let reply = s.announce(&r, LOCAL, now).unwrap();
+            old += reply.peers.iter().filter(|p| p.addr.port() <= 1010).count();
+        }
+        // Old and new peers (and the two askers) share the 100 slots about equally.
+        assert!((30..=70).contains(&old), "old peers got {old} of 100 slots");
     }
 
     #[test]
