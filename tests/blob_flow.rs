@@ -38,6 +38,21 @@ fn loaded_archive(data_dir: &Path) -> serde_json::Value {
     panic!("no manifest.json in the loaded archive");
 }
 
+/// Tracker announces an agent has served (`GET /announce`), from its `/metrics`.
+async fn announces_served(api: SocketAddr) -> u64 {
+    let reply = http::request(api, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics");
+    reply
+        .text()
+        .lines()
+        .filter(|l| {
+            l.starts_with("imagewolf_http_requests_total{") && l.contains("path=\"/announce\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     let registry = Registry::start_local().unwrap_or_else(|e| {
@@ -122,6 +137,20 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
     for agent in &cluster.agents {
         wait_for_state(agent.api, &reference, "loaded", DEADLINE).await;
     }
+
+    // The blobs' torrents name trackers spread over the agents (rendezvous hashing of the
+    // digest), not all the origin: announces were served by more than one agent. A blob
+    // whose tracker is the agent that has not started yet (its port refuses) is tracked by
+    // the origin, the torrents' second tier: the flow above completed either way.
+    let mut served = Vec::new();
+    for agent in &cluster.agents {
+        served.push(announces_served(agent.api).await);
+    }
+    assert!(
+        served.iter().filter(|&&n| n > 0).count() >= 2,
+        "announces served per agent: {served:?}"
+    );
+    println!("announces served per agent: {served:?}");
 
     // The registry served each distinct blob once, to the origin: 3 configs, the shared
     // base and 3 platform layers.
@@ -263,4 +292,75 @@ async fn every_node_gets_exactly_its_platform_and_shared_blobs_travel_once() {
         "the late node read the registry"
     );
     cluster.shutdown().await;
+}
+
+/// A blob's torrents name the agent rendezvous hashing picks as their tracker, and the
+/// origin as the second tier: when that agent is down (its port refuses every connection),
+/// the blob's peers announce to the origin and the image still reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_whose_tracker_agent_is_down_is_tracked_by_the_origin() {
+    let registry = Registry::start_local().unwrap_or_else(|e| {
+        panic!("the registry-native tests need Debian's docker-registry (apt-get install docker-registry): {e}")
+    });
+    let reg_addr: SocketAddr = registry.addr().parse().unwrap();
+    let dir = TempDir::new("blob-tracker-down").unwrap();
+    let policy = HostPolicy::naming([registry.addr()]);
+    let source: std::sync::Arc<dyn imagewolf_agent::source::ImageSource> = std::sync::Arc::new(
+        imagewolf_agent::registry::RegistrySource::new().with_policy(policy.clone()),
+    );
+    let (mut cluster, down) =
+        LocalAgents::start(dir.path().to_path_buf(), vec![Some(source), None, None], 1)
+            .await
+            .unwrap();
+    cluster.registry_policy = policy;
+    let down = down.into_iter().next().unwrap();
+    let down_addr = down.local_addr().unwrap();
+    let _down = HeldPort::hold(down);
+    let amd64 = Platform::parse("linux/amd64").unwrap();
+    for i in 0..cluster.agents.len() {
+        cluster
+            .enable_blobs(i, 1 << 30, amd64, &[amd64])
+            .await
+            .unwrap();
+    }
+    // A layer whose tracker is the agent that is down (about one seed in four).
+    let mut agents: Vec<SocketAddr> = cluster.agents.iter().map(|a| a.api).collect();
+    agents.push(down_addr);
+    let layer = (0..200)
+        .map(|seed| Blob::layer("layer.bin", 2 << 20, 500 + seed))
+        .find(|b| {
+            imagewolf_agent::distributor::placement::tracker_for(&b.digest, &agents)
+                == Some(down_addr)
+        })
+        .expect("some layer's tracker is the agent that is down");
+    let image = Image::new("linux", "amd64", None, vec![layer]);
+    oci::push_image(reg_addr, "team/down", &image)
+        .await
+        .unwrap();
+    oci::push_manifest(
+        reg_addr,
+        "team/down",
+        "v1",
+        oci::OCI_MANIFEST,
+        &image.manifest,
+    )
+    .await
+    .unwrap();
+    let reference = format!("{}/team/down:v1", registry.addr());
+    let before = announces_served(cluster.agents[0].api).await;
+    notify_push(
+        cluster.agents[0].api,
+        registry.addr(),
+        "team/down",
+        "v1",
+        &image.digest,
+        "e1",
+    )
+    .await;
+    for agent in &cluster.agents {
+        wait_for_state(agent.api, &reference, "loaded", DEADLINE).await;
+    }
+    // The origin tracked the layer's chunks for the others (they announced to it).
+    let served = announces_served(cluster.agents[0].api).await - before;
+    assert!(served >= 2, "the origin served {served} announces");
 }

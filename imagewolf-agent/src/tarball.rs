@@ -31,18 +31,18 @@ pub(crate) struct SegmentWriter {
     offset: u64,
     piece_length: u32,
     segment_len: u64,
-    announce: String,
+    trackers: Vec<String>,
     segments: usize,
 }
 
 impl SegmentWriter {
     /// Creates `path` and prepares to cut `tarball` (of about `size_hint` bytes; 0 if
-    /// unknown) into segments announced at `announce`.
+    /// unknown) into segments announced to `trackers` (in order of preference).
     pub(crate) async fn create(
         tarball: crate::source::Tarball,
         path: &Path,
         size_hint: u64,
-        announce: String,
+        trackers: Vec<String>,
     ) -> Result<Self, String> {
         let file = tokio::fs::File::create(path)
             .await
@@ -58,7 +58,7 @@ impl SegmentWriter {
             offset: 0,
             piece_length,
             segment_len: segment_len(size_hint, piece_length),
-            announce,
+            trackers,
             segments: 0,
         })
     }
@@ -82,7 +82,7 @@ impl SegmentWriter {
             return Ok(None);
         }
         let meta = TorrentBuilder::new(format!("segment-{:04}.tar", self.segments))
-            .announce(self.announce.clone())
+            .trackers(&self.trackers)
             .piece_length(self.piece_length)
             .build_from_async_reader(
                 (&mut self.reader).take(self.segment_len),
@@ -184,7 +184,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         let source: crate::source::Tarball = Box::pin(std::io::Cursor::new(data.clone()));
-        let mut w = SegmentWriter::create(source, &path, 0, "http://t/announce".into())
+        let mut w = SegmentWriter::create(source, &path, 0, vec!["http://t/announce".into()])
             .await
             .unwrap();
         let mut next_offset = 0;

@@ -85,6 +85,7 @@ mod lifecycle;
 pub mod mirror;
 mod origin;
 mod pacing;
+pub mod placement;
 mod preload;
 mod receive;
 mod records;
@@ -273,12 +274,19 @@ impl Distributor {
             .collect()
     }
 
-    /// The announce URL of this agent's tracker.
-    fn tracker_url(&self) -> String {
-        format!(
-            "http://{}/announce",
-            SocketAddr::new(self.config.advertise, self.config.api_port)
-        )
+    /// The announce URLs for blob `digest`'s chunk torrents: the agent rendezvous hashing
+    /// picks among the agents this one knows (itself included), then this agent's own
+    /// (`placement`).
+    pub(crate) fn blob_trackers(&self, digest: &crate::store::Digest) -> Vec<String> {
+        self.trackers_for(digest.as_str())
+    }
+
+    /// The announce URLs for the torrents of `key` (`placement`).
+    fn trackers_for(&self, key: &str) -> Vec<String> {
+        let me = SocketAddr::new(self.config.advertise, self.config.api_port);
+        let mut agents = self.other_agents();
+        agents.push(me);
+        placement::trackers_for(key, &agents, me)
     }
 
     /// Stops every torrent (announcing `stopped`) and the session.

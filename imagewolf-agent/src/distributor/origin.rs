@@ -49,7 +49,7 @@ impl Distributor {
             .map_err(|e| format!("export: {e}"))?;
         let path = self.origin_tarball(key);
         let mut writer =
-            SegmentWriter::create(tarball, &path, pulled.size_hint, self.tracker_url())
+            SegmentWriter::create(tarball, &path, pulled.size_hint, self.trackers_for(key))
                 .await?
                 .counting_into(self.intake.counter());
         let bt_addr = SocketAddr::new(self.config.advertise, self.session.listen_addr().port());

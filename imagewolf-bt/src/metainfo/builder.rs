@@ -97,6 +97,34 @@ impl TorrentBuilder {
         self
     }
 
+    /// Announces to `urls` in order of preference: the first is `announce` and, with more
+    /// than one, each is a tier of its own in `announce-list` (BEP 12: a client tries the
+    /// next tier only when the ones before fail). No URL: no tracker.
+    ///
+    /// ```
+    /// use imagewolf_bt::metainfo::TorrentBuilder;
+    /// let urls = [
+    ///     "http://10.0.0.2:7777/announce".to_string(),
+    ///     "http://10.0.0.1:7777/announce".to_string(),
+    /// ];
+    /// let data = b"hello";
+    /// let m = TorrentBuilder::new("a")
+    ///     .trackers(&urls)
+    ///     .build_from_reader(&data[..], data.len() as u64, std::io::sink())
+    ///     .unwrap();
+    /// assert_eq!(m.announce_urls(), urls);
+    /// assert_eq!(m.announce_list.len(), 2);
+    /// ```
+    pub fn trackers(mut self, urls: &[String]) -> Self {
+        self.announce = urls.first().cloned();
+        self.announce_list = if urls.len() > 1 {
+            urls.iter().map(|u| vec![u.clone()]).collect()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
     /// Sets the comment.
     pub fn comment(mut self, comment: impl Into<String>) -> Self {
         self.comment = Some(comment.into());

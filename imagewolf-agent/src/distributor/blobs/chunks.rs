@@ -71,11 +71,12 @@ pub(crate) fn name(d: &Digest, i: usize) -> String {
     format!("{}.{i}", d.hex())
 }
 
-/// A builder for chunk `i` of a blob of `size` bytes.
-pub(crate) fn builder(d: &Digest, i: usize, size: u64, announce: &str) -> TorrentBuilder {
+/// A builder for chunk `i` of a blob of `size` bytes, announcing to `trackers` (see
+/// [`crate::distributor::placement`]).
+pub(crate) fn builder(d: &Digest, i: usize, size: u64, trackers: &[String]) -> TorrentBuilder {
     let (piece, _) = geometry(size);
     TorrentBuilder::new(name(d, i))
-        .announce(announce.to_owned())
+        .trackers(trackers)
         .piece_length(piece)
         .created_by(None)
 }
@@ -85,7 +86,7 @@ pub(crate) async fn of_file(
     path: PathBuf,
     d: Digest,
     size: u64,
-    announce: String,
+    trackers: Vec<String>,
 ) -> Result<Vec<Metainfo>, String> {
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
@@ -96,7 +97,7 @@ pub(crate) async fn of_file(
             .into_iter()
             .enumerate()
             .map(|(i, (_, len))| {
-                builder(&d, i, size, &announce)
+                builder(&d, i, size, &trackers)
                     .build_from_reader((&mut reader).take(len), len, std::io::sink())
                     .map_err(|e| format!("hashing {}: {e}", path.display()))
                     .and_then(|m| {
@@ -162,12 +163,22 @@ mod tests {
         let b = dir.join("b");
         std::fs::write(&a, &data).unwrap();
         std::fs::write(&b, &data).unwrap();
-        let one = of_file(a, d.clone(), data.len() as u64, "http://x/announce".into())
-            .await
-            .unwrap();
-        let two = of_file(b, d.clone(), data.len() as u64, "http://y/announce".into())
-            .await
-            .unwrap();
+        let one = of_file(
+            a,
+            d.clone(),
+            data.len() as u64,
+            vec!["http://x/announce".into()],
+        )
+        .await
+        .unwrap();
+        let two = of_file(
+            b,
+            d.clone(),
+            data.len() as u64,
+            vec!["http://y/announce".into(), "http://x/announce".into()],
+        )
+        .await
+        .unwrap();
         let hashes = |v: &[Metainfo]| v.iter().map(Metainfo::info_hash).collect::<Vec<_>>();
         assert_eq!(
             hashes(&one),
@@ -179,7 +190,7 @@ mod tests {
         other[5] ^= 1;
         let c = dir.join("c");
         std::fs::write(&c, &other).unwrap();
-        let three = of_file(c, d, data.len() as u64, "http://x/announce".into())
+        let three = of_file(c, d, data.len() as u64, vec!["http://x/announce".into()])
             .await
             .unwrap();
         assert_ne!(hashes(&one)[0], hashes(&three)[0]);

@@ -29,7 +29,7 @@ pub(in crate::distributor) struct BlobIntake {
     writer: BlobWriter,
     digest: Digest,
     size: u64,
-    tracker: String,
+    trackers: Vec<String>,
     ranges: Vec<(u64, u64)>,
     next: usize,
 }
@@ -42,7 +42,7 @@ impl BlobIntake {
         image: &ImageRef,
         blob: &Descriptor,
         digest: &Digest,
-        tracker: &str,
+        trackers: &[String],
         intake: Arc<AtomicU64>,
     ) -> Result<Self, String> {
         let stream = path
@@ -79,7 +79,7 @@ impl BlobIntake {
             writer,
             digest: digest.clone(),
             size: blob.size,
-            tracker: tracker.to_owned(),
+            trackers: trackers.to_vec(),
             ranges: chunks::ranges(blob.size),
             next: 0,
         })
@@ -104,7 +104,7 @@ impl BlobIntake {
             return Ok(None);
         };
         let digest = &self.digest;
-        let meta = chunks::builder(digest, self.next, self.size, &self.tracker)
+        let meta = chunks::builder(digest, self.next, self.size, &self.trackers)
             .build_from_async_reader((&mut self.reader).take(len), len, &mut self.writer)
             .await
             .map_err(|e| format!("blob {digest}: {e}"))?;
@@ -139,13 +139,13 @@ pub(in crate::distributor) async fn stored_chunks(
     path: &BlobPath,
     digest: &Digest,
     size: u64,
-    tracker: &str,
+    trackers: &[String],
 ) -> Result<Vec<(Metainfo, FileStorage)>, String> {
     let file = path
         .store
         .blob_path(digest)
         .ok_or_else(|| format!("blob {digest} is no longer in the store"))?;
-    let metas = chunks::of_file(file.clone(), digest.clone(), size, tracker.to_owned()).await?;
+    let metas = chunks::of_file(file.clone(), digest.clone(), size, trackers.to_vec()).await?;
     metas
         .into_iter()
         .zip(chunks::ranges(size))

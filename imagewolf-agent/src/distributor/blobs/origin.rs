@@ -182,8 +182,8 @@ impl Distributor {
         announce: &watch::Sender<Option<Distribution>>,
     ) -> Result<(), String> {
         let path = self.blob_path().ok_or("the registry-native path is off")?;
-        let tracker = self.tracker_url();
         for (i, (blob, digest)) in blobs.iter().zip(digests).enumerate() {
+            let tracker = self.blob_trackers(digest);
             if path.store.contains(digest) {
                 for (meta, storage) in
                     intake::stored_chunks(path, digest, blob.size, &tracker).await?

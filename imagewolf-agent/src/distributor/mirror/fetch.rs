@@ -479,7 +479,8 @@ impl Distributor {
             return;
         };
         let result = async {
-            for (meta, storage) in intake::stored_chunks(path, d, size, &self.tracker_url()).await?
+            for (meta, storage) in
+                intake::stored_chunks(path, d, size, &self.blob_trackers(d)).await?
             {
                 let len = meta.total_len();
                 let handle = self.seed(meta, storage).await?;
@@ -543,10 +544,10 @@ impl Distributor {
                 .await
                 .map_err(|_| "the mirror is shutting down".to_owned())?;
             let _pull = self.intake.pulling();
-            let tracker = self.tracker_url();
+            let trackers = self.blob_trackers(d);
             let counter = self.intake.counter();
             let mut reading =
-                intake::BlobIntake::open(path, &image, &blob, d, &tracker, counter).await?;
+                intake::BlobIntake::open(path, &image, &blob, d, &trackers, counter).await?;
             progress.send_modify(|p| p.restart(reading.file().to_owned()));
             while let Some((meta, storage)) = reading.next_chunk().await? {
                 let len = meta.total_len();
