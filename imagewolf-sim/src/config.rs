@@ -43,6 +43,9 @@ pub struct SimConfig {
     /// `imagewolf_bt::tracker::Swarms` does, so every node is dialled about equally often;
     /// `false`: a uniform random sample, as most trackers.
     pub balanced_tracker: bool,
+    /// The spreading seed suggests the pieces it shows (BEP 6), so that a downloader at its
+    /// piece-memory cap may still start them (`Picker::suggested`), as the engine does.
+    pub suggest: bool,
     /// Downloaders that leave (fail) at [`SimConfig::fail_at_s`], chosen at random.
     pub fail_count: usize,
     /// When the failing nodes leave, seconds from the start.
@@ -96,6 +99,7 @@ impl Default for SimConfig {
             numwant: 20,
             max_peers: 50,
             balanced_tracker: true,
+            suggest: true,
             fail_count: 0,
             fail_at_s: 0.0,
             leave_on_complete: false,

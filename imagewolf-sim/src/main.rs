@@ -65,6 +65,9 @@ struct Args {
     /// the least handed out (ours)
     #[arg(long)]
     uniform_tracker: bool,
+    /// The seed does not suggest the pieces it shows (no starts past the piece-memory cap)
+    #[arg(long)]
+    no_suggest: bool,
     /// Downloaders that leave (fail) at --fail-at.
     #[arg(long, default_value_t = 0)]
     fail: usize,
@@ -148,6 +151,7 @@ impl Args {
             numwant: self.numwant,
             max_peers: self.max_peers,
             balanced_tracker: !self.uniform_tracker,
+            suggest: !self.no_suggest,
             fail_count: self.fail,
             fail_at_s: self.fail_at,
             leave_on_complete: self.leave_on_complete,

@@ -217,7 +217,7 @@ impl Outcome {
                 "latency_jitter": c.latency_jitter, "queue_ms": c.queue_ms,
                 "slow_fraction": c.slow_fraction, "slow_factor": c.slow_factor,
                 "rate_jitter": c.rate_jitter, "numwant": c.numwant, "max_peers": c.max_peers,
-                "balanced_tracker": c.balanced_tracker,
+                "balanced_tracker": c.balanced_tracker, "suggest": c.suggest,
                 "fail_count": c.fail_count, "fail_at_s": c.fail_at_s,
                 "leave_on_complete": c.leave_on_complete, "start_s": c.start_s,
                 "start_jitter_s": c.start_jitter_s, "spread": c.spread,

@@ -38,7 +38,9 @@ enum Ev {
     /// Half: a HAVE reaches the receiver.
     Have(u32, u32),
     /// Half: the seed's shown pieces (HAVEs sent together) reach the receiver.
-    Haves(u32, Box<[u32]>),
+    /// The seed's shown pieces on half `h`; `true`: also suggested (BEP 6), as a spreading
+    /// seed suggests the pieces of a window.
+    Haves(u32, Box<[u32]>, bool),
     /// Half: a cancel reaches the sender.
     Cancel(u32, BlockRef),
     /// Half, unit, when its last byte left the sender: the unit reaches the receiver.
@@ -373,10 +375,20 @@ impl Sim {
                     self.refill_on_have(h);
                 }
             }
-            Ev::Haves(h, ps) => {
+            Ev::Haves(h, ps, suggest) => {
                 let mut any = false;
                 for &p in ps.iter() {
                     any |= self.on_have(h, p);
+                }
+                if suggest && any && self.cfg.suggest {
+                    let (_, r) = self.ends(h);
+                    if let Some(picker) = &mut self.nodes[r as usize].picker {
+                        for &p in ps.iter() {
+                            if let Some(piece) = self.lengths.piece(p) {
+                                picker.suggested(piece);
+                            }
+                        }
+                    }
                 }
                 if any {
                     self.refill_on_have(h);
@@ -903,7 +915,7 @@ impl Sim {
                 peer.known_all,
                 &mut self.shown,
             ) {
-                self.send_shown(n, h);
+                self.send_shown(n, h, false);
             }
         }
         if (self.now / SEED_TICK) % 2 == 0 {
@@ -936,7 +948,7 @@ impl Sim {
                 &mut self.shown,
             );
             if !self.shown.is_empty() {
-                self.send_shown(s, h);
+                self.send_shown(s, h, true);
             }
             return;
         }
@@ -957,7 +969,7 @@ impl Sim {
                 );
             }
             if !self.shown.is_empty() {
-                self.send_shown(s, hh);
+                self.send_shown(s, hh, false);
             }
         }
         self.spread_done = Some(self.now);
@@ -965,10 +977,10 @@ impl Sim {
     }
 
     /// Sends the pieces in `self.shown` as HAVEs from `s` on half `h`.
-    fn send_shown(&mut self, s: u32, h: u32) {
+    fn send_shown(&mut self, s: u32, h: u32, suggest: bool) {
         self.nodes[s as usize].ctrl += self.shown.len() as u64;
         let at = self.ctrl_at(s, h / 2);
         let pieces: Box<[u32]> = self.shown.iter().map(|p| p.get()).collect();
-        self.q.push(at, Ev::Haves(h, pieces));
+        self.q.push(at, Ev::Haves(h, pieces, suggest));
     }
 }

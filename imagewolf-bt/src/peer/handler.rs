@@ -107,6 +107,9 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
 
     /// The peer announced `piece` (HAVE). Returns whether it is a piece we lack.
     fn have(&self, key: PeerKey, piece: PieceIndex) -> bool;
+    /// The peer suggested `piece` (BEP 6 SuggestPiece; a spreading seed suggests the pieces
+    /// it shows).
+    fn suggested(&self, key: PeerKey, piece: PieceIndex);
     /// The peer announced pieces in bulk, at any point of the connection. `None` for a
     /// peer no longer in the torrent.
     fn announced(&self, key: PeerKey, pieces: Announced<'_>) -> Option<AnnounceOutcome>;

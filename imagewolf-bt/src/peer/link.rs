@@ -108,6 +108,24 @@ impl PeerLink {
         self.writer_wake.notify_one();
     }
 
+    /// An initial seed shows `pieces`: a HAVE for each and, when both sides support the
+    /// fast extension, a SuggestPiece (BEP 6), so a peer at its piece-memory cap still
+    /// starts them (see [`crate::picker::Picker::suggested`]).
+    pub fn send_shown(&self, pieces: &[crate::PieceIndex]) {
+        if pieces.is_empty() {
+            return;
+        }
+        let mut io = self.io();
+        for piece in pieces {
+            Message::Have(piece.get()).encode(&mut io.out);
+            if self.fast {
+                Message::Suggest(piece.get()).encode(&mut io.out);
+            }
+        }
+        drop(io);
+        self.writer_wake.notify_one();
+    }
+
     /// Asks both halves to close; the first reason given wins.
     pub fn close(&self, reason: DisconnectReason) {
         self.closing.send_if_modified(|r| {

@@ -216,13 +216,22 @@ impl<H: PeerHandler> Reader<H> {
                     self.handler.release(self.link.key, &[block]);
                 }
             }
-            Message::Suggest(index) | Message::AllowedFast(index) => {
+            Message::Suggest(index) => {
                 self.require_fast()?;
-                // Valid but unused: our picker's rarest-first order is better informed on a LAN.
+                let piece = self
+                    .handler
+                    .lengths()
+                    .piece(index)
+                    .ok_or_else(|| bad("SUGGEST for a piece that does not exist"))?;
+                self.handler.suggested(self.link.key, piece);
+            }
+            Message::AllowedFast(index) => {
+                self.require_fast()?;
+                // Valid but unused: we unchoke every peer on a LAN.
                 self.handler
                     .lengths()
                     .piece(index)
-                    .ok_or_else(|| bad("SUGGEST/ALLOWED_FAST for a piece that does not exist"))?;
+                    .ok_or_else(|| bad("ALLOWED_FAST for a piece that does not exist"))?;
             }
             Message::Port(_) => {}
             Message::Extended { id, payload } => {

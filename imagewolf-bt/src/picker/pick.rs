@@ -46,6 +46,9 @@ impl Picker {
         if left > 0 {
             left = self.pick_new(peer, pieces, left, &mut mine, out);
         }
+        if left > 0 && !self.suggested.is_empty() {
+            left = self.pick_suggested(peer, pieces, left, &mut mine, out);
+        }
         if left > 0 && self.free_blocks == 0 && self.underfull_blocks > 0 {
             self.pick_endgame(peer, pieces, left, &mut mine, out);
         }
@@ -141,6 +144,31 @@ impl Picker {
                     i += 1;
                 }
             }
+        }
+        left
+    }
+
+    /// Suggested pieces the peer has, started beyond the cap by up to `SUGGEST_SLOTS`.
+    fn pick_suggested(
+        &mut self,
+        peer: PeerKey,
+        pieces: PeerPieces<'_>,
+        mut left: usize,
+        mine: &mut Outstanding,
+        out: &mut Vec<BlockRef>,
+    ) -> usize {
+        let mut i = 0;
+        while left > 0 && i < self.suggested.len() {
+            let p = self.suggested[i];
+            if !pieces.has(p) || !self.ranked.contains(p) {
+                i += 1;
+                continue;
+            }
+            if (self.active.len() as u32) >= self.max_active.saturating_add(super::SUGGEST_SLOTS) {
+                break;
+            }
+            self.start_piece(p); // removes it from `suggested`
+            left = self.take_free(peer, p, left, mine, out);
         }
         left
     }

@@ -429,3 +429,65 @@ fn partial_pieces_nobody_has_do_not_count_against_the_cap() {
     pieces.dedup();
     assert_eq!(pieces.len(), 2, "B may still start two pieces: {pieces:?}");
 }
+
+/// At the cap, a piece the seed suggested still starts, up to `SUGGEST_SLOTS` past it; an
+/// unsuggested piece does not; a suggestion for a piece we have or started is ignored.
+#[test]
+fn suggested_pieces_start_past_the_cap_within_the_extra_slots() {
+    let mut p = picker(32, 4, 0, 3);
+    p.set_max_active(2);
+    let a_bits = bits(32, 0..16);
+    p.peer_bitfield(&a_bits);
+    let got = pick(&mut p, A, &a_bits, false, 1000);
+    assert_eq!(
+        pieces_of(&got)
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2
+    );
+    // The seed (B) shows and suggests pieces 20..30; only B has them.
+    let mut b_bits = none(32);
+    for i in 20..30 {
+        b_bits.set(i, true);
+        p.peer_has(p.lengths().piece(i as u32).unwrap());
+    }
+    assert!(
+        pick(&mut p, B, &b_bits, false, 1000).is_empty(),
+        "at the cap"
+    );
+    for i in 20..30 {
+        p.suggested(p.lengths().piece(i).unwrap());
+    }
+    let got = pick(&mut p, B, &b_bits, false, 1000);
+    let mut started = pieces_of(&got);
+    started.dedup();
+    assert_eq!(
+        started.len() as u32,
+        crate::picker::SUGGEST_SLOTS,
+        "{started:?}"
+    );
+    assert!(started.iter().all(|i| (20..30).contains(i)));
+    assert!(
+        pick(&mut p, B, &b_bits, false, 1000).is_empty(),
+        "the extra slots are full"
+    );
+    p.check_invariants().unwrap();
+    // Verifying one frees one slot, for a suggested piece only.
+    let first = started[0];
+    for b in got.iter().filter(|b| b.piece().get() == first) {
+        p.block_received(B, *b);
+    }
+    p.piece_verified(p.lengths().piece(first).unwrap());
+    assert!(
+        pick(&mut p, A, &a_bits, false, 1000).is_empty(),
+        "A's pieces: still capped"
+    );
+    let more = pick(&mut p, B, &b_bits, false, 1000);
+    assert_eq!(pieces_of(&more).len(), 4, "one more suggested piece");
+    // Suggestions of pieces we have or have started change nothing.
+    p.suggested(p.lengths().piece(first).unwrap());
+    p.suggested(p.lengths().piece(started[1]).unwrap());
+    assert!(pick(&mut p, B, &b_bits, false, 1000).is_empty());
+    p.check_invariants().unwrap();
+}

@@ -153,6 +153,10 @@ impl PeerHandler for Torrent {
         self.state().peer_has(key, piece)
     }
 
+    fn suggested(&self, key: PeerKey, piece: PieceIndex) {
+        self.state().peer_suggests(key, piece);
+    }
+
     fn announced(&self, key: PeerKey, pieces: Announced<'_>) -> Option<AnnounceOutcome> {
         self.state().peer_announced(key, pieces)
     }

@@ -436,6 +436,18 @@ impl TorrentState {
         !picker.have()[piece.as_usize()]
     }
 
+    /// Peer `key` suggested `piece` (BEP 6): passed to the picker (which may start it past
+    /// the piece-memory cap, see [`Picker::suggested`]) if the peer has it; a suggestion
+    /// for a piece the peer lacks is ignored.
+    pub fn peer_suggests(&mut self, key: PeerKey, piece: PieceIndex) {
+        let Some(entry) = self.peers.get(&key) else {
+            return;
+        };
+        if entry.has_all || entry.bitfield[piece.as_usize()] {
+            self.picker.suggested(piece);
+        }
+    }
+
     /// Picks up to `max` blocks to request from peer `key` into `out`. Returns whether we
     /// are still interested in it, `None` for an unknown peer.
     pub fn pick_for(
@@ -567,7 +579,7 @@ impl TorrentState {
                     Instant::now(),
                     &mut pieces,
                 );
-                entry.link.send_haves(&pieces);
+                entry.link.send_shown(&pieces);
             }
             return true;
         }
@@ -761,7 +773,11 @@ mod tests {
             s.spread_held = held;
             s
         };
-        let haves = |s: &TorrentState, key: PeerKey| s.peers[&key].link.io().out.len() / 9;
+        // HAVEs queued on the link (a shown piece is also suggested: HAVE, then SUGGEST).
+        let haves = |s: &TorrentState, key: PeerKey| {
+            let io = s.peers[&key].link.io();
+            io.out.chunks(9).filter(|m| m[4] == 4).count()
+        };
         for held in [false, true] {
             let mut s = spreading(held);
             let a = join(&mut s, 1);
@@ -769,6 +785,17 @@ mod tests {
             assert!(s.spread_step(a));
             let window = haves(&s, a);
             assert!(window > 0 && window < 64, "{window}");
+            let suggests = s.peers[&a]
+                .link
+                .io()
+                .out
+                .chunks(9)
+                .filter(|m| m[4] == 13)
+                .count();
+            assert_eq!(
+                suggests, window,
+                "a fast-extension peer is suggested what it is shown"
+            );
             s.spread_tick(Instant::now());
             assert_eq!(haves(&s, a), window, "not alone for long yet");
             s.spread_tick(Instant::now() + ALONE);
