@@ -43,6 +43,11 @@ struct Args {
     /// progress use a short interval).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     progress_ms: u64,
+    /// ImageWolf's LAN tuning (`SessionConfig::lan_cluster`: 20 peers asked of trackers, at
+    /// most 50 per torrent, traffic marked bulk). Without it, the library's general-purpose
+    /// defaults.
+    #[arg(long)]
+    lan_cluster: bool,
 }
 
 #[tokio::main]
@@ -57,7 +62,11 @@ async fn main() -> anyhow::Result<()> {
     // being read into memory.
     let session = Session::new(SessionConfig {
         listen_addr: args.listen,
-        ..SessionConfig::default()
+        ..if args.lan_cluster {
+            SessionConfig::lan_cluster()
+        } else {
+            SessionConfig::default()
+        }
     })
     .await?;
     let mut peers = args.peers.clone();

@@ -34,6 +34,11 @@ struct Args {
     /// Announce to this tracker URL.
     #[arg(long)]
     announce: Option<String>,
+    /// ImageWolf's LAN tuning (`SessionConfig::lan_cluster`): the seed spreads distinct
+    /// pieces first, peer traffic is marked bulk. Without it, the library's general-purpose
+    /// defaults (a plain seed).
+    #[arg(long)]
+    lan_cluster: bool,
 }
 
 #[tokio::main]
@@ -97,7 +102,13 @@ async fn main() -> anyhow::Result<()> {
         args.torrent_out.display()
     );
 
+    let config = if args.lan_cluster {
+        imagewolf_bt::SessionConfig::lan_cluster()
+    } else {
+        imagewolf_bt::SessionConfig::default()
+    };
     let session = Session::builder()
+        .config(config)
         .listen_addr(args.listen)
         .announce_ip(reachable_ip)
         .build()

@@ -110,10 +110,11 @@ async fn serve(
         started: Instant::now(),
         all_out_at: Mutex::new(None),
     });
+    // ImageWolf's tuning, as the agent runs it: the seed spreads distinct pieces first.
     let session = Session::new(SessionConfig {
         listen_addr: listen,
         announce_ip: Some(listen.ip()),
-        ..SessionConfig::default()
+        ..SessionConfig::lan_cluster()
     })
     .await?;
     let handle = session

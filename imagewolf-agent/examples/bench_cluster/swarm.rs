@@ -143,7 +143,8 @@ pub fn run(
             cmd.arg(&setup.payload)
                 .arg("--torrent-out")
                 .arg(&setup.torrent)
-                .args(["--listen", &seed_listen, "--announce", &announce]);
+                .args(["--listen", &seed_listen, "--announce", &announce])
+                .arg("--lan-cluster");
             cmd
         }
         Client::Libtorrent => {
@@ -212,7 +213,8 @@ pub fn run(
                 cmd.arg(&setup.torrent)
                     .arg("--out")
                     .arg(out_dir.join(format!("node{i}.bin")))
-                    .args(["--listen", &listen, "--timeout", &timeout]);
+                    .args(["--listen", &listen, "--timeout", &timeout])
+                    .arg("--lan-cluster");
                 cmd
             }
             Client::Libtorrent => {
