@@ -32,9 +32,14 @@
 //!   last unit, then announced with a HAVE to every peer. The seed runs `SeedSpreader`
 //!   exactly as `torrent::state` drives it: HaveNone, `top_up` after each message batch of a
 //!   peer, its 0.5 s tick (stall release), the alone rule, and when every piece is out, the
-//!   remaining HAVEs to everyone.
-//! - **Peers.** A bounded random graph: each node dials `numwant` random others (a tracker
-//!   reply); a node at `max_peers` refuses more. Downloaders start at `start_s` plus a
+//!   remaining HAVEs to everyone. A window's shows are also suggestions (BEP 6), which the
+//!   receiver's picker may start past its piece-memory cap (`Picker::suggested`; off with
+//!   `suggest: false`). The run reports when every piece had gone out once and the
+//!   origin's uplink use per second.
+//! - **Peers.** A bounded random graph: each node dials `numwant` others (a tracker reply:
+//!   the peers the tracker handed out least often, ties at random, as
+//!   `imagewolf_bt::tracker::Swarms` does; or a uniform sample with
+//!   `balanced_tracker: false`); a node at `max_peers` refuses more. Downloaders start at `start_s` plus a
 //!   uniform jitter. Nodes fail (leave) at a given time: their peers see the connection
 //!   close one latency later, outstanding requests go back to the picker, a unit the leaver
 //!   had not finished sending is lost. With `leave_on_complete` a node leaves as soon as it
