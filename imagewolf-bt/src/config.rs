@@ -62,8 +62,10 @@ pub struct SessionConfig {
     pub max_queued_peer_requests: usize,
     /// Bytes of piece buffers one torrent may hold (pieces being received plus pieces
     /// waiting to be hashed and written), raised to four pieces if pieces are larger. No
-    /// new piece is started above it, and requests pause while the hashing backlog alone
-    /// exceeds it; this bounds a download's memory however many peers feed it.
+    /// new piece is started above it, except up to [`crate::picker::SUGGEST_SLOTS`] (4)
+    /// pieces a peer suggested (a spreading seed suggests what it shows; see
+    /// `Picker::suggested`), and requests pause while the hashing backlog alone exceeds it;
+    /// this bounds a download's memory however many peers feed it.
     pub piece_memory_per_torrent: u64,
     /// Pieces SHA-1-checked at once, each on tokio's blocking pool.
     pub hashing_threads: usize,
