@@ -97,28 +97,24 @@ impl PeerLink {
 
     /// Queues a HAVE for each of `pieces`.
     pub fn send_haves(&self, pieces: &[crate::PieceIndex]) {
-        if pieces.is_empty() {
-            return;
-        }
-        let mut io = self.io();
-        for piece in pieces {
-            Message::Have(piece.get()).encode(&mut io.out);
-        }
-        drop(io);
-        self.writer_wake.notify_one();
+        self.send_have_messages(pieces, false);
     }
 
     /// An initial seed shows `pieces`: a HAVE for each and, when both sides support the
     /// fast extension, a SuggestPiece (BEP 6), so a peer at its piece-memory cap still
     /// starts them (see [`crate::picker::Picker::suggested`]).
     pub fn send_shown(&self, pieces: &[crate::PieceIndex]) {
+        self.send_have_messages(pieces, self.fast);
+    }
+
+    fn send_have_messages(&self, pieces: &[crate::PieceIndex], suggest: bool) {
         if pieces.is_empty() {
             return;
         }
         let mut io = self.io();
         for piece in pieces {
             Message::Have(piece.get()).encode(&mut io.out);
-            if self.fast {
+            if suggest {
                 Message::Suggest(piece.get()).encode(&mut io.out);
             }
         }
