@@ -43,8 +43,24 @@ pub struct Client {
     done: Done,
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (for clients that need one named).
+/// A port on 127.0.0.1 that was free a moment ago (for clients that need one named),
+/// below the kernel's ephemeral range: a port the kernel hands out (bind to port 0) may be
+/// taken as the source port of an outgoing connection of a test running alongside before
+/// the client binds it, and Transmission then runs without listening (seen once in CI-like
+/// runs: "transmission not listening after 90s").
 pub fn free_port() -> u16 {
+    use rand::RngExt;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(10_000..low.max(10_001));
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("binding a loopback port")
