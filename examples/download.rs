@@ -48,6 +48,10 @@ struct Args {
     /// defaults.
     #[arg(long)]
     lan_cluster: bool,
+    /// Piece-memory budget, MiB: pieces being downloaded are held in memory up to this
+    /// (`SessionConfig::piece_memory_per_torrent`). Default: the configuration's (16).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    piece_memory_mib: Option<u64>,
 }
 
 #[tokio::main]
@@ -60,15 +64,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Through the library's size limit: a huge file (or an endless pipe) is refused without
     // being read into memory.
-    let session = Session::new(SessionConfig {
+    let mut config = SessionConfig {
         listen_addr: args.listen,
         ..if args.lan_cluster {
             SessionConfig::lan_cluster()
         } else {
             SessionConfig::default()
         }
-    })
-    .await?;
+    };
+    if let Some(mib) = args.piece_memory_mib {
+        config.piece_memory_per_torrent = mib << 20;
+    }
+    let session = Session::new(config).await?;
     let mut peers = args.peers.clone();
     let meta = if args.torrent.starts_with("magnet:") {
         let mut magnet = Magnet::parse(&args.torrent)?;

@@ -46,6 +46,10 @@ pub struct SimConfig {
     /// The spreading seed suggests the pieces it shows (BEP 6), so that a downloader at its
     /// piece-memory cap may still start them (`Picker::suggested`), as the engine does.
     pub suggest: bool,
+    /// A downloader clamps each connection's request pipeline to an equal share of its
+    /// piece-memory budget among the peers with pieces (`Picker::request_share`), as the
+    /// engine does.
+    pub request_share: bool,
     /// Downloaders that leave (fail) at [`SimConfig::fail_at_s`], chosen at random.
     pub fail_count: usize,
     /// When the failing nodes leave, seconds from the start.
@@ -62,6 +66,9 @@ pub struct SimConfig {
     /// The picker's piece-memory budget per torrent, bytes
     /// (`SessionConfig::piece_memory_per_torrent`).
     pub piece_memory: u64,
+    /// Piece length, bytes (a power of two of at least 16 KiB); `None`: what the engine
+    /// chooses for the payload (`metainfo::piece_length_for`).
+    pub piece_len: Option<u32>,
     /// Payload moved per simulated transfer, in 16 KiB blocks (a power of two, at most a
     /// piece). `None` picks the smallest that keeps nodes x units under
     /// [`SimConfig::unit_budget`].
@@ -100,6 +107,7 @@ impl Default for SimConfig {
             max_peers: 50,
             balanced_tracker: true,
             suggest: true,
+            request_share: true,
             fail_count: 0,
             fail_at_s: 0.0,
             leave_on_complete: false,
@@ -107,6 +115,7 @@ impl Default for SimConfig {
             start_jitter_s: 0.03,
             spread: true,
             piece_memory: 16 << 20,
+            piece_len: None,
             unit_blocks: None,
             unit_budget: 50_000_000,
             hash_bytes_per_s: 1.0e9,
@@ -121,7 +130,8 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The real torrent's piece length for this payload (`metainfo::piece_length_for`).
     pub fn piece_len(&self) -> u32 {
-        piece_length_for(self.size_bytes)
+        self.piece_len
+            .unwrap_or_else(|| piece_length_for(self.size_bytes))
     }
 
     /// The unit actually used, in blocks: the configured one, or the smallest power of two
@@ -195,6 +205,13 @@ impl SimConfig {
         }
         if self.size_bytes == 0 {
             return Err("size must be > 0".into());
+        }
+        if let Some(p) = self.piece_len {
+            if !p.is_power_of_two() || p < BLOCK_LEN {
+                return Err(format!(
+                    "piece length must be a power of two of at least 16 KiB (got {p})"
+                ));
+            }
         }
         if self.numwant == 0 || self.max_peers == 0 {
             return Err("numwant and max_peers must be > 0".into());

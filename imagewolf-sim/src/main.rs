@@ -68,6 +68,10 @@ struct Args {
     /// The seed does not suggest the pieces it shows (no starts past the piece-memory cap)
     #[arg(long)]
     no_suggest: bool,
+    /// Each connection's request pipeline is not clamped to an equal share of the
+    /// piece-memory budget (the engine before `Picker::request_share`)
+    #[arg(long)]
+    no_request_share: bool,
     /// Downloaders that leave (fail) at --fail-at.
     #[arg(long, default_value_t = 0)]
     fail: usize,
@@ -90,6 +94,9 @@ struct Args {
     /// Piece-memory budget per torrent, MiB.
     #[arg(long, default_value_t = 16)]
     piece_memory_mib: u64,
+    /// Piece length, KiB (a power of two, at least 16); default: the engine's choice for the size
+    #[arg(long)]
+    piece_kib: Option<u32>,
     /// Blocks (16 KiB) per simulated unit; default: automatic from --unit-budget.
     #[arg(long)]
     unit_blocks: Option<u32>,
@@ -152,6 +159,7 @@ impl Args {
             max_peers: self.max_peers,
             balanced_tracker: !self.uniform_tracker,
             suggest: !self.no_suggest,
+            request_share: !self.no_request_share,
             fail_count: self.fail,
             fail_at_s: self.fail_at,
             leave_on_complete: self.leave_on_complete,
@@ -159,6 +167,7 @@ impl Args {
             start_jitter_s: self.start_jitter,
             spread: !self.no_spread,
             piece_memory: self.piece_memory_mib << 20,
+            piece_len: self.piece_kib.map(|k| k << 10),
             unit_blocks: self.unit_blocks,
             unit_budget: self.unit_budget,
             hash_bytes_per_s: self.hash_mb_s * 1e6,

@@ -50,6 +50,9 @@ pub struct Outcome {
     pub spread_done_s: Option<f64>,
     /// Fraction of each second of the run the origin's uplink was sending.
     pub origin_busy: Vec<f64>,
+    /// Bytes delivered to downloaders per half second of the run, as a fraction of what
+    /// all their downlinks could take (finished nodes included): where the swarm idles.
+    pub swarm_down: Vec<f64>,
 }
 
 /// The headline figures of a run.
@@ -162,6 +165,7 @@ impl Outcome {
              completion / (S/U): p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}\n\
              origin upload / S: {:.3}; wasted {:.2} % of received\n\
              origin: every piece out once at {}; uplink busy per second: {}\n\
+             downloaders' downlinks busy per half second: {}\n\
              connections per node: mean {:.1}, max {}; control messages per node: mean {:.0}, max {}\n\
              {} events, {} picks, in {:.1} s wall ({:.2} M events/s)",
             s.nodes,
@@ -190,6 +194,11 @@ impl Outcome {
                 t / b
             )),
             self.origin_busy
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.swarm_down
                 .iter()
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
@@ -235,6 +244,7 @@ impl Outcome {
                 "control_messages_mean": s.control_mean, "control_messages_max": s.control_max,
                 "wasted_fraction": s.wasted_fraction,
                 "spread_done_s": self.spread_done_s, "origin_busy": self.origin_busy,
+                "swarm_down": self.swarm_down,
             },
             "times_s": self.completion_times(),
             "per_node": self.nodes.iter().map(|n| json!({

@@ -89,6 +89,9 @@ struct Node {
     last_short: bool,
     /// When a unit last arrived.
     last_deliver: Nanos,
+    /// Open connections whose peer has at least one piece (the engine's count for
+    /// `Picker::request_share`).
+    sources: u32,
     done_at: Option<Nanos>,
     failed: bool,
     uploaded: u64,
@@ -123,6 +126,8 @@ struct Half {
     /// What the receiver knows the sender has.
     known: Bitfield,
     known_all: bool,
+    /// `known` has a piece (or `known_all`): the sender counts among the receiver's sources.
+    source: bool,
     /// The receiver's request pipeline towards the sender.
     pipe: Pipe,
     ready: bool,
@@ -139,6 +144,8 @@ pub struct Sim {
     spread_done: Option<Nanos>,
     /// Time the origin's uplink was sending, per second of the run.
     origin_busy: Vec<Nanos>,
+    /// Payload bytes delivered to downloaders, per half second of the run.
+    swarm_down: Vec<u64>,
     lengths: Lengths,
     unit_blocks: u32,
     hash_ns: Nanos,
@@ -217,6 +224,7 @@ impl Sim {
                 hungry: VecDeque::new(),
                 last_short: false,
                 last_deliver: 0,
+                sources: 0,
                 done_at: None,
                 failed: false,
                 uploaded: 0,
@@ -243,6 +251,7 @@ impl Sim {
                 halves.push(Half {
                     known: Bitfield::repeat(false, pieces),
                     known_all: false,
+                    source: false,
                     pipe: Pipe::new(0),
                     ready: false,
                     hungry: false,
@@ -268,6 +277,7 @@ impl Sim {
         Self {
             spread_done: None,
             origin_busy: Vec::new(),
+            swarm_down: Vec::new(),
             remaining: n - 1,
             cfg,
             lengths,
@@ -352,6 +362,19 @@ impl Sim {
                 .iter()
                 .map(|&b| crate::net::to_secs(b))
                 .collect(),
+            swarm_down: {
+                // What every downloader's downlink could take in half a second.
+                let cap: f64 = self
+                    .nodes
+                    .iter()
+                    .skip(1)
+                    .map(|n| {
+                        (u64::from(self.unit_blocks) * u64::from(BLOCK_LEN)) as f64 * 0.5e9
+                            / n.down_unit as f64
+                    })
+                    .sum();
+                self.swarm_down.iter().map(|&b| b as f64 / cap).collect()
+            },
         }
     }
 
@@ -508,6 +531,10 @@ impl Sim {
         if let Some(bits) = &bits {
             self.halves[h as usize].known.copy_from_bitslice(bits);
         }
+        if known_all || bits.as_ref().is_some_and(|b| b.any()) {
+            self.halves[h as usize].source = true;
+            self.nodes[r as usize].sources += 1;
+        }
         let receiver = &mut self.nodes[r as usize];
         if let Some(picker) = &mut receiver.picker {
             if known_all {
@@ -541,6 +568,10 @@ impl Sim {
         let node = &mut self.nodes[r as usize];
         if !half.known_all && !half.known[p as usize] {
             half.known.set(p as usize, true);
+            if !half.source {
+                half.source = true;
+                node.sources += 1;
+            }
             if let Some(picker) = &mut node.picker {
                 if let Some(piece) = self.lengths.piece(p) {
                     picker.peer_has(piece);
@@ -590,7 +621,12 @@ impl Sim {
             return 0;
         }
         let key = PeerKey(u64::from(h));
-        let target = half.pipe.target_units(self.unit_blocks) as usize;
+        // The engine clamps the pipeline to an equal share of the piece-memory budget among
+        // the peers with pieces (`TorrentState::pick_for`).
+        let mut target = half.pipe.target_units(self.unit_blocks) as usize;
+        if self.cfg.request_share {
+            target = target.min(picker.request_share(node.sources as usize));
+        }
         let outstanding = picker.outstanding(key);
         if outstanding >= target {
             return 0;
@@ -718,6 +754,11 @@ impl Sim {
             return;
         }
         let bytes = u64::from(b.len()) * u64::from(self.unit_blocks);
+        let slot = (self.now / (SEC / 2)) as usize;
+        if self.swarm_down.len() <= slot {
+            self.swarm_down.resize(slot + 1, 0);
+        }
+        self.swarm_down[slot] += bytes;
         let node = &mut self.nodes[r as usize];
         node.downloaded += bytes;
         node.last_deliver = self.now;
@@ -833,6 +874,9 @@ impl Sim {
         self.halves[h_out as usize].queue.clear();
         let half = &self.halves[h_in as usize];
         let node = &mut self.nodes[y as usize];
+        if half.source {
+            node.sources -= 1;
+        }
         if let Some(picker) = &mut node.picker {
             picker.peer_left(PeerKey(u64::from(h_in)), &half.known, half.known_all);
         }

@@ -123,6 +123,11 @@ struct Args {
     /// that reports how many copies of each piece it uploaded and when each first left.
     #[arg(long)]
     seed_stats: bool,
+    /// Diagnosis: the imagewolf-bt downloaders' piece-memory budget, MiB (default: the
+    /// engine's 16). A small one makes the cap bind at this bench's scale, as it does in
+    /// large swarms at 1 Gbit/s.
+    #[arg(long)]
+    piece_memory_mib: Option<u64>,
 }
 
 /// Paths of the programs the runs start.
@@ -319,6 +324,7 @@ fn run() -> anyhow::Result<()> {
             tools: &tools,
             timeout: Duration::from_secs_f64(60.0 + 20.0 * bound),
             seed_stats: args.seed_stats,
+            piece_memory_mib: args.piece_memory_mib,
         };
         if let Some(rate) = args.seed_rate_mbit {
             cluster.set_node_rate(0, Some(rate))?;

@@ -81,6 +81,8 @@ pub struct SwarmSetup<'a> {
     pub timeout: Duration,
     /// Seed imagewolf-bt runs with the counting seed (`seed_stats.rs`).
     pub seed_stats: bool,
+    /// The imagewolf-bt downloaders' piece-memory budget, MiB (`None`: the engine's).
+    pub piece_memory_mib: Option<u64>,
 }
 
 struct Downloader {
@@ -215,6 +217,9 @@ pub fn run(
                     .arg(out_dir.join(format!("node{i}.bin")))
                     .args(["--listen", &listen, "--timeout", &timeout])
                     .arg("--lan-cluster");
+                if let Some(mib) = setup.piece_memory_mib {
+                    cmd.arg("--piece-memory-mib").arg(mib.to_string());
+                }
                 cmd
             }
             Client::Libtorrent => {

@@ -457,9 +457,23 @@ impl TorrentState {
         outstanding: usize,
         out: &mut Vec<BlockRef>,
     ) -> Option<bool> {
+        // An equal share of the piece-memory budget among the peers with pieces to give
+        // (`Picker::request_share`).
+        let sources = self
+            .peers
+            .values()
+            .filter(|e| e.has_all || e.have_count > 0)
+            .count();
+        let max = max.min(
+            self.picker
+                .request_share(sources)
+                .saturating_sub(outstanding),
+        );
         let entry = self.peers.get(&key)?;
-        self.picker
-            .pick(key, &entry.bitfield, entry.has_all, max, out);
+        if max > 0 {
+            self.picker
+                .pick(key, &entry.bitfield, entry.has_all, max, out);
+        }
         Some(
             !out.is_empty()
                 || outstanding > 0
@@ -844,6 +858,39 @@ mod tests {
             b.set(i, true);
         }
         b
+    }
+
+    #[test]
+    fn at_the_piece_memory_cap_each_source_gets_an_equal_share_of_requests() {
+        // 64 pieces of 64 KiB (4 blocks each); a budget of 8 pieces is 32 blocks.
+        let lengths = Lengths::new(64 << 16, 1 << 16).unwrap();
+        let mut picker = Picker::new(lengths);
+        picker.set_max_active(8);
+        let mut s = TorrentState::new(lengths, picker, TorrentStatus::Downloading);
+        let keys: Vec<PeerKey> = (1..=4).map(|n| join(&mut s, n)).collect();
+        // A peer with nothing does not count: one seed gets the whole budget.
+        s.peer_announced(keys[0], Announced::All).unwrap();
+        let mut picks = Vec::new();
+        assert_eq!(s.pick_for(keys[0], 500, 0, &mut picks), Some(true));
+        assert_eq!(picks.len(), 32, "alone, a source may use the whole budget");
+        s.picker.release_peer(keys[0]);
+        // Four sources: 8 blocks each, whatever their pipelines ask for.
+        for &k in &keys[1..] {
+            s.peer_announced(k, Announced::All).unwrap();
+        }
+        let mut total = 0;
+        for &k in &keys {
+            picks.clear();
+            assert_eq!(s.pick_for(k, 500, 0, &mut picks), Some(true));
+            assert_eq!(picks.len(), 8, "an equal share of 32 blocks among 4");
+            total += picks.len();
+        }
+        assert_eq!(total, 32);
+        // A connection at its share gets nothing more, and is still interested.
+        picks.clear();
+        assert_eq!(s.pick_for(keys[0], 500, 8, &mut picks), Some(true));
+        assert!(picks.is_empty());
+        check(&s);
     }
 
     #[test]
