@@ -116,13 +116,17 @@ async fn rss_of_separate_agent_processes() {
         .unwrap();
     let host = registry.addr().to_string();
 
-    // Distinct API ports: all held until every one is chosen (a port picked and released
-    // one at a time can come up twice, and the second agent then exits on AddrInUse).
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    // Distinct API ports below the kernel's ephemeral range: a port from that range can be
+    // taken, before its agent binds it, by another agent's port-0 listener or outgoing
+    // connection (the agent then never becomes healthy).
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < n {
+        ports.insert(imagewolf::clients::free_port());
+    }
+    let apis: Vec<SocketAddr> = ports
+        .into_iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    let apis: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().unwrap()).collect();
-    drop(held);
     let peers = format!(
         "static:{}",
         apis.iter()
