@@ -47,8 +47,8 @@ pub struct SimConfig {
     /// piece-memory cap may still start them (`Picker::suggested`), as the engine does.
     pub suggest: bool,
     /// A downloader clamps each connection's request pipeline to an equal share of its
-    /// piece-memory budget among the peers with pieces (`Picker::request_share`), as the
-    /// engine does.
+    /// piece-memory budget among the peers that have a piece it lacks
+    /// (`Picker::request_share`), as the engine does.
     pub request_share: bool,
     /// Downloaders that leave (fail) at [`SimConfig::fail_at_s`], chosen at random.
     pub fail_count: usize,

@@ -29,8 +29,8 @@
 //!   requests outstanding per connection with a copy of the engine's rate-based pipeline
 //!   (`peer::pipeline` is private to `imagewolf-bt`: slow start from 16 blocks, then 1 s of
 //!   the measured rate, 4..=500 blocks), clamped as the engine clamps it to an equal share
-//!   of the piece-memory budget among the peers with pieces (`Picker::request_share`; off
-//!   with `request_share: false`). A piece is verified `piece_len / hash rate` after its
+//!   of the piece-memory budget among the peers that have a piece it lacks
+//!   (`Picker::request_share`; off with `request_share: false`). A piece is verified `piece_len / hash rate` after its
 //!   last unit, then announced with a HAVE to every peer. The seed runs `SeedSpreader`
 //!   exactly as `torrent::state` drives it: HaveNone, `top_up` after each message batch of a
 //!   peer, its 0.5 s tick (stall release), the alone rule, and when every piece is out, the

@@ -89,8 +89,8 @@ struct Node {
     last_short: bool,
     /// When a unit last arrived.
     last_deliver: Nanos,
-    /// Open connections whose peer has at least one piece (the engine's count for
-    /// `Picker::request_share`).
+    /// Open connections whose peer has a piece this node lacks (the engine's
+    /// `TorrentState::sources`, among which `Picker::request_share` divides the budget).
     sources: u32,
     done_at: Option<Nanos>,
     failed: bool,
@@ -126,8 +126,9 @@ struct Half {
     /// What the receiver knows the sender has.
     known: Bitfield,
     known_all: bool,
-    /// `known` has a piece (or `known_all`): the sender counts among the receiver's sources.
-    source: bool,
+    /// Pieces in `known` the receiver lacks (not kept while `known_all`): the sender counts
+    /// among the receiver's sources while this is above 0, or while `known_all`.
+    wanted: u32,
     /// The receiver's request pipeline towards the sender.
     pipe: Pipe,
     ready: bool,
@@ -251,7 +252,7 @@ impl Sim {
                 halves.push(Half {
                     known: Bitfield::repeat(false, pieces),
                     known_all: false,
-                    source: false,
+                    wanted: 0,
                     pipe: Pipe::new(0),
                     ready: false,
                     hungry: false,
@@ -531,8 +532,12 @@ impl Sim {
         if let Some(bits) = &bits {
             self.halves[h as usize].known.copy_from_bitslice(bits);
         }
-        if known_all || bits.as_ref().is_some_and(|b| b.any()) {
-            self.halves[h as usize].source = true;
+        let wanted = match (&bits, &self.nodes[r as usize].picker) {
+            (Some(bits), Some(p)) => (bits.clone() & !p.have().to_bitvec()).count_ones() as u32,
+            _ => 0,
+        };
+        self.halves[h as usize].wanted = wanted;
+        if known_all || wanted > 0 {
             self.nodes[r as usize].sources += 1;
         }
         let receiver = &mut self.nodes[r as usize];
@@ -568,9 +573,11 @@ impl Sim {
         let node = &mut self.nodes[r as usize];
         if !half.known_all && !half.known[p as usize] {
             half.known.set(p as usize, true);
-            if !half.source {
-                half.source = true;
-                node.sources += 1;
+            if node.picker.as_ref().is_some_and(|k| !k.have()[p as usize]) {
+                half.wanted += 1;
+                if half.wanted == 1 {
+                    node.sources += 1;
+                }
             }
             if let Some(picker) = &mut node.picker {
                 if let Some(piece) = self.lengths.piece(p) {
@@ -622,7 +629,7 @@ impl Sim {
         }
         let key = PeerKey(u64::from(h));
         // The engine clamps the pipeline to an equal share of the piece-memory budget among
-        // the peers with pieces (`TorrentState::pick_for`).
+        // the peers that have a piece we lack (`TorrentState::pick_for`).
         let mut target = half.pipe.target_units(self.unit_blocks) as usize;
         if self.cfg.request_share {
             target = target.min(picker.request_share(node.sources as usize));
@@ -805,6 +812,15 @@ impl Sim {
                 continue;
             }
             let other = if conn.a == n { conn.b } else { conn.a };
+            // The peer has one piece fewer that we lack.
+            let h_in = self.half_from(c, other);
+            let half = &mut self.halves[h_in as usize];
+            if !half.known_all && half.known[p as usize] {
+                half.wanted -= 1;
+                if half.wanted == 0 {
+                    self.nodes[ni].sources -= 1;
+                }
+            }
             self.nodes[ni].ctrl += 1;
             let o = &self.nodes[other as usize];
             // A HAVE for a piece the peer has changes nothing there but a spreading seed's
@@ -874,7 +890,7 @@ impl Sim {
         self.halves[h_out as usize].queue.clear();
         let half = &self.halves[h_in as usize];
         let node = &mut self.nodes[y as usize];
-        if half.source {
+        if half.known_all || half.wanted > 0 {
             node.sources -= 1;
         }
         if let Some(picker) = &mut node.picker {

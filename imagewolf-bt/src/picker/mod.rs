@@ -345,7 +345,7 @@ impl Picker {
     }
 
     /// The most blocks one peer should have requested at a time when `sources` connected
-    /// peers have pieces to give: an equal share of the piece-memory budget
+    /// peers have a piece we lack: an equal share of the piece-memory budget
     /// ([`Picker::set_max_active`] pieces), at least [`MIN_REQUEST_SHARE`]; `usize::MAX`
     /// without a cap. The caller clamps each connection's request pipeline to it.
     ///

@@ -28,6 +28,9 @@ pub(crate) struct PeerEntry {
     pub has_all: bool,
     /// Pieces the peer announced; reaching `num_pieces` makes it a seed.
     pub have_count: u32,
+    /// Pieces the peer announced that we lack (not kept while `has_all`): the peer can feed
+    /// us iff this is above 0 (or it has all and we are not complete).
+    pub wanted: u32,
 }
 
 impl PeerEntry {
@@ -348,6 +351,7 @@ impl TorrentState {
             bitfield: bitvec![u8, Msb0; 0; self.lengths.num_pieces() as usize],
             has_all: false,
             have_count: 0,
+            wanted: 0,
         };
         self.peers.insert(link.key, entry);
         self.peers_changed = Instant::now();
@@ -395,6 +399,7 @@ impl TorrentState {
                     if let Some(piece) = lengths.piece(i as u32) {
                         entry.bitfield.set(i, true);
                         entry.have_count += 1;
+                        entry.wanted += u32::from(!picker.have()[i]);
                         picker.peer_has(piece);
                     }
                 }
@@ -433,7 +438,34 @@ impl TorrentState {
         entry.bitfield.set(piece.as_usize(), true);
         entry.have_count += 1;
         picker.peer_has(piece);
-        !picker.have()[piece.as_usize()]
+        let wanted = !picker.have()[piece.as_usize()];
+        entry.wanted += u32::from(wanted);
+        wanted
+    }
+
+    /// A piece of ours passed its hash check: the picker marks it, and the peers that have
+    /// it have one piece fewer that we lack.
+    pub fn piece_verified(&mut self, piece: PieceIndex) {
+        let i = piece.as_usize();
+        if self.picker.have().get(i).is_none_or(|b| *b) {
+            return;
+        }
+        self.picker.piece_verified(piece);
+        for entry in self.peers.values_mut() {
+            if !entry.has_all && entry.bitfield.get(i).is_some_and(|b| *b) {
+                entry.wanted = entry.wanted.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Connected peers that have a piece we lack: the sources among which
+    /// [`Picker::request_share`] divides the piece-memory budget.
+    pub fn sources(&self) -> usize {
+        let complete = self.picker.is_complete();
+        self.peers
+            .values()
+            .filter(|e| if e.has_all { !complete } else { e.wanted > 0 })
+            .count()
     }
 
     /// Peer `key` suggested `piece` (BEP 6): passed to the picker (which may start it past
@@ -457,16 +489,11 @@ impl TorrentState {
         outstanding: usize,
         out: &mut Vec<BlockRef>,
     ) -> Option<bool> {
-        // An equal share of the piece-memory budget among the peers with pieces to give
+        // An equal share of the piece-memory budget among the peers that can feed us
         // (`Picker::request_share`).
-        let sources = self
-            .peers
-            .values()
-            .filter(|e| e.has_all || e.have_count > 0)
-            .count();
         let max = max.min(
             self.picker
-                .request_share(sources)
+                .request_share(self.sources())
                 .saturating_sub(outstanding),
         );
         let entry = self.peers.get(&key)?;
@@ -847,6 +874,16 @@ mod tests {
 
     fn check(s: &TorrentState) {
         s.picker.check_invariants().unwrap();
+        for (key, e) in &s.peers {
+            if !e.has_all {
+                let lacking = e
+                    .bitfield
+                    .iter_ones()
+                    .filter(|&i| !s.picker.have()[i])
+                    .count();
+                assert_eq!(e.wanted as usize, lacking, "peer {key:?}: pieces we lack");
+            }
+        }
         s.picker
             .check_availability(s.peers.values().map(|p| (&p.bitfield[..], p.has_all)))
             .unwrap();
@@ -890,6 +927,33 @@ mod tests {
         picks.clear();
         assert_eq!(s.pick_for(keys[0], 500, 8, &mut picks), Some(true));
         assert!(picks.is_empty());
+        check(&s);
+    }
+
+    #[test]
+    fn a_peer_with_only_pieces_we_have_is_not_a_source() {
+        let lengths = Lengths::new(16 << 16, 1 << 16).unwrap();
+        let mut s = TorrentState::new(lengths, Picker::new(lengths), TorrentStatus::Downloading);
+        let (a, b) = (join(&mut s, 1), join(&mut s, 2));
+        assert_eq!(s.sources(), 0);
+        s.peer_announced(a, Announced::Bits(&bits(16, &[0, 1])))
+            .unwrap();
+        assert!(s.peer_has(b, lengths.piece(1).unwrap()));
+        assert_eq!(s.sources(), 2);
+        check(&s);
+        // We verify piece 1: b has nothing we lack any more, a still has piece 0.
+        s.piece_verified(lengths.piece(1).unwrap());
+        s.piece_verified(lengths.piece(1).unwrap()); // twice changes nothing
+        assert_eq!(s.sources(), 1);
+        check(&s);
+        // A HAVE of a piece we have does not make b a source; one we lack does.
+        s.peer_has(b, lengths.piece(1).unwrap());
+        assert_eq!(s.sources(), 1);
+        s.peer_has(b, lengths.piece(5).unwrap());
+        assert_eq!(s.sources(), 2);
+        check(&s);
+        s.remove_peer(a);
+        assert_eq!(s.sources(), 1);
         check(&s);
     }
 

@@ -127,7 +127,7 @@ fn passed(
     digests: &[(u32, [u8; 20])],
 ) -> (Vec<Arc<PeerLink>>, bool) {
     let mut state = torrent.state();
-    state.picker.piece_verified(piece);
+    state.piece_verified(piece);
     let liars = state.ban.piece_passed(piece, |off| {
         digests.iter().find(|(o, _)| *o == off).map(|(_, d)| *d)
     });
