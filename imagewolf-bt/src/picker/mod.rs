@@ -24,7 +24,7 @@
 //!   57-72 % and the last distinct piece left it at 1.27 x S/U instead of 0.98.
 //! - **A fair share of that budget per peer.** [`Picker::request_share`] tells the caller
 //!   how many blocks one connection may have requested, so that at the cap every peer
-//!   with pieces keeps feeding us, not only the first to refill.
+//!   with a piece we lack keeps feeding us, not only the first to refill.
 //!
 //! # State and invariants
 //!

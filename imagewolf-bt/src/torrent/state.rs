@@ -37,6 +37,15 @@ impl PeerEntry {
     pub fn is_seed(&self, num_pieces: u32) -> bool {
         self.has_all || self.have_count == num_pieces
     }
+
+    /// The peer has a piece we lack (`complete`: we have every piece).
+    pub fn can_feed(&self, complete: bool) -> bool {
+        if self.has_all {
+            !complete
+        } else {
+            self.wanted > 0
+        }
+    }
 }
 
 /// A piece being assembled from blocks, in memory until it verifies.
@@ -412,7 +421,7 @@ impl TorrentState {
             }
         }
         Some(AnnounceOutcome {
-            interesting: picker.is_interesting(&entry.bitfield, entry.has_all),
+            interesting: entry.can_feed(picker.is_complete()),
             both_seeds: entry.is_seed(num_pieces) && picker.is_complete(),
         })
     }
@@ -462,10 +471,7 @@ impl TorrentState {
     /// [`Picker::request_share`] divides the piece-memory budget.
     pub fn sources(&self) -> usize {
         let complete = self.picker.is_complete();
-        self.peers
-            .values()
-            .filter(|e| if e.has_all { !complete } else { e.wanted > 0 })
-            .count()
+        self.peers.values().filter(|e| e.can_feed(complete)).count()
     }
 
     /// Peer `key` suggested `piece` (BEP 6): passed to the picker (which may start it past
@@ -501,11 +507,7 @@ impl TorrentState {
             self.picker
                 .pick(key, &entry.bitfield, entry.has_all, max, out);
         }
-        Some(
-            !out.is_empty()
-                || outstanding > 0
-                || self.picker.is_interesting(&entry.bitfield, entry.has_all),
-        )
+        Some(!out.is_empty() || outstanding > 0 || entry.can_feed(self.picker.is_complete()))
     }
 
     /// Removes a peer: its availability and outstanding requests go back to the picker.
